@@ -1,0 +1,1 @@
+"""semeda_jax: semantic segmentation with structure-aware losses in JAX/Flax."""

@@ -1,0 +1,92 @@
+"""Pieces every loss shares: void masks, one-hot targets, resizing logits to labels, masked means.
+
+Conventions for the whole `losses` package: batch-first NHWC, logits [B,h,w,C] float, labels [B,H,W] int
+with void = 255. Logits at a lower resolution than the labels (output stride 4/8/16) are resized bilinearly
+(half-pixel centres) to the label resolution before any loss is taken, as SEMEDA Eq. 1 defines S_hat at image
+resolution.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from semeda_jax.validation import IGNORE_LABEL, InputError
+
+
+def valid_mask(labels: jax.Array, ignore_label: int = IGNORE_LABEL) -> jax.Array:
+    """labels [...] int -> bool [...], True where the pixel carries a class (not void)."""
+    return labels != ignore_label
+
+
+def one_hot_labels(labels: jax.Array, num_classes: int, dtype=jnp.float32) -> jax.Array:
+    """labels [...] int -> one-hot [..., C]; any value outside [0, C) (void 255) gets the all-zero vector."""
+    return jax.nn.one_hot(labels, num_classes, dtype=dtype)
+
+
+def resize_to_labels(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """logits [B,h,w,C] -> [B,H,W,C] at the label resolution (bilinear, half-pixel centres); no-op if equal."""
+    batch, height, width = labels.shape
+    if logits.shape[1:3] == (height, width):
+        return logits
+    return jax.image.resize(logits, (batch, height, width, logits.shape[-1]), method="bilinear")
+
+
+def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of `values` over pixels where `mask` holds; 0.0 (with zero gradient) when the mask is empty."""
+    mask = mask.astype(values.dtype)
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def pixel_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_label: int = IGNORE_LABEL) -> jax.Array:
+    """Per-pixel CE -log softmax(logits)[label]: logits [B,H,W,C], labels [B,H,W] -> [B,H,W], 0 at void."""
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    safe_labels = jnp.where(valid_mask(labels, ignore_label), labels, 0)
+    picked = jnp.take_along_axis(log_probs, safe_labels[..., None], axis=-1)[..., 0]
+    return jnp.where(valid_mask(labels, ignore_label), -picked, 0.0)
+
+
+def true_class_probability(logits: jax.Array, labels: jax.Array, ignore_label: int = IGNORE_LABEL) -> jax.Array:
+    """softmax(logits)[label]: logits [B,H,W,C], labels [B,H,W] -> [B,H,W] in [0,1], 1.0 at void."""
+    return jnp.exp(-pixel_cross_entropy(logits, labels, ignore_label))
+
+
+def void_neutral_masks(logits: jax.Array, labels: jax.Array, num_classes: int,
+                       ignore_label: int = IGNORE_LABEL) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The pair (S_hat, S*) that mask-matching losses (SEMEDA, Sobel) compare, plus the valid mask.
+
+    logits [B,h,w,C], labels [B,H,W] -> (prediction [B,H,W,C] softmax at label resolution, truth [B,H,W,C]
+    one-hot, valid bool [B,H,W]). At void pixels both masks hold stop_gradient(S_hat): a filter that straddles
+    void sees the same values in both branches, and no gradient reaches a void pixel's logits.
+    """
+    compute_dtype = jnp.promote_types(logits.dtype, jnp.float32)
+    probs = jax.nn.softmax(resize_to_labels(logits, labels).astype(compute_dtype), axis=-1)
+    valid = valid_mask(labels, ignore_label)
+    frozen = jax.lax.stop_gradient(probs)
+    prediction = jnp.where(valid[..., None], probs, frozen)
+    truth = jnp.where(valid[..., None], one_hot_labels(labels, num_classes, compute_dtype), frozen)
+    return prediction, truth, valid
+
+
+# How an L1 distance between two maps [B,H,W,K] is reduced to a scalar. Eq. 5 of SEMEDA is a literal sum;
+# per-pixel means keep the loss independent of the crop size. "mean_pixels_sum_channels" keeps the paper's
+# CE:SEMEDA ratio when CE is a per-pixel mean (CE is a sum over classes too); "mean" also divides by K
+# (shrinking SEMEDA's lambda_1 by 16 and lambda_2 by 32); "sum" is the literal norm per image, averaged over
+# the batch (Algorithm 1's 1/K).
+L1_REDUCTIONS = ("mean_pixels_sum_channels", "mean", "sum")
+
+
+def check_l1_reduction(reduction: str) -> None:
+    if reduction not in L1_REDUCTIONS:
+        raise InputError(f"reduction: expected one of {L1_REDUCTIONS}, got {reduction!r}")
+
+
+def masked_l1(a: jax.Array, b: jax.Array, valid: jax.Array, reduction: str) -> jax.Array:
+    """a, b [B,H,W,K], valid bool [B,H,W] -> scalar L1 distance over valid pixels, reduced per `reduction`."""
+    weights = valid.astype(a.dtype)
+    total = jnp.sum(jnp.sum(jnp.abs(a - b), axis=-1) * weights)
+    num_valid = jnp.maximum(jnp.sum(weights), 1.0)
+    if reduction == "mean_pixels_sum_channels":
+        return total / num_valid
+    if reduction == "mean":
+        return total / (num_valid * a.shape[-1])
+    return total / a.shape[0]

@@ -1,0 +1,72 @@
+"""Eager input checks shared by the losses and metrics.
+
+The numerical cores stay branch-free under `jax.jit`: shape checks run at trace time (shapes are static, so
+they cost nothing in the compiled program) and value checks (label range) run only when the labels are
+concrete arrays, i.e. when a loss or metric is called eagerly. Every error names the argument and says what
+was expected, so a user sees `labels: values {3, 7} are outside [0, 3) and not the void label 255` instead
+of a silent NaN or an out-of-range gather.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import numpy as np
+
+IGNORE_LABEL = 255
+
+
+class InputError(ValueError):
+    """A caller passed an array of the wrong rank, shape, dtype or value range."""
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_rank(name: str, x, rank: int, layout: str) -> None:
+    """Raise InputError unless `x` has `rank` dimensions (`layout` is shown to the user, e.g. "[B,H,W,C]")."""
+    if np.ndim(x) != rank:
+        raise InputError(f"{name}: expected rank {rank} {layout}, got shape {tuple(np.shape(x))}")
+
+
+def check_labels(name: str, labels, num_classes: int, ignore_label: int = IGNORE_LABEL) -> None:
+    """Raise InputError if concrete integer `labels` hold values outside [0, num_classes) other than void."""
+    dtype = labels.dtype if hasattr(labels, "dtype") else np.asarray(labels).dtype
+    if not np.issubdtype(dtype, np.integer):
+        raise InputError(f"{name}: expected an integer label map, got dtype {dtype}")
+    if not _is_concrete(labels):
+        return
+    values = np.unique(np.asarray(labels))
+    bad = values[((values < 0) | (values >= num_classes)) & (values != ignore_label)]
+    if bad.size:
+        shown = ", ".join(str(v) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
+        raise InputError(
+            f"{name}: values {{{shown}}} are outside [0, {num_classes}) and not the void label {ignore_label}")
+
+
+def check_logits_labels(logits, labels, ignore_label: int = IGNORE_LABEL, logits_name: str = "logits") -> int:
+    """Validate a (logits [B,h,w,C], labels [B,H,W]) pair and return C.
+
+    The logits may be at a lower resolution than the labels (they are resized to the labels); batch sizes
+    must match.
+    """
+    check_rank(logits_name, logits, 4, "[B,H,W,C]")
+    check_rank("labels", labels, 3, "[B,H,W]")
+    if logits.shape[0] != labels.shape[0]:
+        raise InputError(
+            f"{logits_name} and labels: batch sizes differ ({logits.shape[0]} vs {labels.shape[0]}); "
+            f"shapes {tuple(logits.shape)} and {tuple(labels.shape)}")
+    num_classes = int(logits.shape[-1])
+    if num_classes < 2:
+        raise InputError(f"{logits_name}: expected at least 2 classes in the last axis, got {num_classes}")
+    check_labels("labels", labels, num_classes, ignore_label)
+    return num_classes
+
+
+def check_same_shape(names: Sequence[str], *arrays) -> None:
+    """Raise InputError unless all `arrays` have the same shape."""
+    shapes = [tuple(np.shape(a)) for a in arrays]
+    if any(s != shapes[0] for s in shapes):
+        listed = ", ".join(f"{n} {s}" for n, s in zip(names, shapes))
+        raise InputError(f"shapes must match: {listed}")
