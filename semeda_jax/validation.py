@@ -30,19 +30,41 @@ def check_rank(name: str, x, rank: int, layout: str) -> None:
         raise InputError(f"{name}: expected rank {rank} {layout}, got shape {tuple(np.shape(x))}")
 
 
-def check_labels(name: str, labels, num_classes: int, ignore_label: int = IGNORE_LABEL) -> None:
-    """Raise InputError if concrete integer `labels` hold values outside [0, num_classes) other than void."""
-    dtype = labels.dtype if hasattr(labels, "dtype") else np.asarray(labels).dtype
+def check_int(name: str, value, *, minimum: int = 1, odd: bool = False) -> None:
+    """Raise InputError unless `value` is a Python/NumPy integer >= `minimum` (and odd, if asked)."""
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum
+            or (odd and value % 2 == 0)):
+        wanted = f"an {'odd ' if odd else ''}integer >= {minimum}"
+        raise InputError(f"{name}: expected {wanted}, got {value!r}")
+
+
+def check_integer_map(name: str, x) -> None:
+    """Raise InputError unless `x` has an integer dtype (a label or prediction map)."""
+    dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
     if not np.issubdtype(dtype, np.integer):
         raise InputError(f"{name}: expected an integer label map, got dtype {dtype}")
-    if not _is_concrete(labels):
+
+
+def check_class_map(name: str, x, num_classes: int, ignore_label: int | None = IGNORE_LABEL) -> None:
+    """Raise InputError unless `x` is an integer map whose concrete values lie in [0, num_classes).
+
+    `ignore_label` (void) is also allowed unless it is None (e.g. for predictions). Under jit the values are
+    unknown and only the dtype is checked.
+    """
+    check_integer_map(name, x)
+    if not _is_concrete(x):
         return
-    values = np.unique(np.asarray(labels))
+    values = np.unique(np.asarray(x))
     bad = values[((values < 0) | (values >= num_classes)) & (values != ignore_label)]
     if bad.size:
         shown = ", ".join(str(v) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
-        raise InputError(
-            f"{name}: values {{{shown}}} are outside [0, {num_classes}) and not the void label {ignore_label}")
+        void = "" if ignore_label is None else f" and not the void label {ignore_label}"
+        raise InputError(f"{name}: values {{{shown}}} are outside [0, {num_classes}){void}")
+
+
+def check_labels(name: str, labels, num_classes: int, ignore_label: int = IGNORE_LABEL) -> None:
+    """Raise InputError if `labels` is not an integer map with values in [0, num_classes) or void."""
+    check_class_map(name, labels, num_classes, ignore_label)
 
 
 def check_logits_labels(logits, labels, ignore_label: int = IGNORE_LABEL, logits_name: str = "logits") -> int:

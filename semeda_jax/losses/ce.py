@@ -6,6 +6,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from semeda_jax.losses.common import pixel_cross_entropy, resize_to_labels, valid_mask
 from semeda_jax.validation import IGNORE_LABEL, InputError, check_logits_labels
@@ -20,8 +21,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, *, class_weights: Sequen
     torch/TF convention). A batch with no valid pixel (all void) gives 0.0 and a zero gradient.
     """
     num_classes = check_logits_labels(logits, labels, ignore_label)
-    if class_weights is not None and jnp.shape(class_weights) != (num_classes,):
-        raise InputError(f"class_weights: expected shape ({num_classes},), got {jnp.shape(class_weights)}")
+    if class_weights is not None and np.shape(class_weights) != (num_classes,):
+        raise InputError(f"class_weights: expected shape ({num_classes},), got {np.shape(class_weights)}")
     return _cross_entropy(logits, labels, class_weights, ignore_label=ignore_label)
 
 

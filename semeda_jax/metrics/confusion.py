@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from semeda_jax.validation import (IGNORE_LABEL, InputError, _is_concrete, check_labels, check_rank,
+from semeda_jax.validation import (IGNORE_LABEL, InputError, check_class_map, check_labels, check_rank,
                                    check_same_shape)
 
 # HELEN label ids (SPEC 1(b)): 2/3 brows, 4/5 eyes, 6 nose, 7/8/9 upper lip / inner mouth / lower lip.
@@ -45,15 +45,7 @@ def check_label_prediction_pair(labels, predictions, num_classes: int, ignore_la
     check_rank("predictions", predictions, 3, "[B,H,W]")
     check_same_shape(("labels", "predictions"), labels, predictions)
     check_labels("labels", labels, num_classes, ignore_label)
-    dtype = np.dtype(predictions.dtype if hasattr(predictions, "dtype") else np.asarray(predictions).dtype)
-    if not np.issubdtype(dtype, np.integer):
-        raise InputError(f"predictions: expected an integer class map, got dtype {dtype}")
-    if _is_concrete(predictions):
-        values = np.unique(np.asarray(predictions))
-        bad = values[(values < 0) | (values >= num_classes)]
-        if bad.size:
-            shown = ", ".join(str(v) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
-            raise InputError(f"predictions: values {{{shown}}} are outside [0, {num_classes})")
+    check_class_map("predictions", predictions, num_classes, ignore_label=None)
 
 
 def grouped_confusion(labels: jax.Array, predictions: jax.Array, groups: jax.Array, num_groups: int,
