@@ -1,0 +1,129 @@
+"""Shared building blocks of the segmentation models: conv, batch norm (frozen or train), conv-BN-ReLU, resize.
+
+All tensors are NHWC, batch first. Parameters are always float32; `dtype` is the compute dtype.
+
+Batch-norm modes (`bn_mode`, one value for a whole model):
+  "frozen"  SEMEDA's setting: always normalise with the running statistics (train or not) and never update them.
+            The trainer also keeps BN scale/bias fixed, using `frozen_bn_mask` (see its docstring).
+  "train"   batch statistics when `train=True` (running averages updated with `momentum`), running averages
+            when `train=False`. Under `jax.jit` over a batch sharded on a mesh the batch mean/variance are
+            reductions over the GLOBAL batch, i.e. synchronized BN, with no `axis_name` needed.
+
+Momentum follows flax's convention: `ra <- momentum * ra + (1 - momentum) * batch_stat`. Our default 0.9 is
+torch's `momentum=0.1` (torchvision/timm weights, most PyTorch DeepLab code): running averages settle within
+tens of steps, which short runs and demos with bn_mode="train" need. TF DeepLab's `batch_norm_decay` 0.9997
+(averages over ~3000 steps) suits long runs only; set `bn_momentum=0.9997` to reproduce it. With "frozen" the
+momentum is unused. Epsilon 1e-5 is torchvision's, so mapped torchvision/timm weights reproduce their outputs.
+The running variance is updated with the biased batch variance (flax), where torch uses the unbiased one: a
+(n-1)/n difference that only matters for tiny batches.
+
+Padding: explicit symmetric `dilation * (k - 1) // 2` on each side, as in torchvision (not TF "SAME", which
+pads asymmetrically at stride 2), so mapped torchvision/timm weights give the same features and an input of
+size H gives ceil(H / stride) outputs at every stride (513 -> 257 -> 129 -> 65 -> 33, DeepLab's convention).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+BN_MODES = ("frozen", "train")
+DEFAULT_BN_MOMENTUM = 0.9
+DEFAULT_BN_EPSILON = 1e-5
+
+# He-normal over fan-out (torchvision's `kaiming_normal_(mode="fan_out", nonlinearity="relu")` for convs).
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def check_bn_mode(bn_mode: str) -> None:
+    """Raise ValueError unless `bn_mode` is one of BN_MODES."""
+    if bn_mode not in BN_MODES:
+        raise ValueError(f"bn_mode: unknown {bn_mode!r}; valid modes are {list(BN_MODES)}")
+
+
+def norm(bn_mode: str, train: bool, *, momentum: float = DEFAULT_BN_MOMENTUM,
+         epsilon: float = DEFAULT_BN_EPSILON, dtype: Any = jnp.float32, name: str | None = None) -> nn.BatchNorm:
+    """A BatchNorm over the channel axis for `bn_mode` ("frozen" or "train") and the `train` flag.
+
+    Params {'scale' [C], 'bias' [C]} float32; batch_stats {'mean' [C], 'var' [C]} float32. Must be called
+    inside a compact method (it creates a submodule named `name`).
+    """
+    check_bn_mode(bn_mode)
+    use_running_average = bn_mode == "frozen" or not train
+    return nn.BatchNorm(use_running_average=use_running_average, momentum=momentum, epsilon=epsilon,
+                        dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+def conv(features: int, kernel_size: int, *, strides: int = 1, dilation: int = 1, use_bias: bool = False,
+         dtype: Any = jnp.float32, kernel_init=conv_init, name: str | None = None) -> nn.Conv:
+    """A k x k conv with torchvision-style symmetric padding dilation * (k - 1) // 2 (see module docstring)."""
+    pad = dilation * (kernel_size - 1) // 2
+    return nn.Conv(features, (kernel_size, kernel_size), strides=(strides, strides), padding=((pad, pad), (pad, pad)),
+                   kernel_dilation=(dilation, dilation), use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                   kernel_init=kernel_init, name=name)
+
+
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+    """[B,H,W,C] -> [B,ceil(H/2),ceil(W/2),C]: torchvision's MaxPool2d(3, stride=2, padding=1) (pads with -inf)."""
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+class ConvBNReLU(nn.Module):
+    """conv (no bias) -> BatchNorm -> ReLU (optional). Params: {'conv': {'kernel'}, 'bn': {'scale', 'bias'}}.
+
+    x [B,H,W,Cin] -> [B,ceil(H/strides),ceil(W/strides),features] in `dtype`.
+    """
+    features: int
+    kernel_size: int = 3
+    strides: int = 1
+    dilation: int = 1
+    relu: bool = True
+    bn_mode: str = "frozen"
+    bn_momentum: float = DEFAULT_BN_MOMENTUM
+    bn_epsilon: float = DEFAULT_BN_EPSILON
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = conv(self.features, self.kernel_size, strides=self.strides, dilation=self.dilation,
+                 dtype=self.dtype, name="conv")(x)
+        x = norm(self.bn_mode, train, momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
+                 name="bn")(x)
+        return nn.relu(x) if self.relu else x
+
+
+def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
+    """[B,h,w,C] -> [B,H,W,C] bilinear, half-pixel centres (torch `align_corners=False`), no antialiasing."""
+    height, width = size
+    return jax.image.resize(x, (x.shape[0], height, width, x.shape[-1]), method="bilinear", antialias=False)
+
+
+def _is_norm_layer(node: Mapping) -> bool:
+    return "scale" in node and set(node) <= {"scale", "bias"}
+
+
+def frozen_bn_mask(params):
+    """Pytree of bools shaped like `params`: False for batch-norm scale/bias, True for every other leaf.
+
+    Careful: `optax.masked(tx, mask)` alone does NOT freeze the False leaves, it passes their raw gradients
+    through untransformed. To freeze them, zero their updates after the optimiser (after weight decay too):
+        frozen = jax.tree.map(lambda trainable: not trainable, frozen_bn_mask(params))
+        tx = optax.chain(tx, optax.masked(optax.set_to_zero(), frozen))
+    or label the leaves for `optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)`.
+    A norm layer is recognised by its parameter dict holding exactly {'scale', 'bias'} (or only 'scale'),
+    which no conv or dense layer has. Accepts the params tree or a whole variables dict; keeps FrozenDict-ness
+    so the mask's tree structure matches the input's.
+    """
+    def walk(node):
+        if isinstance(node, Mapping):
+            if _is_norm_layer(node):
+                return {key: False for key in node}
+            return {key: walk(value) for key, value in node.items()}
+        return True
+
+    mask = walk(params)
+    return flax.core.freeze(mask) if isinstance(params, flax.core.FrozenDict) else mask
