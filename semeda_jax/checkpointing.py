@@ -35,6 +35,9 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self._latest.latest_step()
 
+    def best_step(self) -> int | None:
+        return self._best.best_step() if self._best is not None else None
+
     def save(self, step: int, state: Any, meta: dict, *, metrics: dict | None = None) -> None:
         """Save `state` (array tree) and `meta` (JSON) at `step`; with `metrics`, also offer it as the best."""
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))

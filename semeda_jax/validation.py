@@ -20,6 +20,10 @@ class InputError(ValueError):
     """A caller passed an array of the wrong rank, shape, dtype or value range."""
 
 
+class ConfigError(ValueError):
+    """A config field holds a value the code cannot use (the message names the field)."""
+
+
 def _is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 

@@ -1,0 +1,68 @@
+"""The fields every experiment config has, with their defaults; experiment files change only a few.
+
+Sections: dataset (what to read), data (crops, batches, augmentation), model, loss (a '+'-joined mix of names
+from `semeda_jax.losses.LOSSES` with per-term weights and hyperparameters), edge_net (g_phi pre-training or a
+checkpoint), optimizer (SGD + momentum, warm-up then poly decay), train (length, logging, eval and checkpoint
+cadence), eval (trimap widths, plots).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.stages = ("edge_pretrain", "train", "eval")
+
+    # Read by semeda_jax.data.build_reader: `root` is the dataset folder (for "synthetic": where to write it;
+    # unset = a parameter-hash folder under `cache_dir`, default ~/.cache/semeda_jax).
+    config.dataset = ml_collections.ConfigDict(dict(
+        name="synthetic",
+        root=ml_collections.config_dict.placeholder(str),
+        cache_dir=ml_collections.config_dict.placeholder(str),
+        num_classes=21,
+        train_split="train",
+        val_split="val",
+    ))
+    config.data = ml_collections.ConfigDict(dict(
+        crop_size=(321, 321),
+        scale_range=(0.5, 2.0),
+        batch_size=6,
+        mean=(123.675, 116.28, 103.53),
+        std=(58.395, 57.12, 57.375),
+        eval_pad_size=(512, 512),
+        eval_batch_size=4,
+    ))
+    config.model = ml_collections.ConfigDict(dict(
+        name="deeplab_v3plus", depth=101, base_width=64, output_stride=16, stem="deeplab", bn_mode="frozen"))
+
+    config.loss = "ce+semeda"
+    config.loss_weights = ml_collections.ConfigDict(dict(ce=1.0, semeda=1.0, sobel=1.0, bal=1.0, ohem=1.0))
+    config.semeda = ml_collections.ConfigDict(dict(lambdas=(2.0, 4.0, 0.0), reduction="mean_pixels_sum_channels"))
+    config.sobel = ml_collections.ConfigDict(dict(coefficient=4.0, reduction="mean_pixels_sum_channels"))
+    config.bal = ml_collections.ConfigDict(dict(kernel="gaussian", size=35, sigma=3.0, beta=0.5, down=4))
+    config.ohem = ml_collections.ConfigDict(dict(threshold=0.6, min_kept=0))
+
+    config.edge_net = ml_collections.ConfigDict(dict(
+        checkpoint="",      # a WORKDIR/edge_net folder of an earlier run; "" = pre-train in this workdir
+        steps=1000,
+        batch_size=16,
+        learning_rate=1e-2,
+    ))
+    config.optimizer = ml_collections.ConfigDict(dict(
+        learning_rate=5e-4, momentum=0.9, weight_decay=1e-4, warmup_steps=0, poly_power=0.9))
+    config.train = ml_collections.ConfigDict(dict(
+        steps=30000, log_every=50, eval_every=2000, checkpoint_every=1000, keep_checkpoints=3))
+    config.eval = ml_collections.ConfigDict(dict(trimap_widths=(1, 2, 3, 5, 10, 20, 40), num_plot_images=8))
+    return config
+
+
+def shrink_for_smoke(config: ml_collections.ConfigDict) -> None:
+    """Tiny everything: a run of seconds that exercises every stage (tests and `:smoke` variants)."""
+    config.dataset.update(num_train=16, num_val=6, image_size=(40, 48))
+    config.model.update(depth=18, base_width=4)
+    config.data.update(crop_size=(32, 32), batch_size=4, eval_pad_size=(40, 48), eval_batch_size=4)
+    config.edge_net.update(steps=30, batch_size=4)
+    config.train.update(steps=12, log_every=4, eval_every=6, checkpoint_every=4)
+    config.eval.num_plot_images = 4

@@ -1,0 +1,83 @@
+"""Evaluation of a segmentation state on a validation split: one jitted count step, host accumulation.
+
+The step turns a padded eval batch into exact counts (confusion matrix, trimap band/interior matrices,
+per-image E-measure sums); the host adds them up in int64/float64, so the result does not depend on the batch
+size or the number of processes. Single scale, no flip (the SEMEDA protocol).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from semeda_jax import metrics
+from semeda_jax.data import pipeline
+from semeda_jax.models import upsample_logits
+from semeda_jax.validation import IGNORE_LABEL
+
+
+def predict_logits(apply_fn, variables, images: jax.Array) -> jax.Array:
+    """images [B,H,W,3] -> logits [B,H,W,C] at the input resolution (eval-mode batch norm)."""
+    return upsample_logits(apply_fn(variables, images, train=False), images.shape[1:3])
+
+
+def eval_counts(variables, batch: dict, *, apply_fn, num_classes: int, widths: Sequence[int]) -> dict:
+    """Counts of one eval batch; filler examples (mask False) are all void and count nothing."""
+    logits = predict_logits(apply_fn, variables, batch["image"])
+    predictions = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    labels = jnp.where(batch["mask"][:, None, None], batch["label"], IGNORE_LABEL)
+    band_cm, interior_cm = metrics.trimap_confusion(labels, predictions, num_classes, tuple(widths))
+    scores, present = metrics.emeasure_per_image(labels, predictions, num_classes)
+    emeasure_sums, emeasure_counts = metrics.emeasure_totals(scores, present)
+    return {"cm": metrics.confusion_matrix(labels, predictions, num_classes), "band_cm": band_cm,
+            "interior_cm": interior_cm, "emeasure_sums": emeasure_sums, "emeasure_counts": emeasure_counts,
+            "predictions": predictions, "entropy": metrics.prediction_entropy(logits, normalize=True)}
+
+
+def summarize(totals: dict, widths: Sequence[int], class_names: Sequence[str] | None = None) -> dict:
+    """Accumulated counts -> the report: mIoU, per-class IoU/F1, accuracies, E-measure, trimap curves."""
+    report = metrics.segmentation_summary(totals["cm"], class_names)
+    per_class_e, mean_e = metrics.emeasure_dataset(totals["emeasure_sums"], totals["emeasure_counts"])
+    names = class_names or [str(c) for c in range(len(per_class_e))]
+    report["emeasure"] = float(mean_e)
+    report["emeasure_per_class"] = {n: float(v) for n, v in zip(names, per_class_e)}
+    boundary, interior = metrics.trimap_miou(totals["band_cm"], totals["interior_cm"])
+    report["trimap"] = {"widths": [int(w) for w in widths], "boundary_miou": [float(v) for v in boundary],
+                        "interior_miou": [float(v) for v in interior]}
+    report["confusion_matrix"] = np.asarray(totals["cm"]).tolist()
+    return report
+
+
+def evaluate(state, reader, config: ml_collections.ConfigDict, *, num_samples: int = 0,
+             class_names: Sequence[str] | None = None) -> dict:
+    """Full evaluation of `state` on `reader`'s split -> report dict; with `num_samples`, also the first
+    `num_samples` images as report["samples"] (image, label, prediction, entropy arrays for the plots)."""
+    widths = tuple(config.eval.trimap_widths)
+    step = jax.jit(functools.partial(eval_counts, apply_fn=state.apply_fn,
+                                     num_classes=config.dataset.num_classes, widths=widths))
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    dataset = pipeline.eval_dataset(reader, pad_size=config.data.eval_pad_size,
+                                    batch_size=config.data.eval_batch_size, mean=config.data.mean,
+                                    std=config.data.std, process_index=jax.process_index(),
+                                    process_count=jax.process_count())
+    totals, samples = {}, []
+    for batch in dataset.as_numpy_iterator():
+        out = jax.device_get(step(variables, {k: batch[k] for k in ("image", "label", "mask")}))
+        for key in ("cm", "band_cm", "interior_cm", "emeasure_sums", "emeasure_counts"):
+            value = np.asarray(out[key], np.float64 if key == "emeasure_sums" else np.int64)
+            totals[key] = totals.get(key, 0) + value
+        for i in np.flatnonzero(batch["mask"])[:max(num_samples - len(samples), 0)]:
+            h, w = int(batch["height"][i]), int(batch["width"][i])
+            samples.append({"id": batch["id"][i].decode(),
+                            "image": pipeline.denormalize(batch["image"][i, :h, :w], config.data.mean,
+                                                          config.data.std),
+                            "label": batch["label"][i, :h, :w], "prediction": out["predictions"][i, :h, :w],
+                            "entropy": out["entropy"][i, :h, :w]})
+    report = summarize(totals, widths, class_names)
+    if num_samples:
+        report["samples"] = samples
+    return report

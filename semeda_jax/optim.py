@@ -1,0 +1,46 @@
+"""Optimiser: SGD with momentum, decoupled weight decay on conv/dense kernels, warm-up then poly decay.
+
+lr(t) = base * t / warmup for t < warmup, then base * (1 - (t - warmup) / (steps - warmup)) ** power (the
+DeepLab "poly" schedule, power 0.9). Frozen batch norm (SEMEDA's setting) also freezes BN scale and bias: their
+updates are zero.
+"""
+from __future__ import annotations
+
+import jax
+import ml_collections
+import optax
+from flax import traverse_util
+
+from semeda_jax.models.layers import frozen_bn_mask
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    """Warm-up (linear from 0) followed by poly decay to 0 at `total_steps`."""
+    base, warmup = config.learning_rate, int(config.warmup_steps)
+    poly = optax.polynomial_schedule(init_value=base, end_value=0.0, power=config.poly_power,
+                                     transition_steps=max(total_steps - warmup, 1))
+    if warmup <= 0:
+        return poly
+    return optax.join_schedules([optax.linear_schedule(0.0, base, warmup), poly], [warmup])
+
+
+def _kernel_mask(params) -> dict:
+    """True for conv/dense kernels (weight decay applies), False for biases and norm parameters."""
+    flat = traverse_util.flatten_dict(params)
+    return traverse_util.unflatten_dict({path: path[-1] == "kernel" for path in flat})
+
+
+def create_optimizer(config: ml_collections.ConfigDict, total_steps: int, params,
+                     freeze_batch_norm: bool) -> optax.GradientTransformation:
+    """SGD(momentum) + weight decay on kernels; BN scale/bias frozen when `freeze_batch_norm`."""
+    schedule = learning_rate_schedule(config, total_steps)
+    sgd = optax.chain(optax.add_decayed_weights(config.weight_decay, mask=_kernel_mask(params)),
+                      optax.sgd(schedule, momentum=config.momentum))
+    if not freeze_batch_norm:
+        return sgd
+    labels = jax.tree_util.tree_map(lambda trainable: "trained" if trainable else "frozen", frozen_bn_mask(params))
+    return optax.multi_transform({"trained": sgd, "frozen": optax.set_to_zero()}, labels)
+
+
+def count_params(params) -> int:
+    return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))

@@ -1,0 +1,340 @@
+"""Data layer: synthetic generator, palette PNGs, VOC reader, tf.data train/eval pipelines."""
+import ast
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from semeda_jax import data
+from semeda_jax.data import synthetic
+from semeda_jax.data.errors import IGNORE_LABEL, DatasetError
+
+SIZE = (48, 64)
+C = 6
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth") / "voc"
+    return data.write_synthetic_voc(root, num_train=7, num_val=3, image_size=SIZE, num_classes=C, void_width=3,
+                                    seed=5, verbose=False)
+
+
+def _make_voc(root, sizes, num_classes=C, split="val", value=None):
+    """A hand-made VOC-layout dataset with images of the given (H, W) sizes."""
+    rng = np.random.default_rng(0)
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    ids = []
+    for i, (h, w) in enumerate(sizes):
+        image_id = f"img{i}"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{image_id}.jpg")
+        label = rng.integers(0, num_classes, (h, w)).astype(np.uint8)
+        label[:2] = IGNORE_LABEL
+        if value is not None and i == len(sizes) - 1:
+            label[5, 5] = value
+        data.write_label_png(root / "SegmentationClass" / f"{image_id}.png", label)
+        ids.append(image_id)
+    (root / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return data.VOCSegmentation(root, split, num_classes)
+
+
+# ---------------------------------------------------------------------------------------------- generator
+
+def test_generate_scene_is_deterministic():
+    a = data.generate_scene(np.random.default_rng(3), SIZE, C, 3)
+    b = data.generate_scene(np.random.default_rng(3), SIZE, C, 3)
+    c = data.generate_scene(np.random.default_rng(4), SIZE, C, 3)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0]) and not np.array_equal(a[1], c[1])
+    assert a[0].shape == SIZE + (3,) and a[0].dtype == np.uint8
+    assert a[1].shape == SIZE and a[1].dtype == np.uint8
+
+
+def test_scene_labels_void_band_and_classes():
+    seen = set()
+    for seed in range(6):
+        image, label = data.generate_scene(np.random.default_rng(seed), SIZE, C, 4)
+        values = set(np.unique(label).tolist())
+        assert values <= set(range(C)) | {IGNORE_LABEL}
+        assert IGNORE_LABEL in values and 0 in values
+        # The void band separates every pair of 4-adjacent pixels with different (non-void) classes.
+        for a, b in ((label[1:], label[:-1]), (label[:, 1:], label[:, :-1])):
+            assert not np.any((a != b) & (a != IGNORE_LABEL) & (b != IGNORE_LABEL))
+        seen |= values - {0, IGNORE_LABEL}
+        _, no_void = data.generate_scene(np.random.default_rng(seed), SIZE, C, 0)
+        assert IGNORE_LABEL not in no_void and len(set(np.unique(no_void).tolist()) - {0}) >= 1
+    assert len(seen) >= 4, seen
+
+
+def test_void_band_width():
+    label = np.zeros((6, 20), np.uint8)
+    label[:, 10:] = 1
+    band = data.void_band(label, 4)
+    np.testing.assert_array_equal(np.nonzero(band[0])[0], [8, 9, 10, 11])
+    assert not data.void_band(label, 0).any()
+    assert not data.void_band(np.zeros((5, 5), np.uint8), 4).any()
+
+
+def test_class_names():
+    names = data.synthetic_class_names(13)
+    assert names[0] == "background" and len(names) == 13 and len(set(names)) == 13
+
+
+# ----------------------------------------------------------------------------------------------- palette
+
+def test_voc_colormap_and_palette_png(tmp_path):
+    cmap = data.voc_colormap()
+    assert cmap.shape == (256, 3) and cmap.dtype == np.uint8
+    assert tuple(cmap[0]) == (0, 0, 0) and tuple(cmap[1]) == (128, 0, 0) and tuple(cmap[15]) == (192, 128, 128)
+    assert tuple(cmap[255]) == (224, 224, 192)
+    label = np.array([[0, 1, 2], [20, 255, 7]], np.uint8)
+    path = tmp_path / "l.png"
+    data.write_label_png(path, label)
+    with Image.open(path) as im:
+        assert im.mode == "P"
+        assert np.array_equal(np.array(im.getpalette(), np.uint8).reshape(-1, 3)[:256], cmap)
+    np.testing.assert_array_equal(data.read_label_png(path), label)
+    np.testing.assert_array_equal(data.colorize(label), cmap[label])
+    Image.fromarray(label).save(tmp_path / "gray.png")  # SBD-style grayscale labels are accepted
+    np.testing.assert_array_equal(data.read_label_png(tmp_path / "gray.png"), label)
+    Image.fromarray(cmap[label]).save(tmp_path / "rgb.png")
+    with pytest.raises(DatasetError, match="rgb.png"):
+        data.read_label_png(tmp_path / "rgb.png")
+
+
+def test_ignore_label_matches_validation():
+    from semeda_jax import validation
+    assert IGNORE_LABEL == validation.IGNORE_LABEL
+
+
+# ---------------------------------------------------------------------------------------- on-disk layout
+
+def test_written_layout_reads_back(synth_root):
+    root = pathlib.Path(synth_root)
+    manifest = json.loads((root / "synthetic.json").read_text())
+    assert manifest["params"]["num_classes"] == C and manifest["splits"] == {"train": 7, "val": 3}
+    for split, n in (("train", 7), ("val", 3)):
+        reader = data.VOCSegmentation(root, split, C).check()
+        assert len(reader.ids) == n
+        for index, image_id in enumerate(reader.ids):
+            assert pathlib.Path(reader.image_path(image_id)) == root / "JPEGImages" / f"{image_id}.jpg"
+            with Image.open(reader.label_path(image_id)) as im:
+                assert im.mode == "P" and im.format == "PNG"
+                assert np.array_equal(np.array(im.getpalette(), np.uint8).reshape(-1, 3)[:256], data.VOC_COLORMAP)
+            image, label = reader.load(image_id)
+            ref_image, ref_label = data.generate_scene(synthetic._scene_rng(5, split, index), SIZE, C, 3)
+            np.testing.assert_array_equal(label, ref_label)  # bit-exact through the palette PNG
+            assert np.abs(image.astype(float) - ref_image).mean() < 5.0  # JPEG q95 of a noisy image
+
+
+def test_idempotent_and_cache_folders(synth_root, tmp_path):
+    files = sorted(p for p in pathlib.Path(synth_root).rglob("*") if p.is_file())
+    before = {p: p.stat().st_mtime_ns for p in files}
+    again = data.write_synthetic_voc(synth_root, num_train=7, num_val=3, image_size=SIZE, num_classes=C,
+                                     void_width=3, seed=5, verbose=False)
+    assert again == synth_root
+    assert {p: p.stat().st_mtime_ns for p in files} == before
+    params = dict(num_train=2, num_val=1, image_size=(16, 16), num_classes=3, verbose=False)
+    a = data.ensure_synthetic_voc(tmp_path, **params)
+    assert data.ensure_synthetic_voc(tmp_path, **params) == a
+    b = data.ensure_synthetic_voc(tmp_path, **{**params, "seed": 1})
+    assert a != b and a.parent == b.parent == tmp_path
+    # Other parameters at an explicit root replace the stale synthetic set; leftovers never remain.
+    data.write_synthetic_voc(a, num_train=3, num_val=1, image_size=(16, 16), num_classes=3, verbose=False)
+    assert len(data.VOCSegmentation(a, "train", 3).check().ids) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([a.name, b.name])
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "x.txt").write_text("not ours")
+    with pytest.raises(DatasetError, match="refusing"):
+        data.write_synthetic_voc(tmp_path / "real", num_train=1, num_val=1, verbose=False)
+
+
+def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
+    calls = []
+
+    def failing(path, label):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return data.write_label_png(path, label)
+
+    monkeypatch.setattr(synthetic, "write_label_png", failing)
+    with pytest.raises(KeyboardInterrupt):
+        data.write_synthetic_voc(tmp_path / "voc", num_train=4, num_val=1, image_size=(16, 16), num_classes=3,
+                                 verbose=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+def test_layout_errors_name_the_file(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist") as e:
+        data.VOCSegmentation(tmp_path / "nope", "train").check()
+    assert "JPEGImages/<id>.jpg" in str(e.value) and "nope" in str(e.value)
+    reader = _make_voc(tmp_path / "voc", [(20, 30), (20, 30)], split="train")
+    with pytest.raises(DatasetError, match=r"ImageSets/Segmentation/val\.txt"):
+        data.VOCSegmentation(tmp_path / "voc", "val").check()
+    reader.check()
+    os.remove(reader.label_path("img1"))
+    with pytest.raises(DatasetError, match=r"no label file .*img1\.png"):
+        data.VOCSegmentation(tmp_path / "voc", "train").check()
+    os.remove(reader.image_path("img0"))
+    with pytest.raises(DatasetError, match=r"no image file .*img0\.jpg"):
+        data.VOCSegmentation(tmp_path / "voc", "train").check()
+
+
+def test_bad_label_values(tmp_path):
+    reader = _make_voc(tmp_path, [(20, 30), (20, 30)], value=9)
+    reader.load("img0")
+    with pytest.raises(DatasetError, match=r"img1\.png.*\{9\}"):
+        reader.load("img1")
+    import tensorflow as tf
+    ds = data.eval_dataset(reader, pad_size=(32, 32), batch_size=2)
+    with pytest.raises(tf.errors.OpError, match=r"img1\.png.*\{9\}"):
+        list(ds.as_numpy_iterator())
+
+
+# --------------------------------------------------------------------------------------- train pipeline
+
+def _train(reader, **kw):
+    args = dict(crop_size=(32, 40), batch_size=3, scale_range=(0.75, 1.5), seed=0)
+    return data.train_dataset(reader, **{**args, **kw})
+
+
+def _take(ds, n):
+    it = ds.as_numpy_iterator()
+    return [next(it) for _ in range(n)]
+
+
+def test_train_pipeline_shapes_determinism_resume(synth_root):
+    reader = data.VOCSegmentation(synth_root, "train", C)
+    run = _take(_train(reader), 5)
+    for batch in run:
+        assert batch["image"].shape == (3, 32, 40, 3) and batch["image"].dtype == np.float32
+        assert batch["label"].shape == (3, 32, 40) and batch["label"].dtype == np.int32
+        assert set(np.unique(batch["label"]).tolist()) <= set(range(C)) | {IGNORE_LABEL}
+        assert np.abs(batch["image"]).max() < 5
+    again = _take(_train(reader), 5)
+    other = _take(_train(reader, seed=1), 5)
+    for a, b, c in zip(run, again, other):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    assert not all(np.array_equal(a["image"], c["image"]) for a, c in zip(run, other))
+    for resumed in (_take(_train(reader, start_step=3), 2), _take(_train(reader).skip(3), 2)):
+        for a, b in zip(run[3:], resumed):
+            np.testing.assert_array_equal(a["image"], b["image"])
+            np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_train_pipeline_pads_small_images(tmp_path):
+    reader = _make_voc(tmp_path, [(20, 30)] * 2, split="train")
+    labels = [reader.load(i)[1] for i in reader.ids]
+    batch = _take(_train(reader, crop_size=(40, 50), batch_size=2, scale_range=(1.0, 1.0)), 1)[0]
+    for image, label in zip(batch["image"], batch["label"]):
+        if not any(np.array_equal(label[:20, :30], ref) for ref in labels):
+            image, label = image[:, ::-1], label[:, ::-1]  # flipped: the padding is on the left
+        assert any(np.array_equal(label[:20, :30], ref) for ref in labels)
+        assert (label[20:] == IGNORE_LABEL).all() and (label[:, 30:] == IGNORE_LABEL).all()
+        assert (image[20:] == 0).all() and (image[:, 30:] == 0).all()  # the mean colour
+
+
+def _identify(label, labels):
+    """Index of the file whose label equals `label` or its mirror image."""
+    hits = [i for i, ref in enumerate(labels) if np.array_equal(label, ref) or np.array_equal(label, ref[:, ::-1])]
+    assert len(hits) == 1
+    return hits[0]
+
+
+def test_train_sharding_and_epochs(synth_root):
+    reader = data.VOCSegmentation(synth_root, "train", C)
+    labels = [reader.load(i)[1].astype(np.int32) for i in reader.ids]
+    visited = []
+    for p in range(2):
+        local = data.shard_ids(reader.ids, p, 2)
+        ds = _train(reader, crop_size=SIZE, batch_size=1, scale_range=(1.0, 1.0), process_index=p, process_count=2)
+        order = [_identify(b["label"][0], labels) for b in _take(ds, 2 * len(local))]
+        first, second = order[:len(local)], order[len(local):]
+        assert sorted(first) == sorted(second) == sorted(reader.ids.index(i) for i in local)
+        visited.append(set(first))
+    assert visited[0].isdisjoint(visited[1]) and visited[0] | visited[1] == set(range(len(reader.ids)))
+
+
+# ---------------------------------------------------------------------------------------- eval pipeline
+
+def test_eval_pipeline_padding_and_mask(tmp_path):
+    sizes = [(20, 30), (32, 24), (17, 40), (25, 25), (30, 33)]
+    reader = _make_voc(tmp_path, sizes)
+    mean, std = data.DEFAULT_MEAN, data.DEFAULT_STD
+    batches = list(data.eval_dataset(reader, pad_size=(32, 40), batch_size=2).as_numpy_iterator())
+    assert len(batches) == data.num_eval_batches(5, 2) == 3
+    np.testing.assert_array_equal(np.concatenate([b["mask"] for b in batches]), [1, 1, 1, 1, 1, 0])
+    seen = []
+    for b in batches:
+        assert b["image"].shape == (2, 32, 40, 3) and b["label"].dtype == np.int32
+        for j in range(2):
+            h, w = b["height"][j], b["width"][j]
+            if not b["mask"][j]:
+                assert (b["label"][j] == IGNORE_LABEL).all() and h == w == 0 and b["id"][j] == b""
+                continue
+            image_id = b["id"][j].decode()
+            seen.append(image_id)
+            image, label = reader.load(image_id)
+            assert (h, w) == label.shape == sizes[int(image_id[3:])]
+            np.testing.assert_array_equal(b["label"][j, :h, :w], label)
+            assert (b["label"][j, h:] == IGNORE_LABEL).all() and (b["label"][j, :, w:] == IGNORE_LABEL).all()
+            assert (b["image"][j, h:] == 0).all() and (b["image"][j, :, w:] == 0).all()
+            np.testing.assert_allclose(data.denormalize(b["image"][j, :h, :w], mean, std), image, atol=3)
+    assert seen == reader.ids
+    # Two processes: the same number of batches each, every image exactly once.
+    per_process = [list(data.eval_dataset(reader, pad_size=(32, 40), batch_size=2, process_index=p,
+                                          process_count=2).as_numpy_iterator()) for p in range(2)]
+    assert [len(b) for b in per_process] == [2, 2]
+    ids = [i for b in per_process for batch in b for i, m in zip(batch["id"], batch["mask"]) if m]
+    assert sorted(i.decode() for i in ids) == reader.ids
+
+
+def test_eval_image_larger_than_pad_size(tmp_path):
+    reader = _make_voc(tmp_path, [(20, 30), (40, 30)])
+    with pytest.raises(DatasetError, match=r"img1\.jpg.*40x30"):
+        data.eval_dataset(reader, pad_size=(32, 32), batch_size=2)
+
+
+def test_denormalize_inverts_normalisation():
+    image = np.random.default_rng(0).integers(0, 256, (4, 5, 3)).astype(np.uint8)
+    mean, std = np.array(data.DEFAULT_MEAN), np.array(data.DEFAULT_STD)
+    np.testing.assert_array_equal(data.denormalize((image - mean) / std), image)
+
+
+# --------------------------------------------------------------------------------------- registry, imports
+
+def test_registry(tmp_path):
+    assert set(data.DATASETS) >= {"synthetic", "voc"}
+    reader = data.build_reader({"name": "synthetic", "cache_dir": str(tmp_path), "num_train": 2, "num_val": 1,
+                                "image_size": (16, 16), "num_classes": 3, "seed": 0}, "val")
+    assert len(reader.check().ids) == 1 and reader.class_names[0] == "background" and reader.num_classes == 3
+    voc = data.build_reader({"name": "voc", "root": str(tmp_path / "VOC2012")}, "val")
+    assert voc.num_classes == 21 and voc.class_names[15] == "person"
+    with pytest.raises(KeyError, match="synthetic"):
+        data.get_dataset_builder("imagenet")
+
+
+def test_data_imports_no_jax_side_code():
+    package = pathlib.Path(data.__file__).parent
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                top = name.split(".")[0]
+                assert top not in ("jax", "flax", "optax", "orbax"), (path, name)
+                assert top != "semeda_jax" or name.startswith("semeda_jax.data"), (path, name)
+    # Without the pipeline (i.e. without TensorFlow, which may pull jax in by itself) nothing loads jax.
+    code = "import sys, semeda_jax.data; assert 'jax' not in sys.modules and 'tensorflow' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=package.parent.parent)
