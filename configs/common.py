@@ -13,7 +13,7 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.stages = ("edge_pretrain", "train", "eval")
+    config.stages = ("train", "eval")  # train pre-trains g_phi first when the loss needs it
 
     # Read by semeda_jax.data.build_reader: `root` is the dataset folder (for "synthetic": where to write it;
     # unset = a parameter-hash folder under `cache_dir`, default ~/.cache/semeda_jax).

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 
-from absl import app, flags
-from ml_collections import config_flags
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: keep its C++ banner quiet
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).",
@@ -30,6 +33,11 @@ def run(config, workdir: str, stages, images: str | None) -> None:
     from semeda_jax import predict, stages as stage_lib
     from semeda_jax.validation import ConfigError
 
+    logging.set_verbosity(logging.WARNING)  # orbax and clu log every checkpoint save at INFO
+    unknown = [stage for stage in stages if stage not in (*stage_lib.STAGES, "predict")]
+    if unknown:
+        raise ConfigError(f"--stages: unknown stage(s) {unknown}; valid: {[*stage_lib.STAGES, 'predict']}")
+    stage_lib.check_config(config)
     os.makedirs(workdir, exist_ok=True)
     for stage in stages:
         if stage == "predict":
@@ -38,25 +46,52 @@ def run(config, workdir: str, stages, images: str | None) -> None:
             state = stage_lib.restore_for_inference(config, workdir)
             predict.predict_folder(state, images, os.path.join(workdir, "predictions"), mean=config.data.mean,
                                    std=config.data.std)
-        elif stage in stage_lib.STAGES:
-            stage_lib.STAGES[stage](config, workdir)
         else:
-            raise ConfigError(f"--stages: unknown stage {stage!r}; valid: {[*stage_lib.STAGES, 'predict']}")
+            stage_lib.STAGES[stage](config, workdir)
+
+
+def user_error_message(error: BaseException) -> str | None:
+    """The one-line message of a user error (bad data, input or config), or None for a bug."""
+    from semeda_jax.data.errors import DatasetError
+    from semeda_jax.validation import ConfigError, InputError
+
+    if isinstance(error, (DatasetError, InputError, ConfigError, FileNotFoundError)):
+        return str(error)
+    marker = "DatasetError: "  # raised inside a tf.data map function, TensorFlow wraps it in its own error
+    if marker in str(error):
+        return str(error).split(marker, 1)[1].splitlines()[0]
+    return None
 
 
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from semeda_jax.data.errors import DatasetError
-    from semeda_jax.validation import ConfigError, InputError
-
     stages = FLAGS.stages or (["predict"] if FLAGS.images else list(FLAGS.config.stages))
     try:
         run(FLAGS.config, FLAGS.workdir, stages, FLAGS.images)
-    except (DatasetError, InputError, ConfigError, FileNotFoundError) as error:
+    except Exception as error:  # noqa: BLE001 -- every failure ends the same way, see below
+        message = user_error_message(error)
+        if message is None:
+            traceback.print_exc()
+        else:
+            print(f"error: {message}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Skip interpreter teardown: destroying a tf.data iterator with map calls in flight can deadlock there.
+        os._exit(1 if message is None else 2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl parsing, with a bad --config override (unknown key, wrong type) reported in one line, exit 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        print(f"error: a --config.* override names no config field, or gives a value of the wrong type: "
+              f"{type(error).__name__}: {error}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -23,6 +23,12 @@ from semeda_jax.losses import init_edge_net
 Log = Callable[[str], None]
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Fail fast (before data, compilation or training) on a bad loss mix or model setting."""
+    objective.loss_terms(config)
+    train.build_segmentation_model(config, config.dataset.num_classes)
+
+
 def build_readers(config: ml_collections.ConfigDict) -> dict:
     """{"train": reader, "val": reader} of config.dataset (generating the synthetic data on first use)."""
     return {"train": build_reader(config.dataset, config.dataset.train_split),
@@ -71,9 +77,11 @@ def load_edge_net(config: ml_collections.ConfigDict, workdir: str, log: Log = pr
     return run_edge_pretrain(config, workdir, log)
 
 
-def run_train(config: ml_collections.ConfigDict, workdir: str, log: Log = print):
+def run_train(config: ml_collections.ConfigDict, workdir: str, log: Log = print, **train_kwargs):
+    """Train f_theta (train.train_and_evaluate) with g_phi loaded or pre-trained first; -> (state, history)."""
     readers = build_readers(config)
-    return train.train_and_evaluate(config, workdir, readers, load_edge_net(config, workdir, log), log)
+    return train.train_and_evaluate(config, workdir, readers, load_edge_net(config, workdir, log), log,
+                                    **train_kwargs)
 
 
 def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, log: Log = print):

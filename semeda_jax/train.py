@@ -64,7 +64,7 @@ def train_step(state: TrainState, batch: dict, edge_net_params, *, loss_fn: Call
         return total, (terms, updates["batch_stats"])
 
     (total, (terms, batch_stats)), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
-    metrics = {"loss": total, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step),
+    metrics = {"loss": total, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step),
                **{f"loss_{name}": value for name, value in terms.items()}}
     return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
 
@@ -76,8 +76,12 @@ def _progress_line(step: int, total: int, metrics: dict, images_per_second: floa
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, readers: dict, edge_net_params,
-                       log: Callable[[str], None] = print) -> TrainState:
-    """Train for config.train.steps (resuming from WORKDIR/checkpoints/latest), evaluating periodically."""
+                       log: Callable[[str], None] = print, stop_after: int | None = None) -> tuple[TrainState, list]:
+    """Train for config.train.steps (resuming from WORKDIR/checkpoints/latest), evaluating periodically.
+
+    `stop_after=k` ends this run after step k with a checkpoint (an interruption the next run resumes from).
+    Returns the state and the history of logged metrics [(step, {name: mean over the log window})].
+    """
     num_classes = config.dataset.num_classes
     model = build_segmentation_model(config, num_classes)
     key = jax.random.PRNGKey(config.seed)
@@ -102,8 +106,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, readers:
     step_fn = jax.jit(functools.partial(train_step, loss_fn=objective.build_loss_fn(config),
                                         dropout_key=dropout_key, schedule=schedule), donate_argnums=(0,))
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-    window_start, window_metrics = time.perf_counter(), []
-    for step in range(start_step + 1, config.train.steps + 1):
+    window_start, window_metrics, history = time.perf_counter(), [], []
+    last_step = config.train.steps if stop_after is None else min(stop_after, config.train.steps)
+    for step in range(start_step + 1, last_step + 1):
         state, metrics = step_fn(state, next(batches), edge_net_params)
         window_metrics.append(metrics)
         if step % config.train.log_every == 0 or step == config.train.steps:
@@ -114,6 +119,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, readers:
             log(_progress_line(step, config.train.steps, mean_metrics, rate * batch_size,
                                (config.train.steps - step) / rate))
             writer.write_scalars(step, mean_metrics)
+            history.append((step, mean_metrics))
             window_start, window_metrics = time.perf_counter(), []
         if step % config.train.eval_every == 0 or step == config.train.steps:
             results = evaluate.evaluate(state, readers["val"], config)
@@ -123,8 +129,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, readers:
             checkpoints.save(step, state, {"step": step, "miou": results["miou"]},
                              metrics={"miou": results["miou"]})
             window_start = time.perf_counter()  # keep evaluation out of the images/s figure
-        elif step % config.train.checkpoint_every == 0:
+        elif step % config.train.checkpoint_every == 0 or step == last_step:
             checkpoints.save(step, state, {"step": step})
     writer.flush()
     checkpoints.close()
-    return state
+    return state, history

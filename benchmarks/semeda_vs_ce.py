@@ -1,0 +1,65 @@
+"""SEMEDA (CE + SEMEDA loss) against the PPCE baseline (CE only) on the synthetic data, same seed and budget.
+
+    python benchmarks/semeda_vs_ce.py                          # configs/demo.py, seeds 0
+    python benchmarks/semeda_vs_ce.py --seeds=0,1,2 --steps=3000
+
+Each arm runs the demo config's train and eval stages in its own workdir under --workdir; the only difference
+between the arms is config.loss. Prints mIoU, mean F1, E-measure and boundary / non-boundary trimap mIoU per
+arm (mean over seeds) and the SEMEDA - CE deltas, and writes them to WORKDIR/semeda_vs_ce.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+from configs import demo
+from semeda_jax import stages
+
+ARMS = {"CE (PPCE)": "ce", "CE+SEMEDA": "ce+semeda"}
+TRIMAP_SHOWN = (1, 3, 10)
+
+
+def scores(report: dict) -> dict:
+    """The compared numbers of one eval report (fractions, not %)."""
+    trimap = report["trimap"]
+    row = {"mIoU": report["miou"], "mean F1": report["mean_f1"], "E-measure": report["emeasure"]}
+    for width in TRIMAP_SHOWN:
+        index = trimap["widths"].index(width)
+        row[f"boundary mIoU w={width}"] = trimap["boundary_miou"][index]
+    row["non-boundary mIoU w=3"] = trimap["interior_miou"][trimap["widths"].index(3)]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="/tmp/semeda_vs_ce")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per arm (default: the config's)")
+    args = parser.parse_args()
+    results = {arm: [] for arm in ARMS}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for arm, loss in ARMS.items():
+            config = demo.get_config()
+            config.seed, config.loss = seed, loss
+            config.train.steps = args.steps or config.train.steps
+            workdir = os.path.join(args.workdir, f"{loss.replace('+', '_')}_seed{seed}")
+            print(f"== {arm}, seed {seed} -> {workdir}", flush=True)
+            stages.run_train(config, workdir)
+            results[arm].append(scores(stages.run_eval(config, workdir)))
+    names = list(next(iter(results.values()))[0])
+    means = {arm: {n: float(np.mean([r[n] for r in rows])) for n in names} for arm, rows in results.items()}
+    ce, semeda = (means[arm] for arm in ARMS)
+    seeds = len(results["CE (PPCE)"])
+    print(f"\nmean over {seeds} seed(s), values in %")
+    print(f"{'metric':<24} {'CE (PPCE)':>10} {'CE+SEMEDA':>10} {'delta':>7}")
+    for n in names:
+        print(f"{n:<24} {100 * ce[n]:>10.2f} {100 * semeda[n]:>10.2f} {100 * (semeda[n] - ce[n]):>+7.2f}")
+    with open(os.path.join(args.workdir, "semeda_vs_ce.json"), "w") as f:
+        json.dump({"per_seed": results, "mean": means}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""End to end on the tiny `demo.py:smoke` config: train, checkpoint, resume bit for bit, report, predict."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import demo
+from semeda_jax import predict, stages
+from semeda_jax.data import generate_scene
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("synthetic"))
+
+
+def smoke_config(data_root, **overrides):
+    config = demo.get_config("smoke")
+    config.dataset.root = data_root
+    config.update_from_flattened_dict(overrides)
+    return config
+
+
+@pytest.fixture(autouse=True)
+def float32_jax():
+    """Training runs in float32 like on a real accelerator (conftest turns x64 on for the math tests)."""
+    jax.config.update("jax_enable_x64", False)
+    yield
+    jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_root):
+    """One full smoke run (edge_pretrain -> train -> eval) shared by the tests that only read its outputs."""
+    jax.config.update("jax_enable_x64", False)
+    workdir = str(tmp_path_factory.mktemp("run"))
+    config = smoke_config(data_root, **{"train.steps": 16, "train.log_every": 4, "train.eval_every": 8})
+    _, history = stages.run_train(config, workdir, log=lambda line: None)
+    report = stages.run_eval(config, workdir, log=lambda line: None)
+    jax.config.update("jax_enable_x64", True)
+    return config, workdir, history, report
+
+
+def test_training_decreases_the_loss(trained):
+    _, _, history, _ = trained
+    losses = [metrics["loss"] for _, metrics in history]
+    assert [step for step, _ in history] == [4, 8, 12, 16]
+    assert losses[-1] < 0.9 * losses[0], losses
+    assert {"loss_ce", "loss_semeda", "learning_rate", "grad_norm"} <= set(history[0][1])
+
+
+def test_checkpoints_and_edge_net_are_written(trained):
+    _, workdir, _, _ = trained
+    assert max(int(step) for step in os.listdir(os.path.join(workdir, "checkpoints", "latest"))) == 16
+    assert os.listdir(os.path.join(workdir, "checkpoints", "best"))
+    assert os.listdir(os.path.join(workdir, "edge_net", "latest"))
+
+
+def test_report_files_have_the_expected_keys(trained):
+    config, workdir, _, report = trained
+    with open(os.path.join(workdir, "report.json")) as f:
+        saved = json.load(f)
+    assert {"miou", "pixel_acc", "mean_acc", "mean_f1", "emeasure", "iou", "f1", "emeasure_per_class",
+            "trimap", "confusion_matrix"} <= set(saved)
+    assert saved["trimap"]["widths"] == list(config.eval.trimap_widths)
+    assert len(saved["trimap"]["boundary_miou"]) == len(config.eval.trimap_widths)
+    assert np.asarray(saved["confusion_matrix"]).shape == (config.dataset.num_classes,) * 2
+    # Every valid pixel of the 6 val images is counted once.
+    assert np.asarray(saved["confusion_matrix"]).sum() > 0.5 * 6 * 40 * 48
+    assert saved["miou"] == pytest.approx(report["miou"])
+    for name in ("report.md", "trimap.png", "confusion.png", "samples.png"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0
+
+
+def test_predict_writes_one_mask_per_image(trained, tmp_path):
+    config, workdir, _, _ = trained
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    from PIL import Image
+    for i, size in enumerate([(40, 48), (33, 57), (64, 40)]):
+        Image.fromarray(generate_scene(rng, size, config.dataset.num_classes)[0]).save(images / f"im{i}.jpg")
+    state = stages.restore_for_inference(config, workdir, log=lambda line: None)
+    written = predict.predict_folder(state, str(images), str(tmp_path / "out"), mean=config.data.mean,
+                                     std=config.data.std, log=lambda line: None)
+    assert [os.path.basename(p) for p in written] == ["im0.png", "im1.png", "im2.png"]
+    with Image.open(written[1]) as mask:
+        assert mask.mode == "P" and mask.size == (57, 33)
+        assert np.asarray(mask).max() < config.dataset.num_classes
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(
+        ["im0.png", "im1.png", "im2.png", "im0_entropy.png", "im1_entropy.png", "im2_entropy.png"])
+
+
+def test_interrupted_run_resumes_bitwise(tmp_path, data_root):
+    config = smoke_config(data_root, **{"loss": "ce", "train.steps": 8, "train.eval_every": 100})
+    straight, _ = stages.run_train(config, str(tmp_path / "straight"), log=lambda line: None)
+    stages.run_train(config, str(tmp_path / "resumed"), log=lambda line: None, stop_after=3)
+    resumed, _ = stages.run_train(config, str(tmp_path / "resumed"), log=lambda line: None)
+    assert int(resumed.step) == int(straight.step) == 8
+    for a, b in zip(jax.tree_util.tree_leaves((straight.params, straight.batch_stats, straight.opt_state)),
+                    jax.tree_util.tree_leaves((resumed.params, resumed.batch_stats, resumed.opt_state))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
