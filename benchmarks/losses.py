@@ -1,7 +1,7 @@
 """Forward+backward time and peak memory of the training losses, as a ratio to plain CE.
 
-    python benchmarks/losses.py                      # VOC 4x513x513x21 and Cityscapes 2x1024x2048x19
-    python benchmarks/losses.py --batches=voc --repeats=5
+    python -m benchmarks.losses                      # VOC 4x513x513x21 and Cityscapes 2x1024x2048x19
+    python -m benchmarks.losses --batches=voc --repeats=5
 
 Each loss is differentiated with respect to full-resolution logits (the worst case: the head's output after
 upsampling) inside one jitted `value_and_grad`; the edge net is randomly initialised (its weights do not

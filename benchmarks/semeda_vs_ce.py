@@ -1,7 +1,7 @@
 """SEMEDA (CE + SEMEDA loss) against the PPCE baseline (CE only) on the synthetic data, same seed and budget.
 
-    python benchmarks/semeda_vs_ce.py                          # configs/demo.py, seeds 0
-    python benchmarks/semeda_vs_ce.py --seeds=0,1,2 --steps=3000
+    python -m benchmarks.semeda_vs_ce                          # configs/demo.py, seeds 0
+    python -m benchmarks.semeda_vs_ce --seeds=0,1,2 --steps=3000
 
 Each arm runs the demo config's train and eval stages in its own workdir under --workdir; the only difference
 between the arms is config.loss. Prints mIoU, mean F1, E-measure and boundary / non-boundary trimap mIoU per

@@ -6,7 +6,7 @@ import pytest
 from jax.test_util import check_grads
 
 import references as ref
-from semeda_jax.losses.sobel import sobel_loss
+from semeda_jax.losses.sobel import sobel_loss, sobel_responses
 
 
 def reference_sobel_loss(logits, labels, coefficient, reduction):
@@ -48,3 +48,12 @@ def test_gradient_and_void(rng):
     grad = np.asarray(jax.grad(sobel_loss)(logits, labels))
     assert not grad[labels == 255].any()
     assert np.abs(grad[labels != 255]).sum() > 0
+
+
+def test_responses_are_the_sobel_filters(rng):
+    masks = rng.random((2, 6, 7, 3))
+    sobel_x = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float64)
+    kernel = np.zeros((3, 3, 3, 6))
+    for c in range(3):
+        kernel[:, :, c, c], kernel[:, :, c, 3 + c] = sobel_x, sobel_x.T
+    np.testing.assert_allclose(sobel_responses(masks), ref.conv2d_same(masks, kernel, pad_mode="edge"), atol=1e-12)

@@ -15,24 +15,29 @@ import jax.numpy as jnp
 from semeda_jax.losses.common import check_l1_reduction, masked_l1, void_neutral_masks
 from semeda_jax.validation import IGNORE_LABEL, check_logits_labels
 
-SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
+SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))  # correlated; the y filter is its transpose
 
 
 def sobel_responses(masks: jax.Array) -> jax.Array:
-    """masks [B,H,W,C] -> [B,H,W,2C]: channel 2c is the Sobel x response of class c, 2c+1 its y response.
+    """masks [B,H,W,C] -> [B,H,W,2C]: channels [0, C) are the per-class x responses, [C, 2C) the y responses.
 
-    Correlation (not flipped convolution) with SOBEL_X and its transpose; the sign convention does not matter
-    for an L1 match.
+    Cross-correlation with SOBEL_X and its transpose on the edge-replicated map, computed from shifted views
+    (Sobel is separable: a [1, 2, 1] smoothing times a [-1, 0, 1] difference), which is several times faster
+    than a depthwise convolution on CPU and costs no more on accelerators.
     """
-    num_channels = masks.shape[-1]
-    sobel_x = jnp.asarray(SOBEL_X, masks.dtype)
-    kernels = jnp.stack([sobel_x, sobel_x.T], axis=-1)  # [3,3,2]
-    # Depthwise HWIO kernel [3,3,1,2C]: group c (input channel c) owns outputs 2c (x) and 2c+1 (y).
-    kernel = jnp.tile(kernels[:, :, None, :], (1, 1, 1, num_channels))
+    height, width = masks.shape[1:3]
     padded = jnp.pad(masks, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
-    return jax.lax.conv_general_dilated(padded, kernel, window_strides=(1, 1), padding="VALID",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        feature_group_count=num_channels)
+
+    def shifted(dy: int, dx: int) -> jax.Array:
+        return padded[:, 1 + dy:1 + dy + height, 1 + dx:1 + dx + width]
+
+    def smooth_rows(dx: int) -> jax.Array:  # [1, 2, 1] down the column at horizontal offset dx
+        return shifted(-1, dx) + 2 * shifted(0, dx) + shifted(1, dx)
+
+    def smooth_cols(dy: int) -> jax.Array:  # [1, 2, 1] along the row at vertical offset dy
+        return shifted(dy, -1) + 2 * shifted(dy, 0) + shifted(dy, 1)
+
+    return jnp.concatenate([smooth_rows(1) - smooth_rows(-1), smooth_cols(1) - smooth_cols(-1)], axis=-1)
 
 
 def sobel_loss(logits: jax.Array, labels: jax.Array, *, coefficient: float = 4.0,

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from semeda_jax.models.layers import DEFAULT_BN_EPSILON, DEFAULT_BN_MOMENTUM, ConvBNReLU, conv
+from semeda_jax.models.layers import BatchNormed, ConvBNReLU, conv
 
 
 def scaled_rates(base_rates: Sequence[int], reference_stride: int, output_stride: int) -> tuple[int, ...]:
@@ -20,7 +20,7 @@ def scaled_rates(base_rates: Sequence[int], reference_stride: int, output_stride
     return tuple(max(1, round(rate * reference_stride / output_stride)) for rate in base_rates)
 
 
-class ASPP(nn.Module):
+class ASPP(BatchNormed):
     """DeepLab v3 ASPP: [1x1 conv, three dilated 3x3 convs, image pooling] -> concat -> 1x1 projection.
 
     Every conv is conv-BN-ReLU with `features` channels; the image-pooling branch is global mean -> 1x1 conv ->
@@ -36,15 +36,10 @@ class ASPP(nn.Module):
     output_stride: int = 16
     base_rates: Sequence[int] = (6, 12, 18)
     dropout_rate: float = 0.1
-    bn_mode: str = "frozen"
-    bn_momentum: float = DEFAULT_BN_MOMENTUM
-    bn_epsilon: float = DEFAULT_BN_EPSILON
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        cbr = {"bn_mode": self.bn_mode, "bn_momentum": self.bn_momentum, "bn_epsilon": self.bn_epsilon,
-               "dtype": self.dtype}
+        cbr = self.norm_kwargs()
         branches = [ConvBNReLU(self.features, 1, name="conv1x1", **cbr)(x, train)]
         for i, rate in enumerate(scaled_rates(self.base_rates, 16, self.output_stride), start=1):
             branches.append(ConvBNReLU(self.features, 3, dilation=rate, name=f"atrous{i}", **cbr)(x, train))

@@ -16,14 +16,13 @@ Head widths default to the papers' (ASPP/decoder 256, low-level projection 48) s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from semeda_jax.models.aspp import ASPP, ASPPL
-from semeda_jax.models.layers import DEFAULT_BN_EPSILON, DEFAULT_BN_MOMENTUM, ConvBNReLU, conv, resize_bilinear
+from semeda_jax.models.layers import BatchNormed, ConvBNReLU, conv, resize_bilinear
 from semeda_jax.models.resnet import ResNet
 
 classifier_init = nn.initializers.normal(0.01)
@@ -34,7 +33,7 @@ def upsample_logits(logits: jax.Array, size: Sequence[int]) -> jax.Array:
     return resize_bilinear(logits, size)
 
 
-class _DeepLab(nn.Module):
+class _DeepLab(BatchNormed):
     """Attributes shared by the DeepLab variants (see the module docstring)."""
     num_classes: int
     depth: int = 101
@@ -42,19 +41,11 @@ class _DeepLab(nn.Module):
     stem: str = "standard"
     multi_grid: Sequence[int] | None = None
     base_width: int = 64
-    bn_mode: str = "frozen"
-    bn_momentum: float = DEFAULT_BN_MOMENTUM
-    bn_epsilon: float = DEFAULT_BN_EPSILON
-    dtype: Any = jnp.float32
-
-    def _bn_kwargs(self) -> dict:
-        return {"bn_mode": self.bn_mode, "bn_momentum": self.bn_momentum, "bn_epsilon": self.bn_epsilon,
-                "dtype": self.dtype}
 
     def _features(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
         backbone = ResNet(depth=self.depth, output_stride=self.output_stride, stem=self.stem,
                           multi_grid=self.multi_grid, base_width=self.base_width, name="backbone",
-                          **self._bn_kwargs())
+                          **self.norm_kwargs())
         return backbone(images, train)
 
     def _classifier(self, x: jax.Array) -> jax.Array:
@@ -93,7 +84,7 @@ class DeepLabV3(_DeepLab):
         x = self._features(images, train)["out"]
         width = self.head_width or 4 * self.base_width
         x = ASPP(width, output_stride=self.output_stride, base_rates=self.aspp_rates,
-                 dropout_rate=self.dropout_rate, name="aspp", **self._bn_kwargs())(x, train)
+                 dropout_rate=self.dropout_rate, name="aspp", **self.norm_kwargs())(x, train)
         return self._classifier(x)
 
 
@@ -114,7 +105,7 @@ class DeepLabV3Plus(_DeepLab):
         features = self._features(images, train)
         width = self.head_width or 4 * self.base_width
         low_width = self.low_level_width or max(1, 3 * self.base_width // 4)
-        bn_kwargs = self._bn_kwargs()
+        bn_kwargs = self.norm_kwargs()
         x = ASPP(width, output_stride=self.output_stride, base_rates=self.aspp_rates,
                  dropout_rate=self.dropout_rate, name="aspp", **bn_kwargs)(features["out"], train)
         low = ConvBNReLU(low_width, 1, name="decoder_low", **bn_kwargs)(features["low_level"], train)

@@ -23,6 +23,7 @@ size H gives ceil(H / stride) outputs at every stride (513 -> 257 -> 129 -> 65 -
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -72,7 +73,28 @@ def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
-class ConvBNReLU(nn.Module):
+class BatchNormed(nn.Module):
+    """Base of every module that holds batch norm: the model-wide BN settings and compute dtype.
+
+    The fields are keyword-only so that subclasses can declare their own positional fields first.
+    """
+    bn_mode: str = dataclasses.field(default="frozen", kw_only=True)
+    bn_momentum: float = dataclasses.field(default=DEFAULT_BN_MOMENTUM, kw_only=True)
+    bn_epsilon: float = dataclasses.field(default=DEFAULT_BN_EPSILON, kw_only=True)
+    dtype: Any = dataclasses.field(default=jnp.float32, kw_only=True)
+
+    def norm_kwargs(self) -> dict:
+        """These settings, to pass on to a child BatchNormed module."""
+        return {"bn_mode": self.bn_mode, "bn_momentum": self.bn_momentum, "bn_epsilon": self.bn_epsilon,
+                "dtype": self.dtype}
+
+    def batch_norm(self, train: bool, name: str) -> nn.BatchNorm:
+        """A BatchNorm submodule `name` with these settings (call from a compact method)."""
+        return norm(self.bn_mode, train, momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
+                    name=name)
+
+
+class ConvBNReLU(BatchNormed):
     """conv (no bias) -> BatchNorm -> ReLU (optional). Params: {'conv': {'kernel'}, 'bn': {'scale', 'bias'}}.
 
     x [B,H,W,Cin] -> [B,ceil(H/strides),ceil(W/strides),features] in `dtype`.
@@ -82,17 +104,12 @@ class ConvBNReLU(nn.Module):
     strides: int = 1
     dilation: int = 1
     relu: bool = True
-    bn_mode: str = "frozen"
-    bn_momentum: float = DEFAULT_BN_MOMENTUM
-    bn_epsilon: float = DEFAULT_BN_EPSILON
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = conv(self.features, self.kernel_size, strides=self.strides, dilation=self.dilation,
                  dtype=self.dtype, name="conv")(x)
-        x = norm(self.bn_mode, train, momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
-                 name="bn")(x)
+        x = self.batch_norm(train, "bn")(x)
         return nn.relu(x) if self.relu else x
 
 

@@ -26,13 +26,12 @@ Conv kernels are HWIO (torch OIHW transposed (2, 3, 1, 0)); BN 'scale'/'bias' = 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from semeda_jax.models.layers import DEFAULT_BN_EPSILON, DEFAULT_BN_MOMENTUM, check_bn_mode, conv, max_pool_3x3_s2, norm
+from semeda_jax.models.layers import BatchNormed, check_bn_mode, conv, max_pool_3x3_s2
 
 # depth -> (block kind, blocks per stage)
 RESNET_SPECS = {
@@ -62,7 +61,7 @@ def check_resnet_config(depth: int, output_stride: int, stem: str, bn_mode: str)
     check_bn_mode(bn_mode)
 
 
-class ResidualBlock(nn.Module):
+class ResidualBlock(BatchNormed):
     """One basic (two 3x3) or bottleneck (1x1, 3x3, 1x1 x4) block; the stride sits on the first 3x3 conv.
 
     x [B,H,W,Cin] -> [B,ceil(H/strides),ceil(W/strides),planes * (1 basic | 4 bottleneck)].
@@ -72,16 +71,11 @@ class ResidualBlock(nn.Module):
     strides: int = 1
     dilation: int = 1
     downsample: bool = False
-    bn_mode: str = "frozen"
-    bn_momentum: float = DEFAULT_BN_MOMENTUM
-    bn_epsilon: float = DEFAULT_BN_EPSILON
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         def bn(name):
-            return norm(self.bn_mode, train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                        dtype=self.dtype, name=name)
+            return self.batch_norm(train, name)
 
         if self.kind == "basic":
             out_features = self.planes
@@ -104,7 +98,7 @@ class ResidualBlock(nn.Module):
         return nn.relu(y + shortcut)
 
 
-class ResNet(nn.Module):
+class ResNet(BatchNormed):
     """ResNet v1 feature extractor (see the module docstring).
 
     images [B,H,W,3] -> {"low_level": layer1 output [B,ceil(H/4),ceil(W/4),C1],
@@ -117,10 +111,6 @@ class ResNet(nn.Module):
     stem: str = "standard"
     multi_grid: Sequence[int] | None = None
     base_width: int = 64
-    bn_mode: str = "frozen"
-    bn_momentum: float = DEFAULT_BN_MOMENTUM
-    bn_epsilon: float = DEFAULT_BN_EPSILON
-    dtype: Any = jnp.float32
     num_classes: int | None = None
 
     @nn.compact
@@ -128,12 +118,8 @@ class ResNet(nn.Module):
         check_resnet_config(self.depth, self.output_stride, self.stem, self.bn_mode)
         kind, stage_blocks = RESNET_SPECS[self.depth]
         strides, dilations = OUTPUT_STRIDES[self.output_stride]
-        bn_kwargs = {"bn_mode": self.bn_mode, "bn_momentum": self.bn_momentum, "bn_epsilon": self.bn_epsilon,
-                     "dtype": self.dtype}
-
         def bn(name):
-            return norm(self.bn_mode, train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                        dtype=self.dtype, name=name)
+            return self.batch_norm(train, name)
 
         x = images.astype(self.dtype)
         if self.stem == "standard":
@@ -159,7 +145,7 @@ class ResNet(nn.Module):
                 # tree is the same at every output stride.
                 downsample = i == 0 and (stage > 1 or in_features != planes * expansion)
                 x = ResidualBlock(kind, planes, strides=stride if i == 0 else 1, dilation=block_rate,
-                                  downsample=downsample, name=f"layer{stage}_block{i}", **bn_kwargs)(x, train)
+                                  downsample=downsample, name=f"layer{stage}_block{i}", **self.norm_kwargs())(x, train)
                 in_features = planes * expansion
             if stage == 1:
                 features["low_level"] = x

@@ -1,0 +1,75 @@
+"""The command line: user errors end with one line naming the file or key and exit status 2."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from semeda_jax.data import read_label_png, write_synthetic_voc, write_label_png
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_main(workdir, *flags, timeout=240):
+    command = [sys.executable, "-m", "semeda_jax.main", "--config=configs/demo.py:smoke", f"--workdir={workdir}",
+               *flags]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in result.stderr, (fragment, result.stderr[-3000:])
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "synthetic"
+    write_synthetic_voc(root, num_train=8, num_val=4, image_size=(40, 48), num_classes=8, verbose=False)
+    return root
+
+
+def copy_of(dataset, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(dataset, root)
+    return root
+
+
+def test_missing_dataset_folder(tmp_path):
+    result = run_main(tmp_path / "run", "--config.dataset.name=voc", f"--config.dataset.root={tmp_path}/VOC2012")
+    assert_one_line_error(result, f"{tmp_path}/VOC2012", "JPEGImages")
+
+
+def test_image_without_its_label(dataset, tmp_path):
+    root = copy_of(dataset, tmp_path)
+    os.remove(root / "SegmentationClass" / "train_000002.png")
+    result = run_main(tmp_path / "run", f"--config.dataset.root={root}", "--config.loss=ce")
+    assert_one_line_error(result, "train_000002.png")
+
+
+def test_label_values_out_of_range(dataset, tmp_path):
+    root = copy_of(dataset, tmp_path)
+    for name in os.listdir(root / "SegmentationClass"):
+        path = root / "SegmentationClass" / name
+        label = read_label_png(path)
+        label[0, 0] = 77
+        write_label_png(path, label)
+    result = run_main(tmp_path / "run", f"--config.dataset.root={root}", "--config.loss=ce")
+    assert_one_line_error(result, "SegmentationClass/", "{77}", "[0, 8)")
+
+
+@pytest.mark.parametrize("flag,fragment", [
+    ("--config.no_such_key=3", "no_such_key"),
+    ("--config.train.steps=many", "--config.train.steps=many"),
+    ("--config.loss=ce+dice", "config.loss: unknown term 'dice'"),
+    ("--config.model.name=unet", "config.model: unknown model 'unet'"),
+    ("--stages=train,fly", "--stages: unknown stage(s) ['fly']"),
+])
+def test_bad_config_is_named(tmp_path, flag, fragment):
+    assert_one_line_error(run_main(tmp_path / "run", flag), fragment)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # failed before any training
