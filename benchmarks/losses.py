@@ -69,6 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", default="voc,cityscapes", help="comma list of " + ", ".join(BATCHES))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--losses", default=None, help="comma list of rows to run (CE always runs, as the base)")
     args = parser.parse_args()
     device = jax.devices()[0]
     print(f"device: {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}")
@@ -79,6 +80,8 @@ def main() -> None:
         print(f"{'loss':<11} {'time (s)':>9} {'x CE':>6} {'memory (MiB)':>13} {'x CE':>6}")
         baseline = None
         for loss_name, fn in loss_functions(shape[-1]).items():
+            if args.losses and loss_name != "CE" and loss_name not in args.losses.split(","):
+                continue
             seconds, peak = measure(fn, logits, labels, args.repeats)
             baseline = baseline or (seconds, peak)
             print(f"{loss_name:<11} {seconds:>9.3f} {seconds / baseline[0]:>6.2f} {peak / 2**20:>13.0f} "

@@ -81,7 +81,7 @@ def check_l1_reduction(reduction: str) -> None:
 
 
 def masked_l1(a: jax.Array, b: jax.Array, valid: jax.Array, reduction: str) -> jax.Array:
-    """a, b [B,H,W,K], valid bool [B,H,W] -> scalar L1 distance over valid pixels, reduced per `reduction`."""
+    """a [B,H,W,K], b broadcastable to a, valid bool [B,H,W] -> scalar L1 distance over valid pixels."""
     weights = valid.astype(a.dtype)
     total = jnp.sum(jnp.sum(jnp.abs(a - b), axis=-1) * weights)
     num_valid = jnp.maximum(jnp.sum(weights), 1.0)

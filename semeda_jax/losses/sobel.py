@@ -51,6 +51,5 @@ def sobel_loss(logits: jax.Array, labels: jax.Array, *, coefficient: float = 4.0
 @functools.partial(jax.jit, static_argnames=("reduction", "ignore_label"))
 def _sobel_l1(logits, labels, *, reduction, ignore_label):
     prediction, truth, valid = void_neutral_masks(logits, labels, logits.shape[-1], ignore_label)
-    responses = sobel_responses(jnp.concatenate([prediction, truth], axis=0))
-    batch = labels.shape[0]
-    return masked_l1(responses[:batch], responses[batch:], valid, reduction)
+    # Sobel is linear: Sobel(S_hat) - Sobel(S*) = Sobel(S_hat - S*), one filtering pass instead of two.
+    return masked_l1(sobel_responses(prediction - truth), 0.0, valid, reduction)
