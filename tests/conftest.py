@@ -1,7 +1,16 @@
-"""Test-wide settings: float64 JAX so that comparisons with the NumPy float64 references are tight."""
-import jax
-import numpy as np
-import pytest
+"""Test-wide settings: float64 JAX so that comparisons with the NumPy float64 references are tight, and a
+persistent XLA compilation cache so that the many identical train/eval steps the tests compile (resume runs,
+CLI subprocesses, which inherit the environment) are compiled once per machine instead of once per call."""
+import os
+import tempfile
+
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "semeda_jax_test_xla_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+
+import jax  # noqa: E402  (after the cache settings, which jax reads at import)
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
