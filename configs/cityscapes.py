@@ -19,5 +19,5 @@ from configs import semeda_paper
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     return semeda_paper.semeda_config(
         arg, config_file="configs/cityscapes.py",
-        dataset=dict(name="cityscapes", num_classes=19, train_split="train", val_split="val"),
+        dataset=dict(name="cityscapes", num_classes=19, train_split="train", val_split="val", annotation="gtFine"),
         lambdas=(4.0, 2.0, 0.0), steps=30000, eval_pad_size=(1024, 2048), eval_batch_size=1)

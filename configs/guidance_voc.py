@@ -24,8 +24,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.dataset.update(name="voc", num_classes=21, train_split="train_aug", val_split="val",
                           sbd_root=ml_collections.config_dict.placeholder(str))
     config.model = ml_collections.ConfigDict(dict(
-        name="deeplab_guidance", depth=101, base_width=64, output_stride=16, stem="deeplab", bn_mode="train"))
-    config.bn_group_size = 8  # synchronized BN over groups of 8 samples of the batch of 16 (the paper's best)
+        name="deeplab_guidance", depth=101, base_width=64, output_stride=16, stem="deeplab", bn_mode="train",
+        bn_group_size=8))  # synchronized BN over groups of 8 samples of the batch of 16 (the paper's best)
     config.data.update(crop_size=(512, 512), scale_range=(0.5, 2.0), batch_size=16, eval_pad_size=(512, 512))
     config.loss = "ce"
     config.optimizer.update(learning_rate=0.01, momentum=0.9, weight_decay=1e-4, warmup_steps=0, poly_power=0.9)

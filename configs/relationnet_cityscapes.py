@@ -21,7 +21,8 @@ from configs import common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = common.base_config()
-    config.dataset.update(name="cityscapes", num_classes=19, train_split="train", val_split="val")
+    config.dataset.update(name="cityscapes", num_classes=19, train_split="train", val_split="val",
+                          annotation="gtFine")
     config.model = ml_collections.ConfigDict(dict(
         name="relationnet", depth=38, output_stride=8, bn_mode="train"))
     config.data.update(crop_size=(512, 520), scale_range=(0.55, 1.3), batch_size=8, eval_pad_size=(1024, 2048),

@@ -1,23 +1,30 @@
 """Datasets and host-side input pipelines (tf.data + NumPy; never imports jax-side code).
 
     reader = build_reader({"name": "synthetic", "cache_dir": "/tmp/data", "num_classes": 8}, "train")
+    reader = build_reader({"name": "voc", "root": ".../VOC2012", "sbd_root": ".../dataset"}, "train_aug")
     ds = train_dataset(reader, crop_size=(96, 96), batch_size=8, seed=0)
 
-`DATASETS` maps a dataset name to `builder(config, split) -> reader`, where `config` is any mapping (dict,
-ml_collections.ConfigDict) with the keys documented on each builder. The pipeline functions are imported
-lazily so that the generator and the reader work without loading TensorFlow.
+`DATASETS` maps a dataset name ("synthetic", "voc", "cityscapes", "helen") to `builder(config, split) ->
+reader` (a reader.SegmentationReader), where `config` is any mapping (dict, ml_collections.ConfigDict) with the
+keys documented on each builder; `build_reader` also runs the reader's existence check. The pipeline functions
+are imported lazily so that the generators and the readers work without loading TensorFlow.
 """
 from __future__ import annotations
 
 import os
 from typing import Any, Callable, Mapping
 
+from semeda_jax.data.cityscapes import CITYSCAPES_CLASSES, LABEL_TO_TRAIN_ID, CityscapesSegmentation
 from semeda_jax.data.errors import IGNORE_LABEL, DatasetError
+from semeda_jax.data.helen import HELEN_CLASSES, HelenSegmentation
 from semeda_jax.data.palette import VOC_COLORMAP, colorize, colourise, read_label_png, voc_colormap, write_label_png
+from semeda_jax.data.reader import SegmentationReader, validate_label
+from semeda_jax.data.sbd import convert_sbd_labels, read_sbd_mat
 from semeda_jax.data.synthetic import DEFAULTS as SYNTHETIC_DEFAULTS
 from semeda_jax.data.synthetic import (ensure_synthetic_voc, generate_scene, synthetic_class_names, void_band,
                                        write_synthetic_voc)
-from semeda_jax.data.voc import VOC_CLASSES, VOCSegmentation, validate_label
+from semeda_jax.data.voc import VOC_CLASSES, VOCSegmentation
+from semeda_jax.data.voc_aug import VOCAugSegmentation, train_aug_ids
 
 _PIPELINE = ("train_dataset", "eval_dataset", "denormalize", "num_eval_batches", "shard_ids", "DEFAULT_MEAN",
              "DEFAULT_STD")
@@ -53,23 +60,62 @@ def build_synthetic(config: Mapping, split: str) -> VOCSegmentation:
     return VOCSegmentation(root, split, num_classes, class_names=synthetic_class_names(num_classes))
 
 
-def build_voc(config: Mapping, split: str) -> VOCSegmentation:
-    """Keys: root (.../VOCdevkit/VOC2012, required), num_classes (21), label_dir ("SegmentationClass";
-    "SegmentationClassAug" for SBD-augmented labels)."""
+def _root(config: Mapping, name: str, what: str) -> str:
     root = _get(config, "root")
     if root is None:
-        raise DatasetError("dataset 'voc' needs config key 'root' (the VOC2012 folder holding JPEGImages/)")
-    return VOCSegmentation(root, split, int(_get(config, "num_classes", 21)),
-                           label_dir=_get(config, "label_dir", "SegmentationClass"))
+        raise DatasetError(f"dataset {name!r} needs config key 'root' ({what})")
+    return root
 
 
-DATASETS: dict[str, Callable[[Mapping, str], VOCSegmentation]] = {
+def _fixed_num_classes(config: Mapping, name: str, num_classes: int) -> None:
+    given = _get(config, "num_classes")
+    if given is not None and int(given) != num_classes:
+        raise DatasetError(f"dataset {name!r} has {num_classes} classes; config key num_classes is {given}")
+
+
+def build_voc(config: Mapping, split: str) -> SegmentationReader:
+    """Keys: root (.../VOCdevkit/VOC2012, required), num_classes (21), label_dir ("SegmentationClass");
+    sbd_root (.../benchmark_RELEASE/dataset) and cache_dir (~/.cache/semeda_jax, for the converted SBD labels)
+    for split "train_aug" (VOC + SBD, voc_aug.py). Without sbd_root, "train_aug" reads a ready-made
+    ImageSets/Segmentation/train_aug.txt (with label_dir="SegmentationClassAug")."""
+    root = _root(config, "voc", "the VOC2012 folder holding JPEGImages/")
+    num_classes = int(_get(config, "num_classes", 21))
+    reader = VOCSegmentation(root, split, num_classes, label_dir=_get(config, "label_dir", "SegmentationClass"))
+    sbd_root = _get(config, "sbd_root")
+    if split == VOCAugSegmentation.split_name and sbd_root is not None:
+        return VOCAugSegmentation(root, sbd_root, _get(config, "cache_dir", DEFAULT_CACHE_DIR), num_classes,
+                                  class_names=reader.class_names)
+    if split == VOCAugSegmentation.split_name and not reader.list_path().is_file():
+        raise DatasetError(f"dataset 'voc', split 'train_aug': set config key sbd_root to the SBD folder "
+                           f"(.../benchmark_RELEASE/dataset holding cls/ and img/); {root} has no ready-made "
+                           f"{reader.list_path()}")
+    return reader
+
+
+def build_cityscapes(config: Mapping, split: str) -> CityscapesSegmentation:
+    """Keys: root (the folder holding leftImg8bit/, required), annotation ("gtFine" | "gtCoarse"), num_classes
+    (19 if set). Splits: train, val, test, train_extra, or "a+b" (cityscapes.py)."""
+    _fixed_num_classes(config, "cityscapes", len(CITYSCAPES_CLASSES))
+    return CityscapesSegmentation(_root(config, "cityscapes", "the folder holding leftImg8bit/ and gtFine/"),
+                                  split, annotation=_get(config, "annotation", "gtFine"))
+
+
+def build_helen(config: Mapping, split: str) -> HelenSegmentation:
+    """Keys: root (the folder holding images/ and labels/, required), num_classes (11 if set). Splits: train,
+    test, val, or any list file name (helen.py)."""
+    _fixed_num_classes(config, "helen", len(HELEN_CLASSES))
+    return HelenSegmentation(_root(config, "helen", "the folder holding images/ and labels/"), split)
+
+
+DATASETS: dict[str, Callable[[Mapping, str], SegmentationReader]] = {
     "synthetic": build_synthetic,
     "voc": build_voc,
+    "cityscapes": build_cityscapes,
+    "helen": build_helen,
 }
 
 
-def get_dataset_builder(name: str) -> Callable[[Mapping, str], VOCSegmentation]:
+def get_dataset_builder(name: str) -> Callable[[Mapping, str], SegmentationReader]:
     """DATASETS[name], or a KeyError listing the valid names."""
     try:
         return DATASETS[name]
@@ -77,14 +123,22 @@ def get_dataset_builder(name: str) -> Callable[[Mapping, str], VOCSegmentation]:
         raise KeyError(f"unknown dataset {name!r}; valid: {sorted(DATASETS)}") from None
 
 
-def build_reader(config: Mapping, split: str):
-    """The reader of `config["name"]` for `split` (e.g. "train", "val")."""
-    return get_dataset_builder(_get(config, "name"))(config, split)
+def build_reader(config: Mapping, split: str, check: bool = True) -> SegmentationReader:
+    """The reader of `config["name"]` for `split` (e.g. "train", "val").
+
+    With `check` (the default) it runs `reader.check()`, so a missing root, list, image or label fails here,
+    before any compilation, with a DatasetError naming the root, the file and the expected layout (the VOC +
+    SBD "train_aug" check also converts the SBD labels the first time).
+    """
+    reader = get_dataset_builder(_get(config, "name"))(config, split)
+    return reader.check() if check else reader
 
 
 __all__ = [
     "IGNORE_LABEL", "DatasetError", "VOC_COLORMAP", "voc_colormap", "colorize", "colourise", "read_label_png",
     "write_label_png", "generate_scene", "write_synthetic_voc", "ensure_synthetic_voc", "synthetic_class_names",
     "void_band", "VOC_CLASSES", "VOCSegmentation", "validate_label", "DATASETS", "get_dataset_builder",
-    "build_reader", "build_synthetic", "build_voc", *_PIPELINE,
+    "build_reader", "build_synthetic", "build_voc", "build_cityscapes", "build_helen", "SegmentationReader",
+    "VOCAugSegmentation", "train_aug_ids", "convert_sbd_labels", "read_sbd_mat", "CITYSCAPES_CLASSES",
+    "LABEL_TO_TRAIN_ID", "CityscapesSegmentation", "HELEN_CLASSES", "HelenSegmentation", *_PIPELINE,
 ]

@@ -38,8 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from semeda_jax.data.errors import IGNORE_LABEL, DatasetError
-from semeda_jax.data.palette import read_label_png
-from semeda_jax.data.voc import image_hw, validate_label
+from semeda_jax.data.reader import image_hw
 
 # ImageNet statistics on the 0-255 scale (RGB).
 DEFAULT_MEAN = (123.675, 116.28, 103.53)
@@ -61,8 +60,12 @@ def _pair(name: str, value) -> tuple[int, int]:
     return value
 
 
-def _decode(image_path: tf.Tensor, label_path: tf.Tensor, num_classes: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """-> image uint8 [h,w,3], label uint8 [h,w]. Labels go through Pillow: TF decodes palette PNGs to RGB."""
+def _decode(image_path: tf.Tensor, label_path: tf.Tensor, decode_label) -> tuple[tf.Tensor, tf.Tensor]:
+    """-> image uint8 [h,w,3], label uint8 [h,w].
+
+    Labels go through the reader's `decode_label(path: str) -> uint8 [h,w]` hook (Pillow, in
+    tf.numpy_function): TF decodes palette PNGs to RGB, and some datasets map their label codes there.
+    """
     contents = tf.io.read_file(image_path)
     # JPEG with the accurate integer IDCT (as Pillow/libjpeg's default; TF's default is the fast, coarser one);
     # anything else (PNG, e.g. for Cityscapes) through decode_image.
@@ -71,7 +74,7 @@ def _decode(image_path: tf.Tensor, label_path: tf.Tensor, num_classes: int) -> t
                     lambda: tf.io.decode_image(contents, channels=3, expand_animations=False))
 
     def load_label(path):
-        return validate_label(read_label_png(path), num_classes, path.decode("utf-8"))
+        return decode_label(path.decode("utf-8"))
 
     label = tf.numpy_function(load_label, [label_path], tf.uint8, stateful=False)
     label.set_shape([None, None])
@@ -99,7 +102,7 @@ def train_dataset(reader, *, crop_size: Sequence[int], batch_size: int,
                   prefetch: int = 2, num_parallel_calls: int = AUTOTUNE, check: bool = True) -> tf.data.Dataset:
     """Infinite, deterministic training batches for this process.
 
-    reader: a VOCSegmentation-like object (ids, image_path, label_path, num_classes, check).
+    reader: a data.reader.SegmentationReader (ids, image_path, label_path, decode_label, check).
     crop_size (H, W); batch_size is per process. Elements: {"image": float32 [B,H,W,3] normalised,
     "label": int32 [B,H,W] in [0, C) or 255}. `start_step=k` starts at batch k (bitwise equal to `.skip(k)`).
     `shuffle_buffer` is accepted for config compatibility and unused: the order is an exact stateless
@@ -128,7 +131,7 @@ def train_dataset(reader, *, crop_size: Sequence[int], batch_size: int,
         order_seed = tf.stack([seed_t, -(epoch * count_t + index_t) - 1])
         file_index = tf.random.experimental.index_shuffle(pos, order_seed, tf.constant(n - 1, tf.int64))
         image, label = _decode(tf.gather(image_paths, file_index), tf.gather(label_paths, file_index),
-                               reader.num_classes)
+                               reader.decode_label)
         u = tf.random.stateless_uniform([4], seed=tf.stack([seed_t, g * count_t + index_t]), dtype=tf.float32)
 
         h, w = tf.shape(image)[0], tf.shape(image)[1]
@@ -196,7 +199,7 @@ def eval_dataset(reader, *, pad_size: Sequence[int], batch_size: int, mean: Sequ
     num_fill = total - len(local)
 
     def element(image_path, label_path, image_id):
-        image, label = _decode(image_path, label_path, reader.num_classes)
+        image, label = _decode(image_path, label_path, reader.decode_label)
         h, w = tf.shape(image)[0], tf.shape(image)[1]
         fits = tf.logical_and(h <= pad_h, w <= pad_w)
         with tf.control_dependencies([tf.debugging.Assert(
