@@ -23,7 +23,15 @@ LOSS_VARIANTS = {"semeda": "ce+semeda", "ppce": "ce", "sobel": "ce+sobel"}
 MODEL_VARIANTS = {"v3plus": "deeplab_v3plus", "v2": "deeplab_v2"}
 BACKBONE_VARIANTS = {
     "xception71": dict(backbone="xception", depth=71, stem="standard"),  # depth is informative: Xception is 71
-    "resnet101": dict(backbone="resnet", depth=101, stem="deeplab"),
+    "resnet101": dict(backbone="resnet", depth=101, stem="standard"),  # torchvision's; "deeplab" for resnet101s
+}
+
+
+# Input normalisation (0-255 RGB -> (x - mean) / std) that each backbone's ImageNet weights expect:
+# torchvision/timm ResNets use the ImageNet statistics, TF-trained Xception-71 maps to [-1, 1].
+BACKBONE_NORMALISATION = {
+    "xception71": dict(mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5)),
+    "resnet101": dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375)),
 }
 
 
@@ -56,6 +64,7 @@ def semeda_config(arg: str | None, *, config_file: str, dataset: dict, lambdas: 
     if variants["model"] == "v2":
         config.model.output_stride = 8
 
+    config.data.update(BACKBONE_NORMALISATION[variants["backbone"]])
     config.data.update(crop_size=(321, 321), scale_range=(0.5, 2.0), batch_size=6,
                        eval_pad_size=tuple(eval_pad_size), eval_batch_size=eval_batch_size)
     config.loss = LOSS_VARIANTS[variants["loss"]]

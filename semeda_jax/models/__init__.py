@@ -1,7 +1,8 @@
 """Segmentation models (flax.linen, NHWC) and their registry.
 
-`build_model("deeplab_v3plus", num_classes=21, depth=101, output_stride=16)` returns an unbound flax module;
-see models/deeplab.py for the call signature and output resolution.
+`build_model("deeplab_v3plus", num_classes=21, depth=101, output_stride=16)` returns an unbound flax module
+(`backbone="xception"` for Xception-71); see models/deeplab.py for the call signature and output resolution.
+models/pretrained.py fills the backbone from torchvision/timm ImageNet weights (`load_backbone_weights`).
 """
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import dataclasses
 import flax.linen as nn
 
 from semeda_jax.models.aspp import ASPP, ASPPL
-from semeda_jax.models.deeplab import DeepLabV2, DeepLabV3, DeepLabV3Plus, upsample_logits
+from semeda_jax.models.deeplab import BACKBONES, DeepLabV2, DeepLabV3, DeepLabV3Plus, upsample_logits
 from semeda_jax.models.layers import BN_MODES, ConvBNReLU, frozen_bn_mask, norm
+from semeda_jax.models.pretrained import load_backbone_weights
 from semeda_jax.models.resnet import ResNet
+from semeda_jax.models.xception import Xception
 
 MODELS = {
     "deeplab_v2": DeepLabV2,
@@ -41,6 +44,7 @@ def build_model(name: str, **kwargs) -> nn.Module:
 __all__ = [
     "ASPP",
     "ASPPL",
+    "BACKBONES",
     "BN_MODES",
     "MODELS",
     "ConvBNReLU",
@@ -48,8 +52,10 @@ __all__ = [
     "DeepLabV3",
     "DeepLabV3Plus",
     "ResNet",
+    "Xception",
     "build_model",
     "frozen_bn_mask",
+    "load_backbone_weights",
     "model_attributes",
     "norm",
     "upsample_logits",

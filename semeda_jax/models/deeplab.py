@@ -1,4 +1,5 @@
-"""DeepLab v2 / v3 / v3+ on a dilated ResNet (models/resnet.py) with the ASPP heads of models/aspp.py.
+"""DeepLab v2 / v3 / v3+ on a dilated ResNet (models/resnet.py) or aligned Xception-71 (models/xception.py)
+with the ASPP heads of models/aspp.py.
 
 Use: variables = model.init(key, images, train=False)
      logits = model.apply(variables, images, train=False)                       # eval
@@ -8,7 +9,12 @@ images [B,H,W,3] float (normalised by the data pipeline) -> logits [B,h,w,num_cl
 resolution: h = ceil(H / output_stride) for v2/v3, ceil(H / 4) for v3+. The losses resize logits to the labels;
 `upsample_logits` gives full-resolution logits for eval/predict.
 
-Submodules: backbone (ResNet), then v2: aspp (ASPPL); v3: aspp, classifier; v3+: aspp, decoder_low,
+Backbone: `backbone="resnet"` (ResNet-`depth` with `stem`) or "xception" (Xception-71; `depth` is ignored and
+`stem` must stay "standard"). Both return stride-4 "low_level" features for the v3+ decoder. The Xception
+backbone keeps its own BN epsilon 1e-3 (that of its TF-trained weights); `bn_epsilon` applies to the heads and
+to the ResNet backbone.
+
+Submodules: backbone (ResNet or Xception), then v2: aspp (ASPPL); v3: aspp, classifier; v3+: aspp, decoder_low,
 decoder_conv1, decoder_conv2, classifier. Classifier 1x1 convs have a bias and N(0, 0.01) kernels.
 Head widths default to the papers' (ASPP/decoder 256, low-level projection 48) scaled by base_width / 64, so
 `base_width=8` builds a CPU-sized model; `head_width` / `low_level_width` override them.
@@ -24,6 +30,9 @@ import jax.numpy as jnp
 from semeda_jax.models.aspp import ASPP, ASPPL
 from semeda_jax.models.layers import BatchNormed, ConvBNReLU, conv, resize_bilinear
 from semeda_jax.models.resnet import ResNet
+from semeda_jax.models.xception import Xception
+
+BACKBONES = ("resnet", "xception")
 
 classifier_init = nn.initializers.normal(0.01)
 
@@ -41,11 +50,22 @@ class _DeepLab(BatchNormed):
     stem: str = "standard"
     multi_grid: Sequence[int] | None = None
     base_width: int = 64
+    backbone: str = "resnet"
 
     def _features(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
-        backbone = ResNet(depth=self.depth, output_stride=self.output_stride, stem=self.stem,
-                          multi_grid=self.multi_grid, base_width=self.base_width, name="backbone",
-                          **self.norm_kwargs())
+        if self.backbone == "resnet":
+            backbone = ResNet(depth=self.depth, output_stride=self.output_stride, stem=self.stem,
+                              multi_grid=self.multi_grid, base_width=self.base_width, name="backbone",
+                              **self.norm_kwargs())
+        elif self.backbone == "xception":
+            if self.stem != "standard":
+                raise ValueError(f"stem: {self.stem!r} is a ResNet stem; backbone='xception' has its own stem, "
+                                 "leave stem at 'standard'")
+            norm_kwargs = {k: v for k, v in self.norm_kwargs().items() if k != "bn_epsilon"}
+            backbone = Xception(output_stride=self.output_stride, multi_grid=self.multi_grid,
+                                base_width=self.base_width, name="backbone", **norm_kwargs)
+        else:
+            raise ValueError(f"backbone: unknown {self.backbone!r}; valid backbones are {list(BACKBONES)}")
         return backbone(images, train)
 
     def _classifier(self, x: jax.Array) -> jax.Array:
@@ -55,7 +75,7 @@ class _DeepLab(BatchNormed):
 
 
 class DeepLabV2(_DeepLab):
-    """DeepLab v2: ResNet at output stride 8 (default) + ASPP-L, rates (6, 12, 18, 24) at OS8.
+    """DeepLab v2: backbone at output stride 8 (default) + ASPP-L, rates (6, 12, 18, 24) at OS8.
 
     images [B,H,W,3] -> logits [B,ceil(H/os),ceil(W/os),num_classes] float32.
     """
@@ -71,7 +91,7 @@ class DeepLabV2(_DeepLab):
 
 
 class DeepLabV3(_DeepLab):
-    """DeepLab v3: ResNet + ASPP (rates (6, 12, 18) at OS16) + 1x1 classifier.
+    """DeepLab v3: backbone + ASPP (rates (6, 12, 18) at OS16) + 1x1 classifier.
 
     images [B,H,W,3] -> logits [B,ceil(H/os),ceil(W/os),num_classes] float32.
     """
@@ -89,9 +109,9 @@ class DeepLabV3(_DeepLab):
 
 
 class DeepLabV3Plus(_DeepLab):
-    """DeepLab v3+: ResNet + ASPP + decoder on the stride-4 layer1 features.
+    """DeepLab v3+: backbone + ASPP + decoder on the backbone's stride-4 "low_level" features.
 
-    Decoder: layer1 -> 1x1 conv to low_level_width (48) + BN-ReLU; ASPP output bilinearly upsampled to that size;
+    Decoder: low_level -> 1x1 conv to low_level_width (48) + BN-ReLU; ASPP output bilinearly upsampled to that size;
     concat; two 3x3 conv-BN-ReLU of head_width (256); 1x1 classifier.
     images [B,H,W,3] -> logits [B,ceil(H/4),ceil(W/4),num_classes] float32.
     """
