@@ -3,7 +3,11 @@
 Sections: dataset (what to read), data (crops, batches, augmentation), model, loss (a '+'-joined mix of names
 from `semeda_jax.losses.LOSSES` with per-term weights and hyperparameters), edge_net (g_phi pre-training or a
 checkpoint), optimizer (SGD + momentum, warm-up then poly decay), train (length, logging, eval and checkpoint
-cadence), eval (trimap widths, plots).
+cadence), eval (trimap widths, plots), parallel (device mesh and parameter sharding), mixed_precision.
+
+Batch sizes are GLOBAL: `data.batch_size` images per step over all processes and devices (each process reads
+batch_size / process_count); it must be a multiple of the data-parallel device count times
+`train.grad_accum_steps`. The same holds for `data.eval_batch_size`.
 """
 from __future__ import annotations
 
@@ -35,7 +39,20 @@ def base_config() -> ml_collections.ConfigDict:
         eval_batch_size=4,
     ))
     config.model = ml_collections.ConfigDict(dict(
-        name="deeplab_v3plus", depth=101, base_width=64, output_stride=16, stem="deeplab", bn_mode="frozen"))
+        name="deeplab_v3plus", backbone="resnet", depth=101, base_width=64, output_stride=16, stem="deeplab",
+        bn_mode="frozen",
+        # ImageNet weights for the backbone: a .safetensors / .npz torchvision or timm state dict
+        # (semeda_jax/models/pretrained.py); "" = random initialisation (with a warning).
+        pretrained="",
+        # bn_mode="train": batch statistics over groups of this many samples of the global batch (None or 0 =
+        # the whole global batch, i.e. fully synchronized BN); see semeda_jax/models/layers.py.
+        bn_group_size=ml_collections.config_dict.placeholder(int)))
+    # bfloat16 activations and matmuls; parameters, optimiser state, BN statistics and the loss stay float32.
+    config.mixed_precision = False
+    config.parallel = ml_collections.ConfigDict(dict(
+        model_parallelism=1,            # size of the `model` mesh axis (the `data` axis takes the other devices)
+        param_sharding="replicated",    # or "data": big parameter/optimiser leaves split over `data` (ZeRO-3)
+    ))
 
     config.loss = "ce+semeda"
     config.loss_weights = ml_collections.ConfigDict(dict(ce=1.0, semeda=1.0, sobel=1.0, bal=1.0, ohem=1.0))
@@ -53,8 +70,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.optimizer = ml_collections.ConfigDict(dict(
         learning_rate=5e-4, momentum=0.9, weight_decay=1e-4, warmup_steps=0, poly_power=0.9))
     config.train = ml_collections.ConfigDict(dict(
-        steps=30000, log_every=50, eval_every=2000, checkpoint_every=1000, keep_checkpoints=3))
-    config.eval = ml_collections.ConfigDict(dict(trimap_widths=(1, 2, 3, 5, 10, 20, 40), num_plot_images=8))
+        steps=30000, log_every=50, eval_every=2000, checkpoint_every=1000, keep_checkpoints=3,
+        grad_accum_steps=1))  # k > 1: each step sums the gradients of k micro-batches of batch_size / k
+    # f1_groups: "" or "helen" (merged F1 of brows, eyes, nose, mouth and overall, SPEC.md 1(c)).
+    config.eval = ml_collections.ConfigDict(dict(trimap_widths=(1, 2, 3, 5, 10, 20, 40), num_plot_images=8,
+                                                 f1_groups=""))
     return config
 
 
@@ -66,3 +86,12 @@ def shrink_for_smoke(config: ml_collections.ConfigDict) -> None:
     config.edge_net.update(steps=30, batch_size=4)
     config.train.update(steps=12, log_every=4, eval_every=6, checkpoint_every=4)
     config.eval.num_plot_images = 4
+
+
+def apply_variant(config: ml_collections.ConfigDict, arg: str | None, config_file: str) -> ml_collections.ConfigDict:
+    """The `:variant` of a config file that has only `smoke` (shrink_for_smoke); anything else is an error."""
+    if arg == "smoke":
+        shrink_for_smoke(config)
+    elif arg:
+        raise ValueError(f"{config_file}: unknown variant {arg!r}; known: 'smoke'")
+    return config

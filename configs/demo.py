@@ -21,7 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.dataset.num_classes = 8
     config.dataset.update(num_train=600, num_val=100, image_size=(96, 128), void_width=3, seed=0)
 
-    config.model = ml_collections.ConfigDict(dict(
+    config.model.update(dict(
         name="deeplab_v3plus", depth=18, base_width=16, output_stride=16, stem="deeplab", bn_mode="train"))
 
     config.data.crop_size = (96, 96)
@@ -47,8 +47,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.eval_every = 500
     config.train.checkpoint_every = 250
 
-    if arg == "smoke":
-        common.shrink_for_smoke(config)
-    elif arg:
-        raise ValueError(f"configs/demo.py: unknown variant {arg!r}; known: 'smoke'")
-    return config
+    return common.apply_variant(config, arg, "configs/demo.py")

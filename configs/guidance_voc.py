@@ -23,7 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = common.base_config()
     config.dataset.update(name="voc", num_classes=21, train_split="train_aug", val_split="val",
                           sbd_root=ml_collections.config_dict.placeholder(str))
-    config.model = ml_collections.ConfigDict(dict(
+    config.model.update(dict(
         name="deeplab_guidance", depth=101, base_width=64, output_stride=16, stem="deeplab", bn_mode="train",
         bn_group_size=8))  # synchronized BN over groups of 8 samples of the batch of 16 (the paper's best)
     config.data.update(crop_size=(512, 512), scale_range=(0.5, 2.0), batch_size=16, eval_pad_size=(512, 512))
@@ -32,8 +32,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval.tta = ml_collections.ConfigDict(dict(scales=(0.8, 1.0, 1.2), flip=True, combine="avg+max"))
     config.eval.crf = ml_collections.ConfigDict(dict(kind="guidance", iterations=5, radius=4, eps=10.0,
                                                      compatibility_weight=1.0))
-    if arg == "smoke":
-        common.shrink_for_smoke(config)
-    elif arg:
-        raise ValueError(f"configs/guidance_voc.py: unknown variant {arg!r}; known: 'smoke'")
-    return config
+    return common.apply_variant(config, arg, "configs/guidance_voc.py")

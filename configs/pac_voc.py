@@ -21,7 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = common.base_config()
     config.dataset.update(name="voc", num_classes=21, train_split="train_aug", val_split="val",
                           sbd_root=ml_collections.config_dict.placeholder(str))
-    config.model = ml_collections.ConfigDict(dict(
+    config.model.update(dict(
         name="deeplab_v3_pac", depth=101, base_width=64, output_stride=16, stem="deeplab", bn_mode="train",
         bn_momentum=0.9997))
     config.data.update(crop_size=(513, 513), scale_range=(0.5, 2.0), batch_size=16, eval_pad_size=(512, 512))
@@ -29,8 +29,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.bal.update(kernel="gaussian", size=35, sigma=3.0, beta=0.5, down=4)
     config.optimizer.update(learning_rate=0.007, momentum=0.9, weight_decay=1e-4, warmup_steps=0, poly_power=0.9)
     config.train.steps = 30000
-    if arg == "smoke":
-        common.shrink_for_smoke(config)
-    elif arg:
-        raise ValueError(f"configs/pac_voc.py: unknown variant {arg!r}; known: 'smoke'")
-    return config
+    return common.apply_variant(config, arg, "configs/pac_voc.py")

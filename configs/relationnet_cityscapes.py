@@ -23,7 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = common.base_config()
     config.dataset.update(name="cityscapes", num_classes=19, train_split="train", val_split="val",
                           annotation="gtFine")
-    config.model = ml_collections.ConfigDict(dict(
+    config.model.update(dict(
         name="relationnet", depth=38, output_stride=8, bn_mode="train"))
     config.data.update(crop_size=(512, 520), scale_range=(0.55, 1.3), batch_size=8, eval_pad_size=(1024, 2048),
                        eval_batch_size=1)
@@ -39,8 +39,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         dict(name="fine_again", train_split="train", annotation="gtFine", loss="ohem+scl", epochs=15),
     )
     config.eval.shifted_steps = 4  # 2x2 shifts of output_stride / 2 pixels, interleaved (SPEC.md 3(a))
-    if arg == "smoke":
-        common.shrink_for_smoke(config)
-    elif arg:
-        raise ValueError(f"configs/relationnet_cityscapes.py: unknown variant {arg!r}; known: 'smoke'")
-    return config
+    return common.apply_variant(config, arg, "configs/relationnet_cityscapes.py")

@@ -6,6 +6,11 @@ Layout under a checkpoint root (e.g. `WORKDIR/checkpoints`):
 Each save holds the array tree `state` (StandardSave, works with sharded jax.Arrays on any number of hosts) and
 a JSON `meta` dict (step, metrics, anything small). Saves are atomic: orbax writes to a temporary folder and
 renames it when complete, so a kill mid-save leaves the previous checkpoint as the latest.
+
+Multi-host: every process constructs the managers and calls save/restore with the same step (they are
+collective); orbax writes each array shard once (replicated arrays and `meta` from process 0), so the root must
+be a folder all processes see (a shared file system or gs://). Restoring into a target's shardings re-shards,
+so a checkpoint restores on any number of processes/devices.
 """
 from __future__ import annotations
 

@@ -2,27 +2,33 @@
 
 The step turns a padded eval batch into exact counts (confusion matrix, trimap band/interior matrices,
 per-image E-measure sums); the host adds them up in int64/float64, so the result does not depend on the batch
-size or the number of processes. Single scale, no flip (the SEMEDA protocol).
+size or the number of processes. Every process reads its share of each global eval batch
+(config.data.eval_batch_size is global, like the training batch); the step runs on the global batch sharded on
+the `data` mesh axis, so the counts come back already summed over processes (replicated) and only the
+per-image outputs (predictions, entropy) stay sharded, each process keeping its own rows. Single scale, no flip
+(the SEMEDA protocol).
 """
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from semeda_jax import metrics
+from semeda_jax import metrics, parallel
 from semeda_jax.data import pipeline
 from semeda_jax.models import upsample_logits
 from semeda_jax.validation import IGNORE_LABEL
 
+COUNTS = ("cm", "band_cm", "interior_cm", "emeasure_sums", "emeasure_counts")
+
 
 def predict_logits(apply_fn, variables, images: jax.Array) -> jax.Array:
-    """images [B,H,W,3] -> logits [B,H,W,C] at the input resolution (eval-mode batch norm)."""
-    return upsample_logits(apply_fn(variables, images, train=False), images.shape[1:3])
+    """images [B,H,W,3] -> logits [B,H,W,C] float32 at the input resolution (eval-mode batch norm)."""
+    return upsample_logits(apply_fn(variables, images, train=False).astype(jnp.float32), images.shape[1:3])
 
 
 def eval_counts(variables, batch: dict, *, apply_fn, num_classes: int, widths: Sequence[int]) -> dict:
@@ -38,9 +44,17 @@ def eval_counts(variables, batch: dict, *, apply_fn, num_classes: int, widths: S
             "predictions": predictions, "entropy": metrics.prediction_entropy(logits, normalize=True)}
 
 
-def summarize(totals: dict, widths: Sequence[int], class_names: Sequence[str] | None = None) -> dict:
-    """Accumulated counts -> the report: mIoU, per-class IoU/F1, accuracies, E-measure, trimap curves."""
+# config.eval.f1_groups -> the class groups whose merged F1 the report adds ("" = none).
+F1_GROUPS = {"": {}, "helen": metrics.HELEN_F1_GROUPS}
+
+
+def summarize(totals: dict, widths: Sequence[int], class_names: Sequence[str] | None = None,
+              f1_groups: Mapping[str, Sequence[int]] | None = None) -> dict:
+    """Accumulated counts -> the report: mIoU, per-class IoU/F1, accuracies, E-measure, trimap curves, and the
+    merged F1 of `f1_groups` (e.g. HELEN's brows / eyes / nose / mouth / overall) when given."""
     report = metrics.segmentation_summary(totals["cm"], class_names)
+    if f1_groups:
+        report["merged_f1"] = metrics.merged_f1(totals["cm"], f1_groups)
     per_class_e, mean_e = metrics.emeasure_dataset(totals["emeasure_sums"], totals["emeasure_counts"])
     names = class_names or [str(c) for c in range(len(per_class_e))]
     report["emeasure"] = float(mean_e)
@@ -57,19 +71,26 @@ def evaluate(state, reader, config: ml_collections.ConfigDict, *, num_samples: i
     """Full evaluation of `state` on `reader`'s split -> report dict; with `num_samples`, also the first
     `num_samples` images as report["samples"] (image, label, prediction, entropy arrays for the plots)."""
     widths = tuple(config.eval.trimap_widths)
+    mesh = parallel.make_mesh(config)
+    per_image = parallel.batch_sharding(mesh)
     step = jax.jit(functools.partial(eval_counts, apply_fn=state.apply_fn,
-                                     num_classes=config.dataset.num_classes, widths=widths))
+                                     num_classes=config.dataset.num_classes, widths=widths),
+                   out_shardings={**{key: parallel.replicated(mesh) for key in COUNTS},
+                                  "predictions": per_image, "entropy": per_image})
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     dataset = pipeline.eval_dataset(reader, pad_size=config.data.eval_pad_size,
-                                    batch_size=config.data.eval_batch_size, mean=config.data.mean,
-                                    std=config.data.std, process_index=jax.process_index(),
+                                    batch_size=parallel.local_batch_size(config.data.eval_batch_size, mesh,
+                                                                         "config.data.eval_batch_size"),
+                                    mean=config.data.mean, std=config.data.std, process_index=jax.process_index(),
                                     process_count=jax.process_count())
     totals, samples = {}, []
     for batch in dataset.as_numpy_iterator():
-        out = jax.device_get(step(variables, {k: batch[k] for k in ("image", "label", "mask")}))
-        for key in ("cm", "band_cm", "interior_cm", "emeasure_sums", "emeasure_counts"):
+        out = step(variables, parallel.global_batch({k: batch[k] for k in ("image", "label", "mask")}, mesh))
+        for key in COUNTS:
             value = np.asarray(out[key], np.float64 if key == "emeasure_sums" else np.int64)
             totals[key] = totals.get(key, 0) + value
+        if len(samples) < num_samples:
+            out = {key: parallel.host_rows(out[key]) for key in ("predictions", "entropy")}
         for i in np.flatnonzero(batch["mask"])[:max(num_samples - len(samples), 0)]:
             h, w = int(batch["height"][i]), int(batch["width"][i])
             samples.append({"id": batch["id"][i].decode(),
@@ -77,7 +98,7 @@ def evaluate(state, reader, config: ml_collections.ConfigDict, *, num_samples: i
                                                           config.data.std),
                             "label": batch["label"][i, :h, :w], "prediction": out["predictions"][i, :h, :w],
                             "entropy": out["entropy"][i, :h, :w]})
-    report = summarize(totals, widths, class_names)
+    report = summarize(totals, widths, class_names, F1_GROUPS[config.eval.get("f1_groups", "")])
     if num_samples:
         report["samples"] = samples
     return report

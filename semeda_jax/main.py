@@ -4,6 +4,10 @@
     python -m semeda_jax.main --config=configs/demo.py --workdir=/tmp/semeda_demo --stages=eval
     python -m semeda_jax.main --config=configs/demo.py --workdir=/tmp/semeda_demo --images=FOLDER   # predict
 
+Multi-host (one process per host or per GPU, see launch/): `--distributed` calls jax.distributed.initialize
+first; the coordinator address, process count and id come from the environment (SLURM, Cloud TPU) or from
+--coordinator_address/--num_processes/--process_id. SIGTERM checkpoints at the next step and exits with 0.
+
 `--config.a.b=value` overrides any config field; an unknown field is an error. Without --stages the config's own
 list runs (config.stages, e.g. edge_pretrain,train,eval); --images alone runs predict. User errors (a missing
 dataset file, a bad label, a bad config value) end with one line naming the file or key, and exit status 2.
@@ -25,13 +29,21 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file (configs
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and reports (created if needed).")
 flags.DEFINE_list("stages", None, "Stages to run (edge_pretrain, train, eval, predict); default: config.stages.")
 flags.DEFINE_string("images", None, "Folder of images for the predict stage.")
+flags.DEFINE_bool("distributed", False, "Multi-process run: call jax.distributed.initialize first.")
+flags.DEFINE_string("coordinator_address", None, "--distributed: host:port of process 0 (default: from the "
+                    "environment, e.g. SLURM or Cloud TPU).")
+flags.DEFINE_integer("num_processes", None, "--distributed: number of processes (default: from the environment).")
+flags.DEFINE_integer("process_id", None, "--distributed: this process's index (default: from the environment).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def run(config, workdir: str, stages, images: str | None) -> None:
     """Run `stages` in order (importing the JAX side only now, so flag errors come back fast)."""
-    from semeda_jax import predict, stages as stage_lib
+    from semeda_jax import parallel, predict, stages as stage_lib
     from semeda_jax.validation import ConfigError
+
+    if FLAGS.distributed:  # before anything touches a device
+        parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
     logging.set_verbosity(logging.WARNING)  # orbax and clu log every checkpoint save at INFO
     unknown = [stage for stage in stages if stage not in (*stage_lib.STAGES, "predict")]
@@ -67,8 +79,12 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     stages = FLAGS.stages or (["predict"] if FLAGS.images else list(FLAGS.config.stages))
+    from semeda_jax.preemption import Preempted
+
     try:
         run(FLAGS.config, FLAGS.workdir, stages, FLAGS.images)
+    except Preempted as preempted:  # a clean stop: the checkpoint is on disk, later stages wait for the rerun
+        print(f"[train] {preempted}", flush=True)
     except Exception as error:  # noqa: BLE001 -- every failure ends the same way, see below
         message = user_error_message(error)
         if message is None:

@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 from semeda_jax.data.palette import colorize  # noqa: E402
 
 REPORT_KEYS = ("miou", "pixel_acc", "mean_acc", "mean_f1", "emeasure", "iou", "f1", "emeasure_per_class",
-               "trimap", "confusion_matrix")
+               "trimap", "confusion_matrix", "merged_f1")
 
 
 def plot_trimap(trimap: dict, path: str) -> None:
@@ -83,6 +83,9 @@ def _markdown(report: dict, title: str) -> str:
     for name in report["iou"]:
         lines.append(f"| {name} | {report['iou'][name]:.4f} | {report['f1'][name]:.4f} | "
                      f"{report['emeasure_per_class'].get(name, float('nan')):.4f} |")
+    if report.get("merged_f1"):
+        lines += ["", "| merged parts | F1 |", "|---|---|"]
+        lines += [f"| {name} | {value:.4f} |" for name, value in report["merged_f1"].items()]
     trimap = report["trimap"]
     lines += ["", "| trimap width | boundary mIoU | non-boundary mIoU |", "|---|---|---|"]
     lines += [f"| {w} | {b:.4f} | {i:.4f} |"

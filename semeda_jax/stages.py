@@ -15,18 +15,23 @@ import jax
 import ml_collections
 import numpy as np
 
-from semeda_jax import edge_pretrain, evaluate, objective, reporting, train
+from semeda_jax import edge_pretrain, evaluate, objective, parallel, reporting, train
 from semeda_jax.checkpointing import Checkpoints
 from semeda_jax.data import build_reader, pipeline
 from semeda_jax.losses import init_edge_net
+from semeda_jax.validation import ConfigError
 
 Log = Callable[[str], None]
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Fail fast (before data, compilation or training) on a bad loss mix or model setting."""
+    """Fail fast (before data, compilation or training) on a bad loss mix, model setting or weights path."""
     objective.loss_terms(config)
     train.build_segmentation_model(config, config.dataset.num_classes)
+    pretrained = config.model.get("pretrained")
+    if pretrained and not os.path.isfile(os.path.expanduser(pretrained)):
+        raise ConfigError(f"config.model.pretrained: {pretrained} is not a file (expected a .safetensors or .npz "
+                          f"state dict of the {config.model.get('backbone', 'resnet')} backbone)")
 
 
 def build_readers(config: ml_collections.ConfigDict) -> dict:
@@ -53,7 +58,8 @@ def run_edge_pretrain(config: ml_collections.ConfigDict, workdir: str, log: Log 
         labels, val_labels, num_classes=num_classes, steps=config.edge_net.steps,
         learning_rate=config.edge_net.learning_rate, seed=config.seed, log=log)
     checkpoints = Checkpoints(os.path.join(workdir, "edge_net"), keep=1)
-    checkpoints.save(config.edge_net.steps, params, {"num_classes": num_classes, **scores})
+    # As host NumPy arrays: every process trained the same g_phi, orbax writes it once (from process 0).
+    checkpoints.save(config.edge_net.steps, jax.device_get(params), {"num_classes": num_classes, **scores})
     checkpoints.close()
     log(f"[edge_pretrain] saved g_phi to {checkpoints.root}")
     return params
@@ -87,8 +93,7 @@ def run_train(config: ml_collections.ConfigDict, workdir: str, log: Log = print,
 def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, log: Log = print):
     """The trained state from WORKDIR/checkpoints (the best by val mIoU, else the latest)."""
     model = train.build_segmentation_model(config, config.dataset.num_classes)
-    state = train.create_train_state(config, model, jax.random.PRNGKey(config.seed),
-                                     (1, *config.data.crop_size, 3))
+    state = train.create_train_state(config, model, jax.random.PRNGKey(config.seed), parallel.make_mesh(config))
     checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), best_metric="miou")
     best = checkpoints.best_step() is not None
     if not best and checkpoints.latest_step() is None:

@@ -420,3 +420,38 @@ def test_stem_and_resnet_d_mismatches_are_explained(tmp_path, resnet_state, resn
     resnet_d["layer1.0.downsample.2.weight"] = resnet_d.pop("layer1.0.downsample.1.weight")
     with pytest.raises(ValueError, match="ResNet-D"):
         load_backbone_weights(resnet_variables, save(resnet_d, tmp_path / "r101d.npz"), backbone="resnet")
+
+
+# ---------------------------------------------------------------- training starts from the file
+
+
+def test_train_state_starts_from_the_pretrained_file(tmp_path):
+    """train.load_pretrained_backbone puts the file's numbers into the train state, backbone only."""
+    import optax
+
+    from configs import demo
+    from semeda_jax import train
+
+    state_dict = random_state_dict(resnet_shapes(blocks=(3, 4, 6, 3), width=8), seed=3)
+    config = demo.get_config("smoke")
+    config.model.update(depth=50, base_width=8, stem="standard", pretrained=save(state_dict, tmp_path / "r50.npz"))
+    variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
+                             deeplab_variables("resnet", depth=50, stem="standard"))
+    state = train.TrainState.create(apply_fn=None, params=jax.device_put(variables["params"]), tx=optax.sgd(0.1),
+                                    batch_stats=jax.device_put(variables["batch_stats"]))
+    lines = []
+    loaded = train.load_pretrained_backbone(config, state, lines.append)
+    backbone, stats = loaded.params["backbone"], loaded.batch_stats["backbone"]
+    np.testing.assert_array_equal(backbone["layer3_block4"]["conv2"]["kernel"],
+                                  state_dict["layer3.4.conv2.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(stats["layer2_block0"]["downsample_bn"]["var"],
+                                  state_dict["layer2.0.downsample.1.running_var"])
+    assert backbone["layer1_block0"]["conv1"]["kernel"].sharding == state.params["backbone"]["layer1_block0"][
+        "conv1"]["kernel"].sharding
+    assert not np.any(loaded.params["classifier"]["kernel"])  # the head keeps its own (zero) initialisation
+    assert lines and str(tmp_path / "r50.npz") in lines[0]
+
+    config.model.pretrained = ""
+    lines = []
+    assert train.load_pretrained_backbone(config, state, lines.append) is state
+    assert "random weights" in lines[0]

@@ -9,6 +9,14 @@ Batch-norm modes (`bn_mode`, one value for a whole model):
             when `train=False`. Under `jax.jit` over a batch sharded on a mesh the batch mean/variance are
             reductions over the GLOBAL batch, i.e. synchronized BN, with no `axis_name` needed.
 
+Statistics groups (`bn_group_size` g, model-wide; None or 0 = the whole global batch): with bn_mode="train" and
+train=True, the global batch [B,...] is viewed as [B/g, g, ...] and every group of g consecutive samples is
+normalised with its own mean/variance over (g, H, W) (the guidance paper's "sync BN over 8 of 16"). The running
+averages are updated with the mean over groups of the group statistics; eval uses the running averages, as
+without groups. Group k is samples k*g .. k*g+g-1 of the global batch, i.e. of the data-sharded layout: with g a
+divisor of the per-device batch a group never spans two devices. The parameter and batch_stats trees are those of
+nn.BatchNorm, so checkpoints and converted weights do not depend on g.
+
 Momentum follows flax's convention: `ra <- momentum * ra + (1 - momentum) * batch_stat`. Our default 0.9 is
 torch's `momentum=0.1` (torchvision/timm weights, most PyTorch DeepLab code): running averages settle within
 tens of steps, which short runs and demos with bn_mode="train" need. TF DeepLab's `batch_norm_decay` 0.9997
@@ -46,15 +54,51 @@ def check_bn_mode(bn_mode: str) -> None:
         raise ValueError(f"bn_mode: unknown {bn_mode!r}; valid modes are {list(BN_MODES)}")
 
 
-def norm(bn_mode: str, train: bool, *, momentum: float = DEFAULT_BN_MOMENTUM,
-         epsilon: float = DEFAULT_BN_EPSILON, dtype: Any = jnp.float32, name: str | None = None) -> nn.BatchNorm:
-    """A BatchNorm over the channel axis for `bn_mode` ("frozen" or "train") and the `train` flag.
+class GroupedBatchNorm(nn.Module):
+    """Training-mode batch norm with statistics per group of `group_size` consecutive samples.
 
-    Params {'scale' [C], 'bias' [C]} float32; batch_stats {'mean' [C], 'var' [C]} float32. Must be called
-    inside a compact method (it creates a submodule named `name`).
+    x [B,...,C] (B a multiple of group_size) -> same shape in `dtype`. Variables as nn.BatchNorm: params
+    {'scale', 'bias'} [C] float32, batch_stats {'mean', 'var'} [C] float32. Statistics in float32 (or float64
+    for float64 input); the variance is the biased E[(x - mean)^2] of each group.
+    """
+    group_size: int
+    momentum: float = DEFAULT_BN_MOMENTUM
+    epsilon: float = DEFAULT_BN_EPSILON
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        batch, channels, g = x.shape[0], x.shape[-1], self.group_size
+        if batch % g:
+            raise ValueError(f"bn_group_size {g} does not divide the batch size {batch}")
+        scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
+        groups = x.astype(jnp.promote_types(x.dtype, jnp.float32)).reshape(batch // g, g, *x.shape[1:])
+        axes = tuple(range(1, groups.ndim - 1))  # everything but the group and channel axes
+        mean = groups.mean(axes, keepdims=True)
+        var = jnp.square(groups - mean).mean(axes, keepdims=True)
+        if not self.is_initializing():
+            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean.mean(0).reshape(channels)
+            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var.mean(0).reshape(channels)
+        y = (groups - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+        return y.reshape(x.shape).astype(self.dtype)
+
+
+def norm(bn_mode: str, train: bool, *, momentum: float = DEFAULT_BN_MOMENTUM,
+         epsilon: float = DEFAULT_BN_EPSILON, dtype: Any = jnp.float32, group_size: int | None = None,
+         name: str | None = None) -> nn.Module:
+    """A BatchNorm over the channel axis for `bn_mode` ("frozen" or "train"), the `train` flag and the
+    statistics group size (None or 0: the whole batch; see the module docstring).
+
+    Params {'scale' [C], 'bias' [C]} float32; batch_stats {'mean' [C], 'var' [C]} float32, whatever the group
+    size. Must be called inside a compact method (it creates a submodule named `name`).
     """
     check_bn_mode(bn_mode)
     use_running_average = bn_mode == "frozen" or not train
+    if group_size and not use_running_average:
+        return GroupedBatchNorm(group_size, momentum=momentum, epsilon=epsilon, dtype=dtype, name=name)
     return nn.BatchNorm(use_running_average=use_running_average, momentum=momentum, epsilon=epsilon,
                         dtype=dtype, param_dtype=jnp.float32, name=name)
 
@@ -81,17 +125,18 @@ class BatchNormed(nn.Module):
     bn_mode: str = dataclasses.field(default="frozen", kw_only=True)
     bn_momentum: float = dataclasses.field(default=DEFAULT_BN_MOMENTUM, kw_only=True)
     bn_epsilon: float = dataclasses.field(default=DEFAULT_BN_EPSILON, kw_only=True)
+    bn_group_size: int | None = dataclasses.field(default=None, kw_only=True)
     dtype: Any = dataclasses.field(default=jnp.float32, kw_only=True)
 
     def norm_kwargs(self) -> dict:
         """These settings, to pass on to a child BatchNormed module."""
         return {"bn_mode": self.bn_mode, "bn_momentum": self.bn_momentum, "bn_epsilon": self.bn_epsilon,
-                "dtype": self.dtype}
+                "bn_group_size": self.bn_group_size, "dtype": self.dtype}
 
-    def batch_norm(self, train: bool, name: str) -> nn.BatchNorm:
-        """A BatchNorm submodule `name` with these settings (call from a compact method)."""
+    def batch_norm(self, train: bool, name: str) -> nn.Module:
+        """A batch-norm submodule `name` with these settings (call from a compact method)."""
         return norm(self.bn_mode, train, momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
-                    name=name)
+                    group_size=self.bn_group_size, name=name)
 
 
 class ConvBNReLU(BatchNormed):

@@ -1,0 +1,86 @@
+"""Preemption-safe training through the CLI: SIGTERM checkpoints the current step and exits 0, SIGKILL loses
+only the steps since the last checkpoint, and the resumed runs end bit for bit where an uninterrupted run does."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import demo
+from semeda_jax import stages
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OVERRIDES = {"loss": "ce", "train.steps": 40, "train.checkpoint_every": 3, "train.eval_every": 1000}
+COMPARE_AT = 20  # the in-process runs stop here (before the final evaluation); the CLI runs never get there
+
+
+@pytest.fixture(autouse=True)
+def float32_jax():
+    jax.config.update("jax_enable_x64", False)
+    yield
+    jax.config.update("jax_enable_x64", True)
+
+
+def latest_step(workdir):
+    folder = os.path.join(workdir, "checkpoints", "latest")
+    steps = [int(name) for name in os.listdir(folder) if name.isdigit()] if os.path.isdir(folder) else []
+    return max(steps, default=None)
+
+
+def start_training(config, workdir):
+    flags = [f"--config.dataset.root={config.dataset.root}", *(f"--config.{k}={v}" for k, v in OVERRIDES.items())]
+    return subprocess.Popen([sys.executable, "-m", "semeda_jax.main", "--config=configs/demo.py:smoke",
+                             f"--workdir={workdir}", "--stages=train", *flags], cwd=REPO,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def signal_after_checkpoint(proc, workdir, after_step, signum, timeout=120):
+    """Send `signum` once a checkpoint newer than `after_step` is on disk -> (output, exit code, step then)."""
+    try:
+        deadline = time.monotonic() + timeout
+        while (latest_step(workdir) or 0) <= after_step:
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint in time"
+            time.sleep(0.05)
+        step = latest_step(workdir)
+        assert proc.poll() is None, "the run ended before the signal"
+        proc.send_signal(signum)
+        output = proc.communicate(timeout=60)[0]
+        return output, proc.returncode, step
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_sigterm_and_sigkill_then_resume_bitwise(tmp_path):
+    config = demo.get_config("smoke")
+    config.dataset.root = str(tmp_path / "data")
+    config.update_from_flattened_dict(OVERRIDES)
+    stages.build_readers(config)  # generate the data before the first process reads it
+    workdir = str(tmp_path / "interrupted")
+
+    # SIGTERM: a checkpoint of the step in progress, exit status 0.
+    output, code, seen = signal_after_checkpoint(start_training(config, workdir), workdir, 0, signal.SIGTERM)
+    assert code == 0, output[-3000:]
+    stopped = int(re.search(r"preempted \(SIGTERM\): checkpoint saved at step (\d+)", output).group(1))
+    assert seen <= stopped < COMPARE_AT and latest_step(workdir) == stopped
+
+    # SIGKILL of the resumed run: nothing but the steps after its last checkpoint is lost.
+    output, code, _ = signal_after_checkpoint(start_training(config, workdir), workdir, stopped,
+                                                         signal.SIGKILL)
+    assert code == -signal.SIGKILL and "resumed from" in output, output[-3000:]
+    assert stopped < latest_step(workdir) < COMPARE_AT
+
+    resumed, _ = stages.run_train(config, workdir, log=lambda line: None, stop_after=COMPARE_AT)
+    straight, _ = stages.run_train(config, str(tmp_path / "straight"), log=lambda line: None, stop_after=COMPARE_AT)
+    assert int(resumed.step) == int(straight.step) == COMPARE_AT
+    for a, b in zip(jax.tree_util.tree_leaves((straight.params, straight.batch_stats, straight.opt_state)),
+                    jax.tree_util.tree_leaves((resumed.params, resumed.batch_stats, resumed.opt_state))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
