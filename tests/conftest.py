@@ -19,3 +19,12 @@ jax.config.update("jax_enable_x64", True)
 def rng():
     """A fresh, seeded NumPy generator per test (tests stay independent of their order)."""
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def float32_jax():
+    """Training code runs in float32, as on an accelerator (x64 is on for the math tests). Test files of training
+    runs use it for every test: `pytestmark = pytest.mark.usefixtures("float32_jax")`."""
+    jax.config.update("jax_enable_x64", False)
+    yield
+    jax.config.update("jax_enable_x64", True)

@@ -72,13 +72,6 @@ def test_semeda_variants_select_loss_model_and_backbone():
     assert semeda_paper.parse_variants("smoke", "x")["smoke"]
 
 
-@pytest.fixture
-def float32_jax():
-    jax.config.update("jax_enable_x64", False)
-    yield
-    jax.config.update("jax_enable_x64", True)
-
-
 # One run per dataset config, covering every loss and model variant. The Xception-71 backbone is built above and
 # run forward in tests/test_xception.py; compiling its training step takes minutes on 2 CPU cores, so CI skips it.
 RUNS = [("voc", "smoke,resnet101"), ("cityscapes", "smoke,ppce,resnet101"), ("helen", "smoke,sobel,v2,resnet101")]

@@ -10,6 +10,8 @@ from configs import demo
 from semeda_jax import predict, stages
 from semeda_jax.data import generate_scene
 
+pytestmark = pytest.mark.usefixtures("float32_jax")
+
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
@@ -21,14 +23,6 @@ def smoke_config(data_root, **overrides):
     config.dataset.root = data_root
     config.update_from_flattened_dict(overrides)
     return config
-
-
-@pytest.fixture(autouse=True)
-def float32_jax():
-    """Training runs in float32 like on a real accelerator (conftest turns x64 on for the math tests)."""
-    jax.config.update("jax_enable_x64", False)
-    yield
-    jax.config.update("jax_enable_x64", True)
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,10 @@ from configs import demo
 from semeda_jax import evaluate, parallel, stages, train
 from semeda_jax.checkpointing import Checkpoints
 
+pytestmark = pytest.mark.usefixtures("float32_jax")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {"loss": "ce", "train.steps": 3, "train.log_every": 1, "train.eval_every": 3}
-
-
-@pytest.fixture(autouse=True)
-def float32_jax():
-    jax.config.update("jax_enable_x64", False)
-    yield
-    jax.config.update("jax_enable_x64", True)
 
 
 def run_launcher(args, timeout):

@@ -21,6 +21,8 @@ from configs import common
 from semeda_jax import objective, parallel, train
 from semeda_jax.models.layers import BatchNormed, ConvBNReLU, GroupedBatchNorm, conv
 
+pytestmark = pytest.mark.usefixtures("float32_jax")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 4
 
@@ -114,13 +116,6 @@ def sharded_vs_single_device() -> dict:
             assert state.params["block1"]["conv"]["kernel"].sharding.spec == PartitionSpec(None, None, None, "data")
         results[name] = max_diffs(one_step(config, state, mesh, batch), one_step(config, single, one, batch))
     return results
-
-
-@pytest.fixture(autouse=True)
-def float32_jax():
-    jax.config.update("jax_enable_x64", False)
-    yield
-    jax.config.update("jax_enable_x64", True)
 
 
 def test_eight_devices_match_one_device():

@@ -14,16 +14,11 @@ import pytest
 from configs import demo
 from semeda_jax import stages
 
+pytestmark = pytest.mark.usefixtures("float32_jax")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {"loss": "ce", "train.steps": 40, "train.checkpoint_every": 3, "train.eval_every": 1000}
 COMPARE_AT = 20  # the in-process runs stop here (before the final evaluation); the CLI runs never get there
-
-
-@pytest.fixture(autouse=True)
-def float32_jax():
-    jax.config.update("jax_enable_x64", False)
-    yield
-    jax.config.update("jax_enable_x64", True)
 
 
 def latest_step(workdir):
