@@ -7,7 +7,7 @@ cadence), eval (trimap widths, plots), parallel (device mesh and parameter shard
 
 Batch sizes are GLOBAL: `data.batch_size` images per step over all processes and devices (each process reads
 batch_size / process_count); it must be a multiple of the data-parallel device count times
-`train.grad_accum_steps`. The same holds for `data.eval_batch_size`.
+`train.grad_accum_steps`. `data.eval_batch_size` is global too, rounded up to a multiple of the devices.
 """
 from __future__ import annotations
 

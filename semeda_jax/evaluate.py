@@ -79,8 +79,7 @@ def evaluate(state, reader, config: ml_collections.ConfigDict, *, num_samples: i
                                   "predictions": per_image, "entropy": per_image})
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     dataset = pipeline.eval_dataset(reader, pad_size=config.data.eval_pad_size,
-                                    batch_size=parallel.local_batch_size(config.data.eval_batch_size, mesh,
-                                                                         "config.data.eval_batch_size"),
+                                    batch_size=parallel.local_eval_batch_size(config.data.eval_batch_size, mesh),
                                     mean=config.data.mean, std=config.data.std, process_index=jax.process_index(),
                                     process_count=jax.process_count())
     totals, samples = {}, []

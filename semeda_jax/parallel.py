@@ -67,6 +67,14 @@ def local_batch_size(global_batch: int, mesh: Mesh, name: str = "config.data.bat
     return global_batch // jax.process_count()
 
 
+def local_eval_batch_size(requested: int, mesh: Mesh) -> int:
+    """The per-process eval batch: the global `requested` rounded up to a multiple of the data-parallel devices.
+    The eval stream fills its last batch with all-void examples that count nothing, so a larger batch changes no
+    number, and a config's eval batch (e.g. 1 full Cityscapes image) runs on any device count."""
+    shards = mesh.shape[DATA_AXIS]
+    return local_batch_size(-(-requested // shards) * shards, mesh, "config.data.eval_batch_size")
+
+
 def global_batch(local: dict, mesh: Mesh) -> dict:
     """{name: this process's rows [B/P,...]} -> {name: global jax.Array [B,...] sharded on `data`}."""
     sharding = batch_sharding(mesh)

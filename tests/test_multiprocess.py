@@ -3,8 +3,6 @@
 same global batches."""
 import os
 import re
-import signal
-import subprocess
 
 import jax
 import numpy as np
@@ -14,22 +12,17 @@ from configs import demo
 from semeda_jax import evaluate, parallel, stages, train
 from semeda_jax.checkpointing import Checkpoints
 
+import processes
+
 pytestmark = pytest.mark.usefixtures("float32_jax")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {"loss": "ce", "train.steps": 3, "train.log_every": 1, "train.eval_every": 3}
 
 
 def run_launcher(args, timeout):
     """launch/local.sh in its own session (killed with all its processes on timeout) -> (output, exit code)."""
-    proc = subprocess.Popen(["bash", "launch/local.sh", *args], cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
+    with processes.killed_on_exit(processes.start(["bash", "launch/local.sh", *args])) as proc:
         return proc.communicate(timeout=timeout)[0], proc.returncode
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_two_processes_match_one_process(tmp_path):

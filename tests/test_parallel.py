@@ -99,6 +99,8 @@ def sharded_vs_single_device() -> dict:
     """Run in a process with 8 CPU devices: {scenario: {kind: max relative diff 8 devices vs 1}}."""
     assert jax.device_count() == 8, jax.devices()
     one = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
+    eight = parallel.make_mesh(tiny_config())  # eval batches round up to a multiple of the 8 devices
+    assert [parallel.local_eval_batch_size(b, eight) for b in (1, 8, 9)] == [8, 8, 16]
     parallel.MIN_SHARDED_SIZE = 1  # so that TinySegNet's leaves are sharded too under param_sharding="data"
     scenarios = {
         "global_bn": ({}, True),

@@ -3,7 +3,6 @@ only the steps since the last checkpoint, and the resumed runs end bit for bit w
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 
@@ -14,9 +13,10 @@ import pytest
 from configs import demo
 from semeda_jax import stages
 
+import processes
+
 pytestmark = pytest.mark.usefixtures("float32_jax")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {"loss": "ce", "train.steps": 40, "train.checkpoint_every": 3, "train.eval_every": 1000}
 COMPARE_AT = 20  # the in-process runs stop here (before the final evaluation); the CLI runs never get there
 
@@ -29,15 +29,13 @@ def latest_step(workdir):
 
 def start_training(config, workdir):
     flags = [f"--config.dataset.root={config.dataset.root}", *(f"--config.{k}={v}" for k, v in OVERRIDES.items())]
-    return subprocess.Popen([sys.executable, "-m", "semeda_jax.main", "--config=configs/demo.py:smoke",
-                             f"--workdir={workdir}", "--stages=train", *flags], cwd=REPO,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return processes.start([sys.executable, "-m", "semeda_jax.main", "--config=configs/demo.py:smoke",
+                            f"--workdir={workdir}", "--stages=train", *flags])
 
 
 def signal_after_checkpoint(proc, workdir, after_step, signum, timeout=120):
     """Send `signum` once a checkpoint newer than `after_step` is on disk -> (output, exit code, step then)."""
-    try:
+    with processes.killed_on_exit(proc):
         deadline = time.monotonic() + timeout
         while (latest_step(workdir) or 0) <= after_step:
             assert proc.poll() is None, proc.stdout.read()[-3000:]
@@ -48,10 +46,6 @@ def signal_after_checkpoint(proc, workdir, after_step, signum, timeout=120):
         proc.send_signal(signum)
         output = proc.communicate(timeout=60)[0]
         return output, proc.returncode, step
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_sigterm_and_sigkill_then_resume_bitwise(tmp_path):

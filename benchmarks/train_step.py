@@ -1,0 +1,95 @@
+"""Step time and memory of the main experiment configs' jitted train step, at their real sizes.
+
+    python -m benchmarks.train_step                          # VOC (X-71 / R-101, PPCE / SEMEDA), Cityscapes
+    python -m benchmarks.train_step --configs voc voc:sobel --repeats=5
+    python -m benchmarks.train_step --batch=2                          # a smaller global batch than the config's
+
+Each row builds the config's model and loss exactly as `train` does (random weights and a random g_phi: neither
+changes the cost), on one synthetic batch of the config's crop size and global batch, compiles the sharded step
+once (compile time reported) and times `--repeats` steps (median). Memory is XLA's accounting of the compiled
+step (arguments + outputs + temporaries - aliased donations), the same figure on CPU and GPU; on a GPU the
+allocator's peak is printed too. Ratios are to the first row.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from semeda_jax import parallel, train
+from semeda_jax.losses import init_edge_net
+
+DEFAULT_CONFIGS = ("voc:ppce", "voc", "voc:ppce,resnet101", "voc:resnet101", "cityscapes")
+
+
+def load_config(spec: str):
+    """'voc:ppce,resnet101' -> configs/voc.py's get_config('ppce,resnet101')."""
+    name, _, arg = spec.partition(":")
+    return importlib.import_module(f"configs.{name}").get_config(arg or None)
+
+
+def measure(spec: str, repeats: int, batch: int | None) -> dict:
+    config = load_config(spec)
+    if batch:
+        config.data.batch_size = batch
+    mesh = parallel.make_mesh(config)
+    model = train.build_segmentation_model(config, config.dataset.num_classes)
+    state = train.create_train_state(config, model, jax.random.PRNGKey(0), mesh)
+    crop_h, crop_w = config.data.crop_size
+    b = config.data.batch_size
+    rng = np.random.default_rng(0)
+    batch_arrays = parallel.global_batch({
+        "image": rng.standard_normal((b, crop_h, crop_w, 3)).astype(np.float32),
+        "label": rng.integers(0, config.dataset.num_classes, (b, crop_h, crop_w)).astype(np.int32)}, mesh)
+    edge = jax.device_put(init_edge_net(jax.random.PRNGKey(1), config.dataset.num_classes),
+                          parallel.replicated(mesh))
+    step = train.jit_train_step(config, state, mesh, jax.random.PRNGKey(2))
+    start = time.perf_counter()
+    compiled = step.lower(state, batch_arrays, edge).compile()
+    compile_seconds = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    mib = (memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
+           - memory.alias_size_in_bytes) / 2 ** 20
+    state, metrics = compiled(state, batch_arrays, edge)  # warm-up
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        state, metrics = compiled(state, batch_arrays, edge)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    row = {"config": spec, "model": f"{config.model.name}/{config.model.backbone}", "loss": config.loss,
+           "batch": f"{b}x{crop_h}x{crop_w}", "step_s": statistics.median(times), "memory_mib": mib,
+           "compile_s": compile_seconds}
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        row["peak_mib"] = stats["peak_bytes_in_use"] / 2 ** 20
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, help="config[:variants] ...")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=0, help="global batch (0 = the config's)")
+    args = parser.parse_args()
+    device = jax.devices()[0]
+    print(f"device: {device.device_kind} x {jax.device_count()} ({device.platform}), jax {jax.__version__}\n")
+    print(f"{'config':<22}{'model':<30}{'loss':<11}{'batch':<12}{'step (s)':>9}{'x first':>8}"
+          f"{'memory (MiB)':>14}{'x first':>8}{'compile (s)':>12}")
+    first = None
+    for spec in args.configs:
+        row = measure(spec, args.repeats, args.batch or None)
+        first = first or row
+        peak = f"  (allocator peak {row['peak_mib']:.0f} MiB)" if "peak_mib" in row else ""
+        print(f"{row['config']:<22}{row['model']:<30}{row['loss']:<11}{row['batch']:<12}{row['step_s']:>9.2f}"
+              f"{row['step_s'] / first['step_s']:>8.2f}{row['memory_mib']:>14.0f}"
+              f"{row['memory_mib'] / first['memory_mib']:>8.2f}{row['compile_s']:>12.1f}{peak}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
