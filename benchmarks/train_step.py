@@ -6,9 +6,10 @@
 
 Each row builds the config's model and loss exactly as `train` does (random weights and a random g_phi: neither
 changes the cost), on one synthetic batch of the config's crop size and global batch, compiles the sharded step
-once (compile time reported) and times `--repeats` steps (median). Memory is XLA's accounting of the compiled
-step (arguments + outputs + temporaries - aliased donations), the same figure on CPU and GPU; on a GPU the
-allocator's peak is printed too. Ratios are to the first row.
+once (compile time reported) and times `--repeats` steps (median; 0 = memory only, for models whose CPU step
+takes too long: XLA:CPU runs Xception's dilated depthwise convolutions very slowly). Memory is XLA's accounting of the compiled
+step (arguments + outputs + temporaries - aliased donations), the same figure on CPU and GPU. Ratios are to
+the first row.
 """
 from __future__ import annotations
 
@@ -54,27 +55,26 @@ def measure(spec: str, repeats: int, batch: int | None) -> dict:
     memory = compiled.memory_analysis()
     mib = (memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
            - memory.alias_size_in_bytes) / 2 ** 20
-    state, metrics = compiled(state, batch_arrays, edge)  # warm-up
-    jax.block_until_ready(metrics)
     times = []
+    if repeats:
+        state, metrics = compiled(state, batch_arrays, edge)  # warm-up
+        jax.block_until_ready(metrics)
     for _ in range(repeats):
         start = time.perf_counter()
         state, metrics = compiled(state, batch_arrays, edge)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
     row = {"config": spec, "model": f"{config.model.name}/{config.model.backbone}", "loss": config.loss,
-           "batch": f"{b}x{crop_h}x{crop_w}", "step_s": statistics.median(times), "memory_mib": mib,
+           "batch": f"{b}x{crop_h}x{crop_w}", "step_s": statistics.median(times) if times else float("nan"),
+           "memory_mib": mib,
            "compile_s": compile_seconds}
-    stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        row["peak_mib"] = stats["peak_bytes_in_use"] / 2 ** 20
     return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, help="config[:variants] ...")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps (0: compile and memory only)")
     parser.add_argument("--batch", type=int, default=0, help="global batch (0 = the config's)")
     args = parser.parse_args()
     device = jax.devices()[0]
@@ -85,10 +85,9 @@ def main() -> None:
     for spec in args.configs:
         row = measure(spec, args.repeats, args.batch or None)
         first = first or row
-        peak = f"  (allocator peak {row['peak_mib']:.0f} MiB)" if "peak_mib" in row else ""
         print(f"{row['config']:<22}{row['model']:<30}{row['loss']:<11}{row['batch']:<12}{row['step_s']:>9.2f}"
               f"{row['step_s'] / first['step_s']:>8.2f}{row['memory_mib']:>14.0f}"
-              f"{row['memory_mib'] / first['memory_mib']:>8.2f}{row['compile_s']:>12.1f}{peak}", flush=True)
+              f"{row['memory_mib'] / first['memory_mib']:>8.2f}{row['compile_s']:>12.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 Needs what is not built yet, and says so: the model "relationnet" (ResNet-38 + deformable convs + the relation
 module, a left-right then up-down bidirectional GRU), the pair logits the "scl" term reads (the similarity subnet),
 the multi-stage schedule below in the trainer, and 4-step shifted testing. The `train` stage stops at once with a
-ConfigError naming the model. Today `--config.model.name=deeplab_v3 --config.loss=ohem` trains the OHEM baseline.
+ConfigError naming the model. Today `--config.model.name=deeplab_v3 --config.model.depth=101 --config.loss=ohem`
+trains the OHEM baseline.
 Settings (RelationNet §III, SPEC.md 3(b)-(c)): batch 8, crop 512x520 ("(512, 520)"), scale 0.55-1.3, flip,
 output stride 8, ImageNet init; lr 5e-4 for 35 epochs then linear to 5e-6 over the last 25 (stage 1);
 OHEM threshold 0.6; SCL weight 0.1.

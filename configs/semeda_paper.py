@@ -9,7 +9,7 @@ Variants, comma-separated after the file name (`configs/voc.py:ppce,resnet101`):
     loss      semeda (default: CE + SEMEDA, Eq. 6) | ppce (CE only) | sobel (CE + Sobel, coefficient 4)
     model     v3plus (default) | v2 (DeepLab v2 with ASPP-L, output stride 8)
     backbone  xception71 (default, the paper's Table 1) | resnet101
-    smoke     tiny model, crops and step counts: every stage in seconds (tests; needs dataset.root set)
+    smoke     tiny model, crops and step counts: every stage on tiny shapes (tests; needs dataset.root)
 """
 from __future__ import annotations
 

@@ -31,6 +31,13 @@ done
 trap 'kill -TERM "${pids[@]}" 2>/dev/null || true' TERM INT
 status=0
 for pid in "${pids[@]}"; do
-  wait "$pid" || { code=$?; (( status == 0 )) && status=$code; }
+  while true; do
+    code=0
+    wait "$pid" || code=$?
+    # A wait cut short by the trapped signal returns > 128 while the process still runs: wait for it again.
+    if (( code > 128 )) && kill -0 "$pid" 2>/dev/null; then continue; fi
+    break
+  done
+  if (( code != 0 && status == 0 )); then status=$code; fi
 done
 exit "$status"

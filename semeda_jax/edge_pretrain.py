@@ -6,8 +6,9 @@ report the edge F-score (pixel-exact, void excluded) on validation masks.
 """
 from __future__ import annotations
 
+import functools
 import time
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -26,11 +27,18 @@ def edge_predictions(params, labels: jax.Array, num_classes: int) -> jax.Array:
     return jnp.argmax(edge_net_forward(params, masks)[2], axis=-1).astype(jnp.int32)
 
 
-def edge_f_score(params, labels: np.ndarray, num_classes: int) -> dict:
-    """Edge precision, recall and F-score of g_phi on label maps [B,H,W] (void pixels excluded)."""
-    truth = np.where(labels == 255, 255, np.asarray(semantic_edges(labels), np.int32))
-    cm = np.asarray(confusion_matrix(truth, edge_predictions(params, jnp.asarray(labels), num_classes), 2),
-                    np.float64)
+@functools.partial(jax.jit, static_argnums=2)
+def _edge_confusion(params, labels: jax.Array, num_classes: int) -> jax.Array:
+    """labels [B,H,W] -> int32 [2,2] confusion of the true edge map (void excluded) vs g_phi's edge decision."""
+    truth = jnp.where(labels == 255, 255, semantic_edges(labels).astype(jnp.int32))
+    return confusion_matrix(truth, edge_predictions(params, labels, num_classes), 2)
+
+
+def edge_f_score(params, label_batches: Iterable[np.ndarray], num_classes: int) -> dict:
+    """Edge precision, recall and F-score of g_phi over label batches [B,H,W] (void excluded), counted batch by
+    batch on the device so that a whole validation split (1449 VOC masks) never sits in memory at once."""
+    cm = sum(np.asarray(_edge_confusion(params, jnp.asarray(labels), num_classes), np.float64)
+             for labels in label_batches)
     true_positive = cm[1, 1]
     precision = true_positive / max(cm[:, 1].sum(), 1.0)
     recall = true_positive / max(cm[1, :].sum(), 1.0)
@@ -38,10 +46,10 @@ def edge_f_score(params, labels: np.ndarray, num_classes: int) -> dict:
             "edge_f_score": float(per_class_f1(cm)[1])}
 
 
-def pretrain_edge_net(label_batches: Iterator[np.ndarray], val_labels: np.ndarray, *, num_classes: int,
-                      steps: int, learning_rate: float, seed: int, log_every: int = 50,
+def pretrain_edge_net(label_batches: Iterator[np.ndarray], val_batches: Iterable[np.ndarray], *,
+                      num_classes: int, steps: int, learning_rate: float, seed: int, log_every: int = 50,
                       log=print) -> tuple[dict, dict]:
-    """Train g_phi for `steps` on label batches [B,H,W] int -> (params, final validation scores)."""
+    """Train g_phi for `steps` on label batches [B,H,W] int -> (params, edge scores on the val label batches)."""
     params = init_edge_net(jax.random.PRNGKey(seed), num_classes)
     optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, max(steps, 1)))
     opt_state = optimizer.init(params)
@@ -59,7 +67,7 @@ def pretrain_edge_net(label_batches: Iterator[np.ndarray], val_labels: np.ndarra
             elapsed = time.perf_counter() - start
             log(f"[edge_pretrain] step {step}/{steps}  loss {float(loss):.4f}  "
                 f"{step / elapsed:.1f} steps/s  ETA {(steps - step) * elapsed / step:.0f}s")
-    scores = edge_f_score(params, val_labels, num_classes)
+    scores = edge_f_score(params, val_batches, num_classes)
     log(f"[edge_pretrain] val edge F-score {scores['edge_f_score']:.4f} "
         f"(precision {scores['edge_precision']:.4f}, recall {scores['edge_recall']:.4f})")
     return params, scores

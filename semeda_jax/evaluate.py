@@ -11,7 +11,7 @@ per-image outputs (predictions, entropy) stay sharded, each process keeping its 
 from __future__ import annotations
 
 import functools
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -66,17 +66,23 @@ def summarize(totals: dict, widths: Sequence[int], class_names: Sequence[str] | 
     return report
 
 
+@functools.lru_cache(maxsize=4)
+def jit_eval_counts(apply_fn, num_classes: int, widths: tuple[int, ...], mesh) -> Callable:
+    """eval_counts jitted for `mesh` (counts replicated, per-image maps batch-sharded); cached, so the periodic
+    evaluations of one training run compile it once."""
+    per_image = parallel.batch_sharding(mesh)
+    return jax.jit(functools.partial(eval_counts, apply_fn=apply_fn, num_classes=num_classes, widths=widths),
+                   out_shardings={**{key: parallel.replicated(mesh) for key in COUNTS},
+                                  "predictions": per_image, "entropy": per_image})
+
+
 def evaluate(state, reader, config: ml_collections.ConfigDict, *, num_samples: int = 0,
              class_names: Sequence[str] | None = None) -> dict:
     """Full evaluation of `state` on `reader`'s split -> report dict; with `num_samples`, also the first
     `num_samples` images as report["samples"] (image, label, prediction, entropy arrays for the plots)."""
     widths = tuple(config.eval.trimap_widths)
     mesh = parallel.make_mesh(config)
-    per_image = parallel.batch_sharding(mesh)
-    step = jax.jit(functools.partial(eval_counts, apply_fn=state.apply_fn,
-                                     num_classes=config.dataset.num_classes, widths=widths),
-                   out_shardings={**{key: parallel.replicated(mesh) for key in COUNTS},
-                                  "predictions": per_image, "entropy": per_image})
+    step = jit_eval_counts(state.apply_fn, config.dataset.num_classes, widths, mesh)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     dataset = pipeline.eval_dataset(reader, pad_size=config.data.eval_pad_size,
                                     batch_size=parallel.local_eval_batch_size(config.data.eval_batch_size, mesh),

@@ -8,16 +8,17 @@
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from semeda_jax import edge_pretrain, evaluate, objective, parallel, reporting, train
 from semeda_jax.checkpointing import Checkpoints
-from semeda_jax.data import build_reader, pipeline
+from semeda_jax.data import DATASETS, build_reader, pipeline
 from semeda_jax.losses import init_edge_net
 from semeda_jax.validation import ConfigError
 
@@ -25,13 +26,31 @@ Log = Callable[[str], None]
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Fail fast (before data, compilation or training) on a bad loss mix, model setting or weights path."""
+    """Fail fast (before data, compilation or training) with a one-line ConfigError on a bad loss mix, dataset
+    name, model setting (the model is traced on a 1x33x33 input), BN group, report option or weights path."""
     objective.loss_terms(config)
-    train.build_segmentation_model(config, config.dataset.num_classes)
+    if config.dataset.name not in DATASETS:
+        raise ConfigError(f"config.dataset.name: unknown {config.dataset.name!r}; valid: {sorted(DATASETS)}")
+    if config.eval.get("f1_groups", "") not in evaluate.F1_GROUPS:
+        raise ConfigError(f"config.eval.f1_groups: unknown {config.eval.f1_groups!r}; "
+                          f"valid: {sorted(evaluate.F1_GROUPS)}")
+    group = config.model.get("bn_group_size") or 0
+    micro_batch = config.data.batch_size // max(int(config.train.grad_accum_steps), 1)
+    if group < 0 or (group and micro_batch % group):
+        raise ConfigError(f"config.model.bn_group_size: {group} must be >= 0 and divide the (micro-)batch of "
+                          f"{micro_batch} images")
+    model = train.build_segmentation_model(config, config.dataset.num_classes)
+    key = jax.random.PRNGKey(0)
+    try:
+        jax.eval_shape(functools.partial(model.init, train=False), {"params": key, "dropout": key},
+                       jax.ShapeDtypeStruct((1, 33, 33, 3), jnp.float32))
+    except ValueError as error:
+        raise ConfigError(f"config.model: {error}") from None
     pretrained = config.model.get("pretrained")
-    if pretrained and not os.path.isfile(os.path.expanduser(pretrained)):
-        raise ConfigError(f"config.model.pretrained: {pretrained} is not a file (expected a .safetensors or .npz "
-                          f"state dict of the {config.model.get('backbone', 'resnet')} backbone)")
+    if pretrained and not (os.path.isfile(os.path.expanduser(pretrained))
+                           and pretrained.endswith((".safetensors", ".npz"))):
+        raise ConfigError(f"config.model.pretrained: {pretrained} is not a .safetensors or .npz file (expected "
+                          f"a state dict of the {config.model.get('backbone', 'resnet')} backbone)")
 
 
 def build_readers(config: ml_collections.ConfigDict) -> dict:
@@ -51,9 +70,9 @@ def run_edge_pretrain(config: ml_collections.ConfigDict, workdir: str, log: Log 
     labels = (batch["label"] for batch in pipeline.train_dataset(
         readers["train"], crop_size=config.data.crop_size, batch_size=config.edge_net.batch_size,
         scale_range=config.data.scale_range, seed=config.seed + 1).as_numpy_iterator())
-    val_labels = np.concatenate([batch["label"] for batch in pipeline.eval_dataset(
+    val_labels = (batch["label"] for batch in pipeline.eval_dataset(
         readers["val"], pad_size=config.data.eval_pad_size, batch_size=config.data.eval_batch_size,
-        check=False).as_numpy_iterator()])
+        check=False).as_numpy_iterator())
     params, scores = edge_pretrain.pretrain_edge_net(
         labels, val_labels, num_classes=num_classes, steps=config.edge_net.steps,
         learning_rate=config.edge_net.learning_rate, seed=config.seed, log=log)

@@ -68,20 +68,28 @@ def create_train_state(config: ml_collections.ConfigDict, model, key: jax.Array,
 def load_pretrained_backbone(config: ml_collections.ConfigDict, state: TrainState,
                              log: Callable[[str], None]) -> TrainState:
     """The state with its backbone parameters and BN statistics from config.model.pretrained (a torchvision /
-    timm state dict, models/pretrained.py), placed with the state's shardings; a warning when none is set."""
+    timm state dict, models/pretrained.py), placed with the state's shardings; a warning when none is set.
+    Only the backbone subtrees move through the host; a file that does not fit is a one-line ConfigError."""
     path = config.model.get("pretrained")
     if not path:
         log("[train] warning: config.model.pretrained is empty: the backbone starts from random weights")
         return state
-    variables = load_backbone_weights({"params": state.params, "batch_stats": state.batch_stats}, path,
-                                      backbone=config.model.get("backbone", "resnet"), log=log)
+    try:
+        variables = load_backbone_weights({"params": state.params, "batch_stats": state.batch_stats},
+                                          os.path.expanduser(path), backbone=config.model.get("backbone", "resnet"),
+                                          log=log)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"config.model.pretrained: {error}") from None
 
     def place(value, like):
         value = np.asarray(value, like.dtype)
         return jax.make_array_from_callback(like.shape, like.sharding, lambda index: value[index])
 
-    return state.replace(params=jax.tree.map(place, variables["params"], state.params),
-                         batch_stats=jax.tree.map(place, variables["batch_stats"], state.batch_stats))
+    def with_backbone(tree, loaded):
+        return {**tree, "backbone": jax.tree.map(place, loaded["backbone"], tree["backbone"])}
+
+    return state.replace(params=with_backbone(state.params, variables["params"]),
+                         batch_stats=with_backbone(state.batch_stats, variables["batch_stats"]))
 
 
 def micro_batches(x: jax.Array, k: int) -> jax.Array:

@@ -4,6 +4,7 @@ dataset's genuine on-disk format."""
 import functools
 import importlib
 import json
+import re
 import os
 from pathlib import Path
 
@@ -98,3 +99,19 @@ def test_config_runs_every_stage_on_a_generated_dataset(name, arg, tmp_path, flo
     assert sum(map(sum, saved["confusion_matrix"])) == valid_pixels
     if config.eval.f1_groups:
         assert set(saved["merged_f1"]) == {"brows", "eyes", "nose", "mouth", "overall"}
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ({"model.depth": 38}, "config.model: depth: unknown ResNet depth 38"),
+    ({"model.backbone": "xceptoin"}, "config.model: backbone: unknown 'xceptoin'"),
+    ({"model.output_stride": 4}, "config.model: output_stride: got 4"),
+    ({"dataset.name": "vocc"}, "config.dataset.name: unknown 'vocc'"),
+    ({"eval.f1_groups": "face"}, "config.eval.f1_groups: unknown 'face'"),
+    ({"model.bn_group_size": 3}, "config.model.bn_group_size: 3 must"),
+    ({"model.pretrained": "/no/such/r101.pth"}, "config.model.pretrained: /no/such/r101.pth is not"),
+])
+def test_bad_settings_are_named_before_anything_runs(override, fragment):
+    config = load("demo", "smoke")
+    config.update_from_flattened_dict(override)
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        stages.check_config(config)

@@ -431,6 +431,7 @@ def test_train_state_starts_from_the_pretrained_file(tmp_path):
 
     from configs import demo
     from semeda_jax import train
+    from semeda_jax.validation import ConfigError
 
     state_dict = random_state_dict(resnet_shapes(blocks=(3, 4, 6, 3), width=8), seed=3)
     config = demo.get_config("smoke")
@@ -450,6 +451,11 @@ def test_train_state_starts_from_the_pretrained_file(tmp_path):
         "conv1"]["kernel"].sharding
     assert not np.any(loaded.params["classifier"]["kernel"])  # the head keeps its own (zero) initialisation
     assert lines and str(tmp_path / "r50.npz") in lines[0]
+
+    config.model.pretrained = save(random_state_dict(resnet_shapes(blocks=(3, 4, 6, 3), width=16)),
+                                   tmp_path / "wide.safetensors")
+    with pytest.raises(ConfigError, match="config.model.pretrained: .*wide.safetensors: bn1.bias has shape .16,. but"):
+        train.load_pretrained_backbone(config, state, lines.append)
 
     config.model.pretrained = ""
     lines = []

@@ -35,7 +35,8 @@ import flax
 import jax.numpy as jnp
 import numpy as np
 
-BACKBONES = ("resnet", "xception")
+from semeda_jax.models.deeplab import BACKBONES
+
 IGNORED = re.compile(r"(^|\.)num_batches_tracked$|^fc\.|^head\.fc\.")
 _RESNET_RULES = (
     (r"conv1", "stem_conv"),
@@ -64,7 +65,7 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     """The arrays of a `.safetensors` or `.npz` state dict by name; ValueError for another extension."""
     extension = os.path.splitext(path)[1].lower()
     if extension == ".safetensors":
-        from safetensors.numpy import load_file  # optional dependency, needed only here
+        from safetensors.numpy import load_file  # imported here: only .safetensors files need it
         return load_file(path)
     if extension == ".npz":
         with np.load(path, allow_pickle=False) as archive:
