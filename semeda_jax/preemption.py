@@ -35,7 +35,8 @@ class StopSignal:
         return self
 
     def __exit__(self, *exc) -> None:
-        signal.signal(self.signum, self._previous)
+        # None: the previous handler was not installed from Python; restore the default action then.
+        signal.signal(self.signum, signal.SIG_DFL if self._previous is None else self._previous)
 
     def should_stop(self) -> bool:
         """Whether any process got the signal (call at every step boundary, on every process)."""

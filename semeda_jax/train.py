@@ -174,6 +174,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, readers:
     SIGTERM ends it at the next step boundary with a checkpoint and raises preemption.Preempted.
     Only process 0 logs. Returns the state and the history of logged metrics [(step, {name: window mean})].
     """
+    with StopSignal() as stop:  # from the start: a SIGTERM while data loads or the step compiles counts too
+        return _train_and_evaluate(config, workdir, readers, edge_net_params, log, stop_after, stop)
+
+
+def _train_and_evaluate(config, workdir, readers, edge_net_params, log, stop_after, stop: StopSignal):
+    """train_and_evaluate's body, run with the SIGTERM flag `stop` installed."""
     log = log if jax.process_index() == 0 else (lambda line: None)
     mesh = parallel.make_mesh(config)
     batch_size = config.data.batch_size
@@ -206,34 +212,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, readers:
     window_start, window_metrics, history = time.perf_counter(), [], []
     last_step = config.train.steps if stop_after is None else min(stop_after, config.train.steps)
     try:
-        with StopSignal() as stop:
-            for step in range(start_step + 1, last_step + 1):
-                state, metrics = step_fn(state, parallel.global_batch(next(batches), mesh), edge_net_params)
-                window_metrics.append(metrics)
-                if step % config.train.log_every == 0 or step == config.train.steps:
-                    mean_metrics = {k: float(np.mean([m[k] for m in jax.device_get(window_metrics)]))
-                                    for k in window_metrics[0]}
-                    elapsed = time.perf_counter() - window_start
-                    rate = len(window_metrics) / elapsed
-                    log(_progress_line(step, config.train.steps, mean_metrics, rate * batch_size,
-                                       (config.train.steps - step) / rate))
-                    writer.write_scalars(step, mean_metrics)
-                    history.append((step, mean_metrics))
-                    window_start, window_metrics = time.perf_counter(), []
-                if step % config.train.eval_every == 0 or step == config.train.steps:
-                    results = evaluate.evaluate(state, readers["val"], config)
-                    log(f"[eval] step {step}: mIoU {results['miou']:.4f}  mean F1 {results['mean_f1']:.4f}  "
-                        f"E-measure {results['emeasure']:.4f}")
-                    writer.write_scalars(step, {f"val_{k}": results[k] for k in ("miou", "mean_f1", "emeasure")})
-                    checkpoints.save(step, state, {"step": step, "miou": results["miou"]},
-                                     metrics={"miou": results["miou"]})
-                    window_start = time.perf_counter()  # keep evaluation out of the images/s figure
-                elif step % config.train.checkpoint_every == 0 or step == last_step:
+        for step in range(start_step + 1, last_step + 1):
+            state, metrics = step_fn(state, parallel.global_batch(next(batches), mesh), edge_net_params)
+            window_metrics.append(metrics)
+            if step % config.train.log_every == 0 or step == config.train.steps:
+                mean_metrics = {k: float(np.mean([m[k] for m in jax.device_get(window_metrics)]))
+                                for k in window_metrics[0]}
+                elapsed = time.perf_counter() - window_start
+                rate = len(window_metrics) / elapsed
+                log(_progress_line(step, config.train.steps, mean_metrics, rate * batch_size,
+                                   (config.train.steps - step) / rate))
+                writer.write_scalars(step, mean_metrics)
+                history.append((step, mean_metrics))
+                window_start, window_metrics = time.perf_counter(), []
+            if step % config.train.eval_every == 0 or step == config.train.steps:
+                results = evaluate.evaluate(state, readers["val"], config)
+                log(f"[eval] step {step}: mIoU {results['miou']:.4f}  mean F1 {results['mean_f1']:.4f}  "
+                    f"E-measure {results['emeasure']:.4f}")
+                writer.write_scalars(step, {f"val_{k}": results[k] for k in ("miou", "mean_f1", "emeasure")})
+                checkpoints.save(step, state, {"step": step, "miou": results["miou"]},
+                                 metrics={"miou": results["miou"]})
+                window_start = time.perf_counter()  # keep evaluation out of the images/s figure
+            elif step % config.train.checkpoint_every == 0 or step == last_step:
+                checkpoints.save(step, state, {"step": step})
+            if stop.should_stop():  # at the last step too: the stages after train must not start
+                if checkpoints.latest_step() != step:
                     checkpoints.save(step, state, {"step": step})
-                if step < last_step and stop.should_stop():
-                    if checkpoints.latest_step() != step:
-                        checkpoints.save(step, state, {"step": step})
-                    raise Preempted(step)
+                raise Preempted(step)
     finally:
         writer.flush()
         checkpoints.close()
