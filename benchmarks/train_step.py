@@ -1,15 +1,15 @@
 """Step time and memory of the main experiment configs' jitted train step, at their real sizes.
 
-    python -m benchmarks.train_step                          # VOC (X-71 / R-101, PPCE / SEMEDA), Cityscapes
-    python -m benchmarks.train_step --configs voc voc:sobel --repeats=5
-    python -m benchmarks.train_step --batch=2                          # a smaller global batch than the config's
+    python -m benchmarks.train_step                     # VOC (X-71 / R-101, PPCE / SEMEDA), Cityscapes; a GPU
+    python -m benchmarks.train_step --repeats=0         # memory and compile time only (CPU)
+    python -m benchmarks.train_step --configs voc voc:sobel --repeats=5 --batch=2
 
 Each row builds the config's model and loss exactly as `train` does (random weights and a random g_phi: neither
 changes the cost), on one synthetic batch of the config's crop size and global batch, compiles the sharded step
-once (compile time reported) and times `--repeats` steps (median; 0 = memory only, for models whose CPU step
-takes too long: XLA:CPU runs Xception's dilated depthwise convolutions very slowly). Memory is XLA's accounting of the compiled
-step (arguments + outputs + temporaries - aliased donations), the same figure on CPU and GPU. Ratios are to
-the first row.
+once (compile time reported) and times `--repeats` steps (median; 0 = memory only: at real sizes one step on a
+2-core CPU takes many minutes, so CPU runs report memory and compile time, and step times come from a GPU).
+Memory is XLA's accounting of the compiled step (arguments + outputs + temporaries - aliased donations) on the
+device it was compiled for (GPU buffer assignment differs somewhat from CPU's). Ratios are to the first row.
 """
 from __future__ import annotations
 
@@ -85,8 +85,10 @@ def main() -> None:
     for spec in args.configs:
         row = measure(spec, args.repeats, args.batch or None)
         first = first or row
-        print(f"{row['config']:<22}{row['model']:<30}{row['loss']:<11}{row['batch']:<12}{row['step_s']:>9.2f}"
-              f"{row['step_s'] / first['step_s']:>8.2f}{row['memory_mib']:>14.0f}"
+        timed = (f"{row['step_s']:>9.2f}{row['step_s'] / first['step_s']:>8.2f}" if args.repeats
+                 else f"{'-':>9}{'-':>8}")
+        print(f"{row['config']:<22}{row['model']:<30}{row['loss']:<11}{row['batch']:<12}{timed}"
+              f"{row['memory_mib']:>14.0f}"
               f"{row['memory_mib'] / first['memory_mib']:>8.2f}{row['compile_s']:>12.1f}", flush=True)
 
 

@@ -82,6 +82,8 @@ def shrink_for_smoke(config: ml_collections.ConfigDict) -> None:
     """Tiny everything: a run of seconds that exercises every stage (tests and `:smoke` variants)."""
     config.dataset.update(num_train=16, num_val=6, image_size=(40, 48))
     config.model.update(depth=18, base_width=4)
+    if config.model.get("bn_group_size"):
+        config.model.bn_group_size = 2  # groups must divide the smoke batch of 4
     config.data.update(crop_size=(32, 32), batch_size=4, eval_pad_size=(40, 48), eval_batch_size=4)
     config.edge_net.update(steps=30, batch_size=4)
     config.train.update(steps=12, log_every=4, eval_every=6, checkpoint_every=4)

@@ -29,6 +29,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     """Fail fast (before data, compilation or training) with a one-line ConfigError on a bad loss mix, dataset
     name, model setting (the model is traced on a 1x33x33 input), BN group, report option or weights path."""
     objective.loss_terms(config)
+    model = train.build_segmentation_model(config, config.dataset.num_classes)
     if config.dataset.name not in DATASETS:
         raise ConfigError(f"config.dataset.name: unknown {config.dataset.name!r}; valid: {sorted(DATASETS)}")
     if config.eval.get("f1_groups", "") not in evaluate.F1_GROUPS:
@@ -39,7 +40,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if group < 0 or (group and micro_batch % group):
         raise ConfigError(f"config.model.bn_group_size: {group} must be >= 0 and divide the (micro-)batch of "
                           f"{micro_batch} images")
-    model = train.build_segmentation_model(config, config.dataset.num_classes)
     key = jax.random.PRNGKey(0)
     try:
         jax.eval_shape(functools.partial(model.init, train=False), {"params": key, "dropout": key},
