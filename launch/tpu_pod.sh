@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Cloud TPU VM (a pod slice): the same command on every worker, one process per worker (host); JAX finds the
 # coordinator, process count and id from the TPU metadata.
-#   launch/tpu_pod.sh my-tpu us-central2-b configs/voc.py gs://my-bucket/runs/voc [--config.train.steps=30000 ...]
+#   launch/tpu_pod.sh my-tpu us-central2-b configs/voc.py /mnt/shared/runs/voc [--config.train.steps=30000 ...]
 # The repository must be at ~/semeda_jax on every worker (e.g. `gcloud ... --worker=all --command="git clone ..."`)
-# with `pip install -r requirements.txt "jax[tpu]"`. WORKDIR must be shared by all workers: a gs:// bucket.
+# with `pip install -r requirements.txt "jax[tpu]"`. WORKDIR must be a path all workers see (NFS/Filestore, or a
+# bucket mounted with gcsfuse).
 # config.data.batch_size is the GLOBAL batch (a multiple of the number of TPU chips). Maintenance events and
 # preemption send SIGTERM: the run checkpoints at the next step and exits 0; rerun this script to resume.
 set -euo pipefail

@@ -9,8 +9,8 @@ renames it when complete, so a kill mid-save leaves the previous checkpoint as t
 
 Multi-host: every process constructs the managers and calls save/restore with the same step (they are
 collective); orbax writes each array shard once (replicated arrays and `meta` from process 0), so the root must
-be a folder all processes see (a shared file system or gs://). Restoring into a target's shardings re-shards,
-so a checkpoint restores on any number of processes/devices.
+be a folder all processes see (a shared file system, or a bucket mounted there). Restoring into a target's
+shardings re-shards, so a checkpoint restores on any number of processes/devices.
 """
 from __future__ import annotations
 
