@@ -51,12 +51,14 @@ def main() -> None:
             results[arm].append(scores(stages.run_eval(config, workdir)))
     names = list(next(iter(results.values()))[0])
     means = {arm: {n: float(np.mean([r[n] for r in rows])) for n in names} for arm, rows in results.items()}
-    ce, semeda = (means[arm] for arm in ARMS)
-    seeds = len(results["CE (PPCE)"])
-    print(f"\nmean over {seeds} seed(s), values in %")
-    print(f"{'metric':<24} {'CE (PPCE)':>10} {'CE+SEMEDA':>10} {'delta':>7}")
+    ce_rows, semeda_rows = (results[arm] for arm in ARMS)
+    seeds = len(ce_rows)
+    print(f"\nmean over {seeds} seed(s), values in %; delta = SEMEDA - CE (mean, std over seeds, seeds where > 0)")
+    print(f"{'metric':<24} {'CE (PPCE)':>10} {'CE+SEMEDA':>10} {'delta':>7} {'std':>6} {'wins':>5}")
     for n in names:
-        print(f"{n:<24} {100 * ce[n]:>10.2f} {100 * semeda[n]:>10.2f} {100 * (semeda[n] - ce[n]):>+7.2f}")
+        deltas = 100 * np.array([s[n] - c[n] for c, s in zip(ce_rows, semeda_rows)])
+        print(f"{n:<24} {100 * means['CE (PPCE)'][n]:>10.2f} {100 * means['CE+SEMEDA'][n]:>10.2f} "
+              f"{deltas.mean():>+7.2f} {deltas.std():>6.2f} {int((deltas > 0).sum()):>3}/{seeds}")
     with open(os.path.join(args.workdir, "semeda_vs_ce.json"), "w") as f:
         json.dump({"per_seed": results, "mean": means}, f, indent=1)
 

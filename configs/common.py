@@ -78,10 +78,13 @@ def base_config() -> ml_collections.ConfigDict:
     return config
 
 
+SMOKE_DEPTHS = {"resnet": 18, "xception": 26}  # ResNet-18; Xception with one middle-flow block
+
+
 def shrink_for_smoke(config: ml_collections.ConfigDict) -> None:
     """Tiny everything: a run of seconds that exercises every stage (tests and `:smoke` variants)."""
     config.dataset.update(num_train=16, num_val=6, image_size=(40, 48))
-    config.model.update(depth=18, base_width=4)
+    config.model.update(depth=SMOKE_DEPTHS[config.model.backbone], base_width=4)
     if config.model.get("bn_group_size"):
         config.model.bn_group_size = 2  # groups must divide the smoke batch of 4
     config.data.update(crop_size=(32, 32), batch_size=4, eval_pad_size=(40, 48), eval_batch_size=4)

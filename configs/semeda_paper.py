@@ -22,7 +22,7 @@ from configs import common
 LOSS_VARIANTS = {"semeda": "ce+semeda", "ppce": "ce", "sobel": "ce+sobel"}
 MODEL_VARIANTS = {"v3plus": "deeplab_v3plus", "v2": "deeplab_v2"}
 BACKBONE_VARIANTS = {
-    "xception71": dict(backbone="xception", depth=71, stem="standard"),  # depth is informative: Xception is 71
+    "xception71": dict(backbone="xception", depth=71, stem="standard"),
     "resnet101": dict(backbone="resnet", depth=101, stem="standard"),  # torchvision's; "deeplab" for resnet101s
 }
 

@@ -73,9 +73,8 @@ def test_semeda_variants_select_loss_model_and_backbone():
     assert semeda_paper.parse_variants("smoke", "x")["smoke"]
 
 
-# One run per dataset config, covering every loss and model variant. The Xception-71 backbone is built above and
-# run forward in tests/test_xception.py; compiling its training step takes minutes on 2 CPU cores, so CI skips it.
-RUNS = [("voc", "smoke,resnet101"), ("cityscapes", "smoke,ppce,resnet101"), ("helen", "smoke,sobel,v2,resnet101")]
+# One run per dataset config, covering every loss, model and backbone variant (smoke: ResNet-18 / Xception-26).
+RUNS = [("voc", "smoke"), ("cityscapes", "smoke,ppce"), ("helen", "smoke,sobel,v2,resnet101")]
 
 
 @pytest.mark.parametrize("name,arg", RUNS)
@@ -103,6 +102,8 @@ def test_config_runs_every_stage_on_a_generated_dataset(name, arg, tmp_path, flo
 
 @pytest.mark.parametrize("override,fragment", [
     ({"model.depth": 38}, "config.model: depth: unknown ResNet depth 38"),
+    ({"model.backbone": "xception", "model.stem": "standard", "model.depth": 70},
+     "config.model: depth: Xception depth 70 is not 23 + 3"),
     ({"model.backbone": "xceptoin"}, "config.model: backbone: unknown 'xceptoin'"),
     ({"model.output_stride": 4}, "config.model: output_stride: got 4"),
     ({"dataset.name": "vocc"}, "config.dataset.name: unknown 'vocc'"),

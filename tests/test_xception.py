@@ -120,7 +120,17 @@ def test_unknown_backbone_lists_the_valid_ones():
     assert all(name in str(error.value) for name in BACKBONES)
 
 
+def test_depth_sets_the_middle_flow():
+    blocks = {depth: set(abstract_init(build_model("deeplab_v3", num_classes=3, backbone="xception", base_width=4,
+                                                   depth=depth))["params"]["backbone"])
+              for depth in (26, 29)}
+    assert {f"block{i}" for i in range(8)} < blocks[26] and "block8" not in blocks[26]  # 5 entry + 1 middle + 2 exit
+    assert blocks[29] == blocks[26] | {"block8"}
+
+
 @pytest.mark.parametrize("kwargs, match", [({"output_stride": 4}, "output_stride"),
+                                           ({"depth": 70}, "depth: Xception depth 70"),
+                                           ({"depth": 20}, "depth: Xception depth 20"),
                                            ({"stem": "deeplab"}, "stem"),
                                            ({"bn_mode": "sync"}, "bn_mode")])
 def test_bad_xception_settings_are_named(kwargs, match):

@@ -9,8 +9,8 @@ images [B,H,W,3] float (normalised by the data pipeline) -> logits [B,h,w,num_cl
 resolution: h = ceil(H / output_stride) for v2/v3, ceil(H / 4) for v3+. The losses resize logits to the labels;
 `upsample_logits` gives full-resolution logits for eval/predict.
 
-Backbone: `backbone="resnet"` (ResNet-`depth` with `stem`) or "xception" (Xception-71; `depth` is ignored and
-`stem` must stay "standard"). Both return stride-4 "low_level" features for the v3+ decoder. The Xception
+Backbone: `backbone="resnet"` (ResNet-`depth` with `stem`) or "xception" (Xception-`depth`, see
+models/xception.py; `stem` must stay "standard"). `depth` None is the paper's: ResNet-101, Xception-71. Both return stride-4 "low_level" features for the v3+ decoder. The Xception
 backbone keeps its own BN epsilon 1e-3 (that of its TF-trained weights); `bn_epsilon` applies to the heads and
 to the ResNet backbone.
 
@@ -33,6 +33,7 @@ from semeda_jax.models.resnet import ResNet
 from semeda_jax.models.xception import Xception
 
 BACKBONES = ("resnet", "xception")
+DEFAULT_DEPTHS = {"resnet": 101, "xception": 71}
 
 classifier_init = nn.initializers.normal(0.01)
 
@@ -45,7 +46,7 @@ def upsample_logits(logits: jax.Array, size: Sequence[int]) -> jax.Array:
 class _DeepLab(BatchNormed):
     """Attributes shared by the DeepLab variants (see the module docstring)."""
     num_classes: int
-    depth: int = 101
+    depth: int | None = None
     output_stride: int = 16
     stem: str = "standard"
     multi_grid: Sequence[int] | None = None
@@ -53,19 +54,20 @@ class _DeepLab(BatchNormed):
     backbone: str = "resnet"
 
     def _features(self, images: jax.Array, train: bool) -> dict[str, jax.Array]:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone: unknown {self.backbone!r}; valid backbones are {list(BACKBONES)}")
+        depth = self.depth or DEFAULT_DEPTHS[self.backbone]
         if self.backbone == "resnet":
-            backbone = ResNet(depth=self.depth, output_stride=self.output_stride, stem=self.stem,
+            backbone = ResNet(depth=depth, output_stride=self.output_stride, stem=self.stem,
                               multi_grid=self.multi_grid, base_width=self.base_width, name="backbone",
                               **self.norm_kwargs())
-        elif self.backbone == "xception":
+        else:
             if self.stem != "standard":
                 raise ValueError(f"stem: {self.stem!r} is a ResNet stem; backbone='xception' has its own stem, "
                                  "leave stem at 'standard'")
             norm_kwargs = {k: v for k, v in self.norm_kwargs().items() if k != "bn_epsilon"}
-            backbone = Xception(output_stride=self.output_stride, multi_grid=self.multi_grid,
+            backbone = Xception(depth=depth, output_stride=self.output_stride, multi_grid=self.multi_grid,
                                 base_width=self.base_width, name="backbone", **norm_kwargs)
-        else:
-            raise ValueError(f"backbone: unknown {self.backbone!r}; valid backbones are {list(BACKBONES)}")
         return backbone(images, train)
 
     def _classifier(self, x: jax.Array) -> jax.Array:

@@ -12,6 +12,9 @@ block has no skip and a ReLU after BOTH the depthwise and the pointwise BN (the 
 depthwise conv" applies only there in TF DeepLab and timm, whose weights we load). BN epsilon is 1e-3, the value
 the TF-trained weights use (timm: BatchNorm2d(eps=.001)); pass `bn_epsilon` to override it.
 Widths scale with `base_width` (64 = the paper; 8 builds a CPU-sized model): channels c -> c * base_width // 64.
+`depth` counts the layers (2 stem convs + 3 separable convs a block) and so sets the middle flow's length:
+depth = 23 + 3 * middle blocks, 71 = the paper's 16; 26 (one middle block) is the CPU-sized model of tests and
+`:smoke` configs. Block indices after the middle flow shift with it; pretrained weights exist for 71 only.
 
 Output stride as timm/TF: a block whose stride would take the features past `output_stride` runs at stride 1
 with the rate so far, and every later block's rate is multiplied by that stride (OS16: the exit flow at rate 2;
@@ -43,19 +46,32 @@ from semeda_jax.models.layers import BatchNormed, ConvBNReLU, check_bn_mode, con
 XCEPTION_BN_EPSILON = 1e-3
 OUTPUT_STRIDES = (8, 16, 32)
 STEM_WIDTHS = (32, 64)
-# Xception-71 blocks at base width 64: (widths of the three separable convs, nominal stride, residual).
-XCEPTION71_BLOCKS = (
+XCEPTION_DEPTH = 71
+# Blocks at base width 64: (widths of the three separable convs, nominal stride, residual).
+ENTRY_BLOCKS = (
     ((128, 128, 128), 2, True),
     ((256, 256, 256), 1, True),
     ((256, 256, 256), 2, True),
     ((728, 728, 728), 1, True),
     ((728, 728, 728), 2, True),
-    *(((728, 728, 728), 1, True),) * 16,
+)
+MIDDLE_BLOCK = ((728, 728, 728), 1, True)
+EXIT_BLOCKS = (
     ((728, 1024, 1024), 2, True),
     ((1536, 1536, 2048), 1, False),
 )
+FIXED_LAYERS = len(STEM_WIDTHS) + 3 * (len(ENTRY_BLOCKS) + len(EXIT_BLOCKS))  # 23: depth without the middle flow
 # He-normal over the 9 inputs of a depthwise filter (fan-out would count all C output channels).
 depthwise_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+def xception_blocks(depth: int) -> tuple:
+    """The blocks of an aligned Xception of `depth` layers (ValueError unless depth = 23 + 3 * middle, middle >= 1)."""
+    middle, remainder = divmod(depth - FIXED_LAYERS, 3)
+    if middle < 1 or remainder:
+        raise ValueError(f"depth: Xception depth {depth!r} is not {FIXED_LAYERS} + 3 * middle blocks (middle >= 1); "
+                         f"{XCEPTION_DEPTH} is the paper's Xception-71, {FIXED_LAYERS + 3} the smallest")
+    return (*ENTRY_BLOCKS, *(MIDDLE_BLOCK,) * middle, *EXIT_BLOCKS)
 
 
 def check_xception_config(output_stride: int, bn_mode: str) -> None:
@@ -123,7 +139,7 @@ class XceptionBlock(BatchNormed):
 
 
 class Xception(BatchNormed):
-    """Aligned Xception-71 feature extractor (see the module docstring).
+    """Aligned Xception-`depth` (71) feature extractor (see the module docstring).
 
     images [B,H,W,3] -> {"low_level": stride-4 features [B,ceil(H/4),ceil(W/4),C4] (block2's stack.act3),
                          "out": [B,ceil(H/output_stride),ceil(W/output_stride),C32]}
@@ -133,6 +149,7 @@ class Xception(BatchNormed):
     output_stride: int = 32
     multi_grid: Sequence[int] | None = None
     base_width: int = 64
+    depth: int = XCEPTION_DEPTH
     num_classes: int | None = None
     bn_epsilon: float = dataclasses.field(default=XCEPTION_BN_EPSILON, kw_only=True)
 
@@ -143,6 +160,7 @@ class Xception(BatchNormed):
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         check_xception_config(self.output_stride, self.bn_mode)
+        blocks = xception_blocks(self.depth)
         x = images.astype(self.dtype)
         for j, features in enumerate(STEM_WIDTHS):
             x = ConvBNReLU(self.width(features), 3, strides=2 if j == 0 else 1, name=f"stem{j}",
@@ -151,10 +169,10 @@ class Xception(BatchNormed):
         features = {}
         nominal_stride, current_stride, rate = 2, 2, 1
         in_features = self.width(STEM_WIDTHS[-1])
-        for i, (widths, stride, residual) in enumerate(XCEPTION71_BLOCKS):
+        for i, (widths, stride, residual) in enumerate(blocks):
             widths = tuple(self.width(c) for c in widths)
             rates = (rate,) * 3
-            if i == len(XCEPTION71_BLOCKS) - 1 and self.multi_grid:
+            if i == len(blocks) - 1 and self.multi_grid:
                 rates = tuple(rate * self.multi_grid[k % len(self.multi_grid)] for k in range(3))
             block_stride = stride
             if current_stride * stride > self.output_stride:
