@@ -39,13 +39,15 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def run(config, workdir: str, stages, images: str | None) -> None:
     """Run `stages` in order (importing the JAX side only now, so flag errors come back fast)."""
+    import jax
+
     from semeda_jax import parallel, predict, stages as stage_lib
     from semeda_jax.validation import ConfigError
 
     if FLAGS.distributed:  # before anything touches a device
         parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-
     logging.set_verbosity(logging.WARNING)  # orbax and clu log every checkpoint save at INFO
+    log = print if jax.process_index() == 0 else (lambda line: None)  # progress from process 0 only
     unknown = [stage for stage in stages if stage not in (*stage_lib.STAGES, "predict")]
     if unknown:
         raise ConfigError(f"--stages: unknown stage(s) {unknown}; valid: {[*stage_lib.STAGES, 'predict']}")
@@ -55,11 +57,11 @@ def run(config, workdir: str, stages, images: str | None) -> None:
         if stage == "predict":
             if not images:
                 raise ConfigError("--images: the predict stage needs a folder of images")
-            state = stage_lib.restore_for_inference(config, workdir)
+            state = stage_lib.restore_for_inference(config, workdir, log)
             predict.predict_folder(state, images, os.path.join(workdir, "predictions"), mean=config.data.mean,
-                                   std=config.data.std)
+                                   std=config.data.std, log=log)
         else:
-            stage_lib.STAGES[stage](config, workdir)
+            stage_lib.STAGES[stage](config, workdir, log=log)
 
 
 def user_error_message(error: BaseException) -> str | None:

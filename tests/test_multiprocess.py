@@ -21,8 +21,8 @@ pytestmark = pytest.mark.usefixtures("float32_jax")
 OVERRIDES = {"loss": "ce", "train.steps": 3, "train.log_every": 1, "train.eval_every": 3}
 
 
-def launcher_args(config, workdir, overrides):
-    return ["--processes=2", "configs/demo.py:smoke", workdir, "--stages=train",
+def launcher_args(config, workdir, overrides, stages="train"):
+    return ["--processes=2", "configs/demo.py:smoke", workdir, f"--stages={stages}",
             f"--config.dataset.root={config.dataset.root}", *(f"--config.{k}={v}" for k, v in overrides.items())]
 
 
@@ -38,9 +38,10 @@ def test_two_processes_match_one_process(tmp_path):
     config.update_from_flattened_dict(OVERRIDES)
     readers = stages.build_readers(config)  # generate the data once, before the processes read it
     workdir = str(tmp_path / "run")
-    output, code = run_launcher(launcher_args(config, workdir, OVERRIDES), timeout=180)
+    output, code = run_launcher(launcher_args(config, workdir, OVERRIDES, stages="train,eval"), timeout=180)
     assert code == 0, output[-3000:]
-    assert "2 process(es)" in output and output.count("[train] step 3/3") == 1  # only process 0 logs
+    assert "2 process(es)" in output  # only process 0 logs, in every stage:
+    assert [output.count(line) for line in ("[train] step 3/3", "checkpoint] step 3", "report written")] == [1, 1, 1]
 
     # One process, one device, the same global batches: process p's rows are its own shard of the data.
     mesh = parallel.make_mesh(config)
@@ -65,7 +66,7 @@ def test_two_processes_match_one_process(tmp_path):
     print(f"max |params 2 processes - 1 process| = {max(differences):.2e}")
 
     # The evaluation of the 2-process run (global eval batches, counts summed over processes) agrees too.
-    miou = float(re.search(r"\[eval\] step 3: mIoU ([0-9.]+)", output).group(1))
+    miou = float(re.search(r"\[eval\] mIoU ([0-9.]+)", output).group(1))
     assert miou == pytest.approx(evaluate.evaluate(state, readers["val"], config)["miou"], abs=2e-4)
 
 
