@@ -35,8 +35,11 @@ def base_config() -> ml_collections.ConfigDict:
         batch_size=6,
         mean=(123.675, 116.28, 103.53),
         std=(58.395, 57.12, 57.375),
-        eval_pad_size=(512, 512),
+        eval_pad_size=(512, 512),  # labels' padded size; images are padded to it times input_scale
         eval_batch_size=4,
+        # Resize factor of the images the network sees (training scales multiply it; evaluation resizes the
+        # images and upsamples the logits to the full-resolution labels). SEMEDA's DeepLab v2 on Cityscapes: 0.5.
+        input_scale=1.0,
     ))
     config.model = ml_collections.ConfigDict(dict(
         name="deeplab_v3plus", backbone="resnet", depth=101, base_width=64, output_stride=16, stem="deeplab",

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from PIL import Image
 
 from semeda_jax import metrics, parallel
 from semeda_jax.data import pipeline
@@ -26,14 +27,17 @@ from semeda_jax.validation import IGNORE_LABEL
 COUNTS = ("cm", "band_cm", "interior_cm", "emeasure_sums", "emeasure_counts")
 
 
-def predict_logits(apply_fn, variables, images: jax.Array) -> jax.Array:
-    """images [B,H,W,3] -> logits [B,H,W,C] float32 at the input resolution (eval-mode batch norm)."""
-    return upsample_logits(apply_fn(variables, images, train=False).astype(jnp.float32), images.shape[1:3])
+def predict_logits(apply_fn, variables, images: jax.Array, size: Sequence[int] | None = None) -> jax.Array:
+    """images [B,H,W,3] -> logits [B,h,w,C] float32 (eval-mode batch norm), upsampled to `size` (h, w), by
+    default the input resolution (H, W)."""
+    logits = apply_fn(variables, images, train=False).astype(jnp.float32)
+    return upsample_logits(logits, images.shape[1:3] if size is None else size)
 
 
 def eval_counts(variables, batch: dict, *, apply_fn, num_classes: int, widths: Sequence[int]) -> dict:
-    """Counts of one eval batch; filler examples (mask False) are all void and count nothing."""
-    logits = predict_logits(apply_fn, variables, batch["image"])
+    """Counts of one eval batch at the labels' resolution (the logits are upsampled to it, whatever the input
+    scale); filler examples (mask False) are all void and count nothing."""
+    logits = predict_logits(apply_fn, variables, batch["image"], batch["label"].shape[1:3])
     predictions = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     labels = jnp.where(batch["mask"][:, None, None], batch["label"], IGNORE_LABEL)
     band_cm, interior_cm = metrics.trimap_confusion(labels, predictions, num_classes, tuple(widths))
@@ -42,6 +46,15 @@ def eval_counts(variables, batch: dict, *, apply_fn, num_classes: int, widths: S
     return {"cm": metrics.confusion_matrix(labels, predictions, num_classes), "band_cm": band_cm,
             "interior_cm": interior_cm, "emeasure_sums": emeasure_sums, "emeasure_counts": emeasure_counts,
             "predictions": predictions, "entropy": metrics.prediction_entropy(logits, normalize=True)}
+
+
+def sample_image(image: np.ndarray, label_size: Sequence[int], data_config) -> np.ndarray:
+    """A padded, normalised eval image [SH,SW,3] -> uint8 RGB at the labels' padded size (PH, PW) for the plots,
+    resized (bilinear) like the logits when the input scale is not 1."""
+    image = pipeline.denormalize(image, data_config.mean, data_config.std)
+    if image.shape[:2] == tuple(label_size):
+        return image
+    return np.asarray(Image.fromarray(image).resize(tuple(label_size)[::-1], Image.BILINEAR))
 
 
 # config.eval.f1_groups -> the class groups whose merged F1 the report adds ("" = none).
@@ -87,7 +100,7 @@ def evaluate(state, reader, config: ml_collections.ConfigDict, *, num_samples: i
     dataset = pipeline.eval_dataset(reader, pad_size=config.data.eval_pad_size,
                                     batch_size=parallel.local_eval_batch_size(config.data.eval_batch_size, mesh),
                                     mean=config.data.mean, std=config.data.std, process_index=jax.process_index(),
-                                    process_count=jax.process_count())
+                                    process_count=jax.process_count(), input_scale=config.data.input_scale)
     totals, samples = {}, []
     for batch in dataset.as_numpy_iterator():
         out = step(variables, parallel.global_batch({k: batch[k] for k in ("image", "label", "mask")}, mesh))
@@ -99,8 +112,7 @@ def evaluate(state, reader, config: ml_collections.ConfigDict, *, num_samples: i
         for i in np.flatnonzero(batch["mask"])[:max(num_samples - len(samples), 0)]:
             h, w = int(batch["height"][i]), int(batch["width"][i])
             samples.append({"id": batch["id"][i].decode(),
-                            "image": pipeline.denormalize(batch["image"][i, :h, :w], config.data.mean,
-                                                          config.data.std),
+                            "image": sample_image(batch["image"][i], batch["label"].shape[1:3], config.data)[:h, :w],
                             "label": batch["label"][i, :h, :w], "prediction": out["predictions"][i, :h, :w],
                             "entropy": out["entropy"][i, :h, :w]})
     report = summarize(totals, widths, class_names, F1_GROUPS[config.eval.get("f1_groups", "")])

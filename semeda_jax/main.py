@@ -59,7 +59,7 @@ def run(config, workdir: str, stages, images: str | None) -> None:
                 raise ConfigError("--images: the predict stage needs a folder of images")
             state = stage_lib.restore_for_inference(config, workdir, log)
             predict.predict_folder(state, images, os.path.join(workdir, "predictions"), mean=config.data.mean,
-                                   std=config.data.std, log=log)
+                                   std=config.data.std, input_scale=config.data.input_scale, log=log)
         else:
             stage_lib.STAGES[stage](config, workdir, log=log)
 

@@ -6,6 +6,7 @@ DIR/predictions/<name>_entropy.png (per-pixel prediction entropy / log C, magma 
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable
 
@@ -15,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from semeda_jax import evaluate, metrics
+from semeda_jax.data import pipeline
 from semeda_jax.data.palette import write_label_png
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -30,23 +32,29 @@ def list_images(folder: str) -> list[str]:
     return [os.path.join(folder, n) for n in names]
 
 
-def predict_folder(state, folder: str, out_dir: str, *, mean, std, log: Callable[[str], None] = print) -> list[str]:
-    """Predict every image of `folder` (one at a time, any size) into `out_dir`; returns the mask paths."""
+def predict_folder(state, folder: str, out_dir: str, *, mean, std, input_scale: float = 1.0,
+                   log: Callable[[str], None] = print) -> list[str]:
+    """Predict every image of `folder` (one at a time, any size) into `out_dir`; returns the mask paths.
+    The network sees each image resized by `input_scale` (bilinear); masks come out at the image's own size."""
     os.makedirs(out_dir, exist_ok=True)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
 
-    @jax.jit
-    def infer(images):
-        logits = evaluate.predict_logits(state.apply_fn, variables, images)
+    @functools.partial(jax.jit, static_argnames="size")
+    def infer(images, size):
+        logits = evaluate.predict_logits(state.apply_fn, variables, images, size)
         return logits.argmax(-1), metrics.prediction_entropy(logits, normalize=True)
 
     colormap = matplotlib.colormaps["magma"]
     written = []
     for path in list_images(folder):
         with Image.open(path) as image:
-            rgb = np.asarray(image.convert("RGB"), np.float32)
+            image = image.convert("RGB")
+            size = image.size[::-1]
+            if input_scale != 1.0:
+                image = image.resize(pipeline.scaled_size(size, input_scale)[::-1], Image.BILINEAR)
+            rgb = np.asarray(image, np.float32)
         normalised = (rgb - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-        prediction, entropy = jax.device_get(infer(normalised[None]))
+        prediction, entropy = jax.device_get(infer(normalised[None], size))
         stem = os.path.splitext(os.path.basename(path))[0]
         mask_path = os.path.join(out_dir, f"{stem}.png")
         write_label_png(mask_path, prediction[0].astype(np.uint8))

@@ -27,7 +27,8 @@ Log = Callable[[str], None]
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Fail fast (before data, compilation or training) with a one-line ConfigError on a bad loss mix, dataset
-    name, model setting (the model is traced on a 1x33x33 input), BN group, report option or weights path."""
+    name, model setting (the model is traced on a 1x33x33 input), BN group, report option, input scale or
+    weights path."""
     objective.loss_terms(config)
     model = train.build_segmentation_model(config, config.dataset.num_classes)
     if config.dataset.name not in DATASETS:
@@ -46,6 +47,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                        jax.ShapeDtypeStruct((1, 33, 33, 3), jnp.float32))
     except ValueError as error:
         raise ConfigError(f"config.model: {error}") from None
+    if not config.data.input_scale > 0:
+        raise ConfigError(f"config.data.input_scale: {config.data.input_scale!r} must be > 0 (1 = full resolution)")
     pretrained = config.model.get("pretrained")
     if pretrained and not (os.path.isfile(os.path.expanduser(pretrained))
                            and pretrained.endswith((".safetensors", ".npz"))):
@@ -69,7 +72,8 @@ def run_edge_pretrain(config: ml_collections.ConfigDict, workdir: str, log: Log 
     num_classes = config.dataset.num_classes
     labels = (batch["label"] for batch in pipeline.train_dataset(
         readers["train"], crop_size=config.data.crop_size, batch_size=config.edge_net.batch_size,
-        scale_range=config.data.scale_range, seed=config.seed + 1).as_numpy_iterator())
+        scale_range=config.data.scale_range, input_scale=config.data.input_scale,
+        seed=config.seed + 1).as_numpy_iterator())
     val_labels = (batch["label"] for batch in pipeline.eval_dataset(
         readers["val"], pad_size=config.data.eval_pad_size, batch_size=config.data.eval_batch_size,
         check=False).as_numpy_iterator())

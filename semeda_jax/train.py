@@ -161,7 +161,7 @@ def train_batches(config: ml_collections.ConfigDict, reader, local_batch: int, p
     return pipeline.train_dataset(
         reader, crop_size=config.data.crop_size, batch_size=local_batch, scale_range=config.data.scale_range,
         mean=config.data.mean, std=config.data.std, seed=config.seed, process_index=process_index,
-        process_count=process_count, start_step=start_step).as_numpy_iterator()
+        process_count=process_count, start_step=start_step, input_scale=config.data.input_scale).as_numpy_iterator()
 
 
 def _progress_line(step: int, total: int, metrics: dict, images_per_second: float, eta_seconds: float) -> str:

@@ -65,6 +65,7 @@ def test_semeda_variants_select_loss_model_and_backbone():
     assert config.model.output_stride == 8 and config.semeda.lambdas == (2.0, 4.0, 0.0)
     config = load("cityscapes")
     assert (config.loss, config.model.name, config.model.backbone) == ("ce+semeda", "deeplab_v3plus", "xception")
+    assert config.data.input_scale == 1.0 and load("cityscapes", "v2").data.input_scale == 0.5
     assert config.semeda.lambdas == (4.0, 2.0, 0.0) and config.model.bn_mode == "frozen"
     assert config.data.crop_size == (321, 321) and config.optimizer.learning_rate == 5e-4
     assert load("helen", "ppce").loss == "ce"
@@ -74,7 +75,8 @@ def test_semeda_variants_select_loss_model_and_backbone():
 
 
 # One run per dataset config, covering every loss, model and backbone variant (smoke: ResNet-18 / Xception-26).
-RUNS = [("voc", "smoke"), ("cityscapes", "smoke,ppce"), ("helen", "smoke,sobel,v2,resnet101")]
+# Cityscapes' v2 variant sees half-resolution images and is evaluated on the full-resolution labels.
+RUNS = [("voc", "smoke"), ("cityscapes", "smoke,ppce,v2"), ("helen", "smoke,sobel,v2,resnet101")]
 
 
 @pytest.mark.parametrize("name,arg", RUNS)
@@ -109,6 +111,7 @@ def test_config_runs_every_stage_on_a_generated_dataset(name, arg, tmp_path, flo
     ({"dataset.name": "vocc"}, "config.dataset.name: unknown 'vocc'"),
     ({"eval.f1_groups": "face"}, "config.eval.f1_groups: unknown 'face'"),
     ({"model.bn_group_size": 3}, "config.model.bn_group_size: 3 must"),
+    ({"data.input_scale": 0.0}, "config.data.input_scale: 0.0 must be > 0"),
     ({"model.pretrained": "/no/such/r101.pth"}, "config.model.pretrained: /no/such/r101.pth is not"),
 ])
 def test_bad_settings_are_named_before_anything_runs(override, fragment):

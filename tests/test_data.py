@@ -245,6 +245,54 @@ def test_train_pipeline_pads_small_images(tmp_path):
         assert (image[20:] == 0).all() and (image[:, 30:] == 0).all()  # the mean colour
 
 
+def test_train_pipeline_input_scale_multiplies_the_random_scale(tmp_path):
+    reader = _make_voc(tmp_path, [(20, 30)] * 2, split="train")
+    small = dict(crop_size=(40, 50), batch_size=2)
+    half = _take(_train(reader, **small, scale_range=(1.0, 1.0), input_scale=0.5), 2)
+    direct = _take(_train(reader, **small, scale_range=(0.5, 0.5)), 2)
+    for a, b in zip(half, direct):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    for label in half[0]["label"]:  # a 10x15 image in the corner (left or right: flips), the rest padding
+        rows, cols = np.nonzero(label != IGNORE_LABEL)
+        assert rows.max() < 10 and (cols.max() < 15 or cols.min() >= 50 - 15)
+    with pytest.raises(ValueError, match="input_scale must be > 0"):
+        _train(reader, input_scale=0.0)
+
+
+def triangle_resize(image: np.ndarray, size) -> np.ndarray:
+    """Float64 reference of antialiased bilinear resizing: each output pixel a normalised triangle-weighted sum
+    of the inputs, the triangle stretched by in/out when downscaling (half-pixel centres)."""
+    def weights(n_in, n_out):
+        scale = n_out / n_in
+        slope = min(scale, 1.0)  # the triangle spans 1 / scale inputs either side when downscaling
+        matrix = np.zeros((n_out, n_in))
+        for i in range(n_out):
+            centre = (i + 0.5) / scale - 0.5
+            for j in range(n_in):
+                matrix[i, j] = max(0.0, 1.0 - abs(j - centre) * slope)
+        return matrix / matrix.sum(axis=1, keepdims=True)
+
+    return np.einsum("ih,jw,hwc->ijc", weights(image.shape[0], size[0]), weights(image.shape[1], size[1]), image)
+
+
+def test_eval_pipeline_input_scale_resizes_images_not_labels(tmp_path):
+    sizes = [(20, 30), (17, 40)]
+    reader = _make_voc(tmp_path, sizes)
+    mean, std = np.asarray(data.DEFAULT_MEAN), np.asarray(data.DEFAULT_STD)
+    full, half = (next(data.eval_dataset(reader, pad_size=(32, 40), batch_size=2, input_scale=scale)
+                       .as_numpy_iterator()) for scale in (1.0, 0.5))
+    assert half["image"].shape == (2, *data.scaled_size((32, 40), 0.5), 3) == (2, 16, 20, 3)
+    for key in ("label", "height", "width", "mask", "id"):
+        np.testing.assert_array_equal(half[key], full[key])
+    for j, (h, w) in enumerate(sizes):
+        sh, sw = data.scaled_size((h, w), 0.5)  # (10, 15) and (8, 20): 8.5 rounds to even
+        decoded = full["image"][j, :h, :w].astype(np.float64) * std + mean
+        np.testing.assert_allclose(half["image"][j, :sh, :sw] * std + mean, triangle_resize(decoded, (sh, sw)),
+                                   atol=2e-3)
+        assert (half["image"][j, sh:] == 0).all() and (half["image"][j, :, sw:] == 0).all()
+
+
 def _identify(label, labels):
     """Index of the file whose label equals `label` or its mirror image."""
     hits = [i for i, ref in enumerate(labels) if np.array_equal(label, ref) or np.array_equal(label, ref[:, ::-1])]

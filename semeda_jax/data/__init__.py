@@ -26,8 +26,8 @@ from semeda_jax.data.synthetic import (ensure_synthetic_voc, generate_scene, syn
 from semeda_jax.data.voc import VOC_CLASSES, VOCSegmentation
 from semeda_jax.data.voc_aug import VOCAugSegmentation, train_aug_ids
 
-_PIPELINE = ("train_dataset", "eval_dataset", "denormalize", "num_eval_batches", "shard_ids", "DEFAULT_MEAN",
-             "DEFAULT_STD")
+_PIPELINE = ("train_dataset", "eval_dataset", "denormalize", "num_eval_batches", "scaled_size", "shard_ids",
+             "DEFAULT_MEAN", "DEFAULT_STD")
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "semeda_jax")
 
 

@@ -24,6 +24,11 @@ so metrics ignore padding) so one compiled eval step serves every batch; "height
 False (height = width = 0, id ""), and every process yields the same number of batches, so no image is dropped
 or counted twice and a global jitted eval step sees the same shapes everywhere.
 
+`input_scale` s (SEMEDA's half-resolution Cityscapes for DeepLab v2: s = 0.5) resizes what the network sees:
+training multiplies the random scale by s (labels follow, nearest); evaluation resizes the image by s (bilinear,
+antialiased) and pads it to scaled_size(pad_size, s), while labels stay at full resolution, so metrics are those
+of the full-resolution labels, with the logits upsampled to them (evaluate.py).
+
 Usage:
     ds = train_dataset(reader, crop_size=(321, 321), batch_size=8, seed=0, start_step=step)
     for batch in ds.as_numpy_iterator():   # {"image": f32 [B,H,W,3], "label": i32 [B,H,W]}
@@ -51,6 +56,17 @@ def shard_ids(ids: Sequence[str], process_index: int, process_count: int) -> lis
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index must lie in [0, {process_count}), got {process_index}")
     return list(ids)[process_index::process_count]
+
+
+def scaled_size(size: Sequence[int], scale: float) -> tuple[int, int]:
+    """(H, W) -> (max(1, round(H * scale)), max(1, round(W * scale))): the image size at `input_scale`."""
+    return tuple(max(1, round(int(n) * float(scale))) for n in size)
+
+
+def _check_input_scale(input_scale: float) -> float:
+    if not float(input_scale) > 0:
+        raise ValueError(f"input_scale must be > 0, got {input_scale!r}")
+    return float(input_scale)
 
 
 def _pair(name: str, value) -> tuple[int, int]:
@@ -99,7 +115,8 @@ def train_dataset(reader, *, crop_size: Sequence[int], batch_size: int,
                   scale_range: Sequence[float] = (0.5, 2.0), mean: Sequence[float] = DEFAULT_MEAN,
                   std: Sequence[float] = DEFAULT_STD, seed: int = 0, process_index: int = 0,
                   process_count: int = 1, start_step: int = 0, shuffle_buffer: int | None = None,
-                  prefetch: int = 2, num_parallel_calls: int = AUTOTUNE, check: bool = True) -> tf.data.Dataset:
+                  input_scale: float = 1.0, prefetch: int = 2, num_parallel_calls: int = AUTOTUNE,
+                  check: bool = True) -> tf.data.Dataset:
     """Infinite, deterministic training batches for this process.
 
     reader: a data.reader.SegmentationReader (ids, image_path, label_path, decode_label, check).
@@ -107,11 +124,14 @@ def train_dataset(reader, *, crop_size: Sequence[int], batch_size: int,
     "label": int32 [B,H,W] in [0, C) or 255}. `start_step=k` starts at batch k (bitwise equal to `.skip(k)`).
     `shuffle_buffer` is accepted for config compatibility and unused: the order is an exact stateless
     per-epoch permutation (module docstring). `check` runs reader.check() first (existence of every file).
+    `input_scale` multiplies every random scale (images and labels at that resolution).
     """
     crop_h, crop_w = _pair("crop_size", crop_size)
     lo, hi = (float(s) for s in scale_range)
     if not 0 < lo <= hi:
         raise ValueError(f"scale_range must satisfy 0 < min <= max, got {tuple(scale_range)}")
+    input_scale = _check_input_scale(input_scale)
+    lo, hi = lo * input_scale, hi * input_scale
     if batch_size < 1 or start_step < 0:
         raise ValueError(f"need batch_size >= 1 and start_step >= 0, got {batch_size}, {start_step}")
     del shuffle_buffer
@@ -174,10 +194,12 @@ def num_eval_batches(num_examples: int, batch_size: int, process_count: int = 1)
 
 def eval_dataset(reader, *, pad_size: Sequence[int], batch_size: int, mean: Sequence[float] = DEFAULT_MEAN,
                  std: Sequence[float] = DEFAULT_STD, process_index: int = 0, process_count: int = 1,
-                 prefetch: int = 2, num_parallel_calls: int = AUTOTUNE, check: bool = True) -> tf.data.Dataset:
+                 input_scale: float = 1.0, prefetch: int = 2, num_parallel_calls: int = AUTOTUNE,
+                 check: bool = True) -> tf.data.Dataset:
     """Finite evaluation batches of full images padded to `pad_size`, each local image exactly once.
 
-    Elements: {"image": float32 [B,PH,PW,3] (normalised, padding 0), "label": int32 [B,PH,PW] (padding 255),
+    Elements: {"image": float32 [B,SH,SW,3] (normalised, resized by `input_scale`, padding 0; (SH, SW) =
+    scaled_size((PH, PW), input_scale), = (PH, PW) at scale 1), "label": int32 [B,PH,PW] (padding 255),
     "height", "width": int32 [B] (original size), "id": string [B], "mask": bool [B] (False for the all-void
     filler examples completing the last batch)}. Every process yields num_eval_batches(N, B, P) batches.
     An image larger than pad_size raises DatasetError naming the file (checked from the image headers before
@@ -186,6 +208,8 @@ def eval_dataset(reader, *, pad_size: Sequence[int], batch_size: int, mean: Sequ
     pad_h, pad_w = _pair("pad_size", pad_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    input_scale = _check_input_scale(input_scale)
+    image_pad_h, image_pad_w = scaled_size((pad_h, pad_w), input_scale)
     ids = reader.check().ids if check else reader.ids
     local = shard_ids(ids, process_index, process_count)
     if check:
@@ -205,9 +229,15 @@ def eval_dataset(reader, *, pad_size: Sequence[int], batch_size: int, mean: Sequ
         with tf.control_dependencies([tf.debugging.Assert(
                 fits, ["image larger than pad_size", image_path, tf.shape(image), [pad_h, pad_w]])]):
             h = tf.identity(h)
-        image = tf.pad(_normalize(image, mean, std), [[0, pad_h - h], [0, pad_w - w], [0, 0]])
+        image_h, image_w = h, w
+        if input_scale != 1.0:
+            image_h, image_w = (tf.maximum(1, tf.cast(tf.round(tf.cast(n, tf.float64) * input_scale), tf.int32))
+                                for n in (h, w))
+            image = tf.image.resize(tf.cast(image, tf.float32), [image_h, image_w], method="bilinear",
+                                    antialias=True)
+        image = tf.pad(_normalize(image, mean, std), [[0, image_pad_h - image_h], [0, image_pad_w - image_w], [0, 0]])
         label = tf.pad(label, [[0, pad_h - h], [0, pad_w - w]], constant_values=IGNORE_LABEL)
-        return {"image": tf.ensure_shape(image, [pad_h, pad_w, 3]),
+        return {"image": tf.ensure_shape(image, [image_pad_h, image_pad_w, 3]),
                 "label": tf.ensure_shape(tf.cast(label, tf.int32), [pad_h, pad_w]),
                 "height": h, "width": w, "id": image_id, "mask": tf.constant(True)}
 
@@ -216,7 +246,7 @@ def eval_dataset(reader, *, pad_size: Sequence[int], batch_size: int, mean: Sequ
         tf.constant([reader.label_path(i) for i in local], tf.string),
         tf.constant(list(local), tf.string)))
     ds = ds.map(element, num_parallel_calls=num_parallel_calls, deterministic=True)
-    filler = {"image": tf.zeros([pad_h, pad_w, 3], tf.float32),
+    filler = {"image": tf.zeros([image_pad_h, image_pad_w, 3], tf.float32),
               "label": tf.fill([pad_h, pad_w], tf.constant(IGNORE_LABEL, tf.int32)),
               "height": tf.constant(0, tf.int32), "width": tf.constant(0, tf.int32),
               "id": tf.constant("", tf.string), "mask": tf.constant(False)}
