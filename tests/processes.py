@@ -23,3 +23,20 @@ def killed_on_exit(proc: subprocess.Popen):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def start_two_processes(data_root: str, workdir: str, overrides: dict, stages: str = "train") -> subprocess.Popen:
+    """launch/local.sh --processes=2 on configs/demo.py:smoke with `overrides` ({"train.steps": 3, ...})."""
+    return start(["bash", "launch/local.sh", "--processes=2", "configs/demo.py:smoke", workdir, f"--stages={stages}",
+                  f"--config.dataset.root={data_root}", *(f"--config.{k}={v}" for k, v in overrides.items())])
+
+
+def child_with_argument(pid: int, argument: str) -> int | None:
+    """The pid of the child process of `pid` whose command line holds `argument` (None while there is none)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        children = [int(c) for c in f.read().split()]
+    for child in children:
+        with open(f"/proc/{child}/cmdline") as f:
+            if argument in f.read().split("\0"):
+                return child
+    return None
