@@ -15,6 +15,21 @@ import pytest  # noqa: E402
 jax.config.update("jax_enable_x64", True)
 
 
+# The slowest test files (training runs, subprocesses), longest first. With `-n 2 --dist loadfile` and
+# --no-loadscope-reorder (pyproject.toml) the workers take files in collection order, so these start first and
+# the many quick files fill in behind them, instead of one slow file ending the run while the other worker idles.
+SLOW_FILES_FIRST = ("test_configs.py", "test_end_to_end.py", "test_multiprocess.py", "test_parallel.py",
+                    "test_multiprocess_preemption.py", "test_models.py", "test_preemption.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return SLOW_FILES_FIRST.index(name) if name in SLOW_FILES_FIRST else len(SLOW_FILES_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside each file and among the other files is kept
+
+
 @pytest.fixture
 def rng():
     """A fresh, seeded NumPy generator per test (tests stay independent of their order)."""
