@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import demo
-from semeda_jax import evaluate, predict, stages
+from semeda_jax import checkpointing, evaluate, predict, stages
 from semeda_jax.data import generate_scene
 
 pytestmark = pytest.mark.usefixtures("float32_jax")
@@ -103,12 +103,16 @@ def test_predict_writes_one_mask_per_image(trained, tmp_path):
         assert np.mean(np.asarray(mask) == np.asarray(logits[0].argmax(-1))) > 0.99
 
 
-def test_interrupted_run_resumes_bitwise(tmp_path, data_root):
-    config = smoke_config(data_root, **{"loss": "ce", "train.steps": 8, "train.eval_every": 100})
-    straight, _ = stages.run_train(config, str(tmp_path / "straight"), log=lambda line: None)
-    stages.run_train(config, str(tmp_path / "resumed"), log=lambda line: None, stop_after=3)
+def test_interrupted_run_resumes_bitwise(trained, tmp_path):
+    """The shared run (16 steps, evaluations at 8 and 16) against the same run stopped after step 5 and resumed;
+    same config and g_phi, so the compiled steps come from the compilation cache."""
+    config, workdir, _, _ = trained
+    config = config.copy_and_resolve_references()
+    config.edge_net.checkpoint = os.path.join(workdir, "edge_net")
+    stages.run_train(config, str(tmp_path / "resumed"), log=lambda line: None, stop_after=5)
     resumed, _ = stages.run_train(config, str(tmp_path / "resumed"), log=lambda line: None)
-    assert int(resumed.step) == int(straight.step) == 8
+    straight = checkpointing.Checkpoints(os.path.join(workdir, "checkpoints")).restore(resumed)[0]
+    assert int(resumed.step) == int(straight.step) == 16
     for a, b in zip(jax.tree_util.tree_leaves((straight.params, straight.batch_stats, straight.opt_state)),
                     jax.tree_util.tree_leaves((resumed.params, resumed.batch_stats, resumed.opt_state))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
