@@ -1,8 +1,11 @@
 """Two processes on 127.0.0.1 (launch/local.sh --processes=2: jax.distributed, CPU collectives over gloo) train
-3 steps of the smoke model with synchronized BN and evaluate once; the result matches one process running the
-same global batches."""
+the smoke model with synchronized BN until a SIGTERM that reaches only process 1 stops both after the same step;
+the checkpoint of that step matches one process running the same global batches, and a second launch evaluates
+it to the single-process mIoU. Only process 0 prints, in every stage."""
 import os
 import re
+import signal
+import time
 
 import jax
 import numpy as np
@@ -16,21 +19,43 @@ import processes
 
 pytestmark = pytest.mark.usefixtures("float32_jax")
 
-OVERRIDES = {"loss": "ce", "train.steps": 3, "train.log_every": 1, "train.eval_every": 3}
+OVERRIDES = {"loss": "ce", "train.steps": 500, "train.log_every": 1, "train.checkpoint_every": 3,
+             "train.eval_every": 1000}
+STEPS_AT_LEAST = 3  # the signal goes out once the checkpoint of this step is on disk
 
 
-def test_two_processes_match_one_process(tmp_path):
+def latest_step(workdir):
+    folder = os.path.join(workdir, "checkpoints", "latest")
+    steps = [int(name) for name in os.listdir(folder) if name.isdigit()] if os.path.isdir(folder) else []
+    return max(steps, default=None)
+
+
+def train_until_sigterm_to_process_1(config, workdir, timeout=180):
+    """Launch 2-process training, SIGTERM process 1 alone after checkpoint STEPS_AT_LEAST -> (output, code)."""
+    with processes.killed_on_exit(processes.start_two_processes(config.dataset.root, workdir, OVERRIDES)) as launcher:
+        deadline = time.monotonic() + timeout
+        while (latest_step(workdir) or 0) < STEPS_AT_LEAST:
+            assert launcher.poll() is None, launcher.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint in time"
+            time.sleep(0.05)
+        os.kill(processes.child_with_argument(launcher.pid, "--process_id=1"), signal.SIGTERM)  # not process 0
+        output = launcher.communicate(timeout=120)[0]
+        return output, launcher.returncode
+
+
+def test_two_processes_stop_together_and_match_one_process(tmp_path):
     config = demo.get_config("smoke")
     config.dataset.root = str(tmp_path / "data")
     config.update_from_flattened_dict(OVERRIDES)
     readers = stages.build_readers(config)  # generate the data once, before the processes read it
     workdir = str(tmp_path / "run")
-    with processes.killed_on_exit(processes.start_two_processes(config.dataset.root, workdir, OVERRIDES,
-                                                                stages="train,eval")) as launcher:
-        output, code = launcher.communicate(timeout=180)[0], launcher.returncode
+    output, code = train_until_sigterm_to_process_1(config, workdir)
     assert code == 0, output[-3000:]
-    assert "2 process(es)" in output  # only process 0 logs, in every stage:
-    assert [output.count(line) for line in ("[train] step 3/3", "checkpoint] step 3", "report written")] == [1, 1, 1]
+    stopped = [int(step) for step in re.findall(r"preempted \(SIGTERM\): checkpoint saved at step (\d+)", output)]
+    assert len(stopped) == 2 and STEPS_AT_LEAST <= stopped[0] == stopped[1] < config.train.steps, output[-3000:]
+    steps = stopped[0]
+    assert latest_step(workdir) == steps
+    assert "2 process(es)" in output and output.count(f"[train] step {STEPS_AT_LEAST}/") == 1  # process 0 only
 
     # One process, one device, the same global batches: process p's rows are its own shard of the data.
     mesh = parallel.make_mesh(config)
@@ -39,14 +64,14 @@ def test_two_processes_match_one_process(tmp_path):
     state = train.create_train_state(config, model, init_key, mesh)
     step_fn = train.jit_train_step(config, state, mesh, dropout_key)
     streams = [train.train_batches(config, readers["train"], config.data.batch_size // 2, p, 2) for p in range(2)]
-    for _ in range(3):
+    for _ in range(steps):
         rows = [next(stream) for stream in streams]
         batch = {k: np.concatenate([r[k] for r in rows]) for k in ("image", "label")}
         state, _ = step_fn(state, parallel.global_batch(batch, mesh), None)
 
     target = train.create_train_state(config, model, init_key, mesh)
     restored, meta = Checkpoints(os.path.join(workdir, "checkpoints")).restore(target)
-    assert meta["step"] == 3
+    assert meta["step"] == steps
     leaves = jax.tree_util.tree_leaves((state.params, state.batch_stats, state.opt_state))
     for a, b in zip(jax.tree_util.tree_leaves((restored.params, restored.batch_stats, restored.opt_state)), leaves):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
@@ -54,7 +79,11 @@ def test_two_processes_match_one_process(tmp_path):
         jax.tree_util.tree_leaves(restored.params), jax.tree_util.tree_leaves(state.params))]
     print(f"max |params 2 processes - 1 process| = {max(differences):.2e}")
 
-    # The evaluation of the 2-process run (global eval batches, counts summed over processes) agrees too.
+    # A 2-process evaluation of that checkpoint (global eval batches, counts summed over processes) agrees too.
+    with processes.killed_on_exit(processes.start_two_processes(config.dataset.root, workdir, OVERRIDES,
+                                                                stages="eval")) as launcher:
+        output, code = launcher.communicate(timeout=120)[0], launcher.returncode
+    assert code == 0, output[-3000:]
+    assert [output.count(line) for line in (f"checkpoint] step {steps}", "report written")] == [1, 1], output
     miou = float(re.search(r"\[eval\] mIoU ([0-9.]+)", output).group(1))
     assert miou == pytest.approx(evaluate.evaluate(state, readers["val"], config)["miou"], abs=2e-4)
-
