@@ -205,7 +205,7 @@ def _train_and_evaluate(config, workdir, readers, edge_net_params, log, stop_aft
         log(f"[train] resumed from {checkpoints.root}/latest at step {int(state.step)}")
     else:
         backbone = config.model.get("backbone", "resnet")
-        log(f"[train] {config.model.name} ({backbone}{config.model.depth if backbone == 'resnet' else ''}, "
+        log(f"[train] {config.model.name} ({backbone}{config.model.depth}, "
             f"width {config.model.base_width}): {count_params(state.params) / 1e6:.2f}M parameters; "
             f"loss {config.loss}; global batch {batch_size} on {mesh.shape[parallel.DATA_AXIS]} data-parallel "
             f"devices, {jax.process_count()} process(es)")

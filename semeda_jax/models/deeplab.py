@@ -10,9 +10,9 @@ resolution: h = ceil(H / output_stride) for v2/v3, ceil(H / 4) for v3+. The loss
 `upsample_logits` gives full-resolution logits for eval/predict.
 
 Backbone: `backbone="resnet"` (ResNet-`depth` with `stem`) or "xception" (Xception-`depth`, see
-models/xception.py; `stem` must stay "standard"). `depth` None is the paper's: ResNet-101, Xception-71. Both return stride-4 "low_level" features for the v3+ decoder. The Xception
-backbone keeps its own BN epsilon 1e-3 (that of its TF-trained weights); `bn_epsilon` applies to the heads and
-to the ResNet backbone.
+models/xception.py; `stem` must stay "standard"); `depth` None is the paper's: ResNet-101, Xception-71. Both
+return stride-4 "low_level" features for the v3+ decoder. The Xception backbone keeps its own BN epsilon 1e-3
+(that of its TF-trained weights); `bn_epsilon` applies to the heads and to the ResNet backbone.
 
 Submodules: backbone (ResNet or Xception), then v2: aspp (ASPPL); v3: aspp, classifier; v3+: aspp, decoder_low,
 decoder_conv1, decoder_conv2, classifier. Classifier 1x1 convs have a bias and N(0, 0.01) kernels.
