@@ -4,6 +4,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,3 +41,20 @@ def child_with_argument(pid: int, argument: str) -> int | None:
             if argument in f.read().split("\0"):
                 return child
     return None
+
+
+def latest_checkpoint_step(workdir: str) -> int | None:
+    """The newest step under WORKDIR/checkpoints/latest (a directory listing: safe while a run is writing)."""
+    folder = os.path.join(workdir, "checkpoints", "latest")
+    steps = [int(name) for name in os.listdir(folder) if name.isdigit()] if os.path.isdir(folder) else []
+    return max(steps, default=None)
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, workdir: str, after_step: int, timeout: float) -> int:
+    """Poll while `proc` runs until a checkpoint newer than `after_step` is on disk -> its step."""
+    deadline = time.monotonic() + timeout
+    while (latest_checkpoint_step(workdir) or 0) <= after_step:
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.05)
+    return latest_checkpoint_step(workdir)

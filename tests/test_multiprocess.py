@@ -5,7 +5,6 @@ it to the single-process mIoU. Only process 0 prints, in every stage."""
 import os
 import re
 import signal
-import time
 
 import jax
 import numpy as np
@@ -24,20 +23,10 @@ OVERRIDES = {"loss": "ce", "train.steps": 500, "train.log_every": 1, "train.chec
 STEPS_AT_LEAST = 3  # the signal goes out once the checkpoint of this step is on disk
 
 
-def latest_step(workdir):
-    folder = os.path.join(workdir, "checkpoints", "latest")
-    steps = [int(name) for name in os.listdir(folder) if name.isdigit()] if os.path.isdir(folder) else []
-    return max(steps, default=None)
-
-
 def train_until_sigterm_to_process_1(config, workdir, timeout=180):
     """Launch 2-process training, SIGTERM process 1 alone after checkpoint STEPS_AT_LEAST -> (output, code)."""
     with processes.killed_on_exit(processes.start_two_processes(config.dataset.root, workdir, OVERRIDES)) as launcher:
-        deadline = time.monotonic() + timeout
-        while (latest_step(workdir) or 0) < STEPS_AT_LEAST:
-            assert launcher.poll() is None, launcher.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint in time"
-            time.sleep(0.05)
+        processes.wait_for_checkpoint(launcher, workdir, STEPS_AT_LEAST - 1, timeout)
         os.kill(processes.child_with_argument(launcher.pid, "--process_id=1"), signal.SIGTERM)  # not process 0
         output = launcher.communicate(timeout=120)[0]
         return output, launcher.returncode
@@ -54,7 +43,7 @@ def test_two_processes_stop_together_and_match_one_process(tmp_path):
     stopped = [int(step) for step in re.findall(r"preempted \(SIGTERM\): checkpoint saved at step (\d+)", output)]
     assert len(stopped) == 2 and STEPS_AT_LEAST <= stopped[0] == stopped[1] < config.train.steps, output[-3000:]
     steps = stopped[0]
-    assert latest_step(workdir) == steps
+    assert processes.latest_checkpoint_step(workdir) == steps
     assert "2 process(es)" in output and output.count(f"[train] step {STEPS_AT_LEAST}/") == 1  # process 0 only
 
     # One process, one device, the same global batches: process p's rows are its own shard of the data.

@@ -1,10 +1,8 @@
 """Preemption-safe training through the CLI: SIGTERM checkpoints the current step and exits 0, SIGKILL loses
 only the steps since the last checkpoint, and the resumed runs end bit for bit where an uninterrupted run does."""
-import os
 import re
 import signal
 import sys
-import time
 
 import jax
 import numpy as np
@@ -21,12 +19,6 @@ OVERRIDES = {"loss": "ce", "train.steps": 40, "train.checkpoint_every": 3, "trai
 COMPARE_AT = 20  # the in-process runs stop here (before the final evaluation); the CLI runs never get there
 
 
-def latest_step(workdir):
-    folder = os.path.join(workdir, "checkpoints", "latest")
-    steps = [int(name) for name in os.listdir(folder) if name.isdigit()] if os.path.isdir(folder) else []
-    return max(steps, default=None)
-
-
 def start_training(config, workdir):
     flags = [f"--config.dataset.root={config.dataset.root}", *(f"--config.{k}={v}" for k, v in OVERRIDES.items())]
     return processes.start([sys.executable, "-m", "semeda_jax.main", "--config=configs/demo.py:smoke",
@@ -36,12 +28,7 @@ def start_training(config, workdir):
 def signal_after_checkpoint(proc, workdir, after_step, signum, timeout=120):
     """Send `signum` once a checkpoint newer than `after_step` is on disk -> (output, exit code, step then)."""
     with processes.killed_on_exit(proc):
-        deadline = time.monotonic() + timeout
-        while (latest_step(workdir) or 0) <= after_step:
-            assert proc.poll() is None, proc.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint in time"
-            time.sleep(0.05)
-        step = latest_step(workdir)
+        step = processes.wait_for_checkpoint(proc, workdir, after_step, timeout)
         assert proc.poll() is None, "the run ended before the signal"
         proc.send_signal(signum)
         output = proc.communicate(timeout=60)[0]
@@ -59,13 +46,13 @@ def test_sigterm_and_sigkill_then_resume_bitwise(tmp_path):
     output, code, seen = signal_after_checkpoint(start_training(config, workdir), workdir, 0, signal.SIGTERM)
     assert code == 0, output[-3000:]
     stopped = int(re.search(r"preempted \(SIGTERM\): checkpoint saved at step (\d+)", output).group(1))
-    assert seen <= stopped < COMPARE_AT and latest_step(workdir) == stopped
+    assert seen <= stopped < COMPARE_AT and processes.latest_checkpoint_step(workdir) == stopped
 
     # SIGKILL of the resumed run: nothing but the steps after its last checkpoint is lost.
     output, code, _ = signal_after_checkpoint(start_training(config, workdir), workdir, stopped,
                                                          signal.SIGKILL)
     assert code == -signal.SIGKILL and "resumed from" in output, output[-3000:]
-    assert stopped < latest_step(workdir) < COMPARE_AT
+    assert stopped < processes.latest_checkpoint_step(workdir) < COMPARE_AT
 
     resumed, _ = stages.run_train(config, workdir, log=lambda line: None, stop_after=COMPARE_AT)
     straight, _ = stages.run_train(config, str(tmp_path / "straight"), log=lambda line: None, stop_after=COMPARE_AT)

@@ -63,6 +63,11 @@ def scaled_size(size: Sequence[int], scale: float) -> tuple[int, int]:
     return tuple(max(1, round(int(n) * float(scale))) for n in size)
 
 
+def _scaled_dim(n: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+    """In-graph max(1, round(n * scale)) as int32, computed in scale's float dtype (scaled_size's twin)."""
+    return tf.maximum(1, tf.cast(tf.round(tf.cast(n, scale.dtype) * scale), tf.int32))
+
+
 def _check_input_scale(input_scale: float) -> float:
     if not float(input_scale) > 0:
         raise ValueError(f"input_scale must be > 0, got {input_scale!r}")
@@ -156,8 +161,7 @@ def train_dataset(reader, *, crop_size: Sequence[int], batch_size: int,
 
         h, w = tf.shape(image)[0], tf.shape(image)[1]
         scale = lo + u[0] * (hi - lo)
-        new_h = tf.maximum(1, tf.cast(tf.round(tf.cast(h, tf.float32) * scale), tf.int32))
-        new_w = tf.maximum(1, tf.cast(tf.round(tf.cast(w, tf.float32) * scale), tf.int32))
+        new_h, new_w = _scaled_dim(h, scale), _scaled_dim(w, scale)
         image = tf.image.resize(tf.cast(image, tf.float32), [new_h, new_w], method="bilinear")
         label = tf.image.resize(label[..., None], [new_h, new_w], method="nearest")[..., 0]
 
@@ -231,8 +235,8 @@ def eval_dataset(reader, *, pad_size: Sequence[int], batch_size: int, mean: Sequ
             h = tf.identity(h)
         image_h, image_w = h, w
         if input_scale != 1.0:
-            image_h, image_w = (tf.maximum(1, tf.cast(tf.round(tf.cast(n, tf.float64) * input_scale), tf.int32))
-                                for n in (h, w))
+            scale = tf.constant(input_scale, tf.float64)
+            image_h, image_w = _scaled_dim(h, scale), _scaled_dim(w, scale)
             image = tf.image.resize(tf.cast(image, tf.float32), [image_h, image_w], method="bilinear",
                                     antialias=True)
         image = tf.pad(_normalize(image, mean, std), [[0, image_pad_h - image_h], [0, image_pad_w - image_w], [0, 0]])
