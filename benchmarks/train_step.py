@@ -21,7 +21,7 @@ import time
 import jax
 import numpy as np
 
-from semeda_jax import parallel, train
+from semeda_jax import objective, parallel, train
 from semeda_jax.losses import init_edge_net
 
 DEFAULT_CONFIGS = ("voc:ppce", "voc", "voc:ppce,resnet101", "voc:resnet101", "cityscapes")
@@ -33,10 +33,11 @@ def load_config(spec: str):
     return importlib.import_module(f"configs.{name}").get_config(arg or None)
 
 
-def measure(spec: str, repeats: int, batch: int | None) -> dict:
-    config = load_config(spec)
-    if batch:
-        config.data.batch_size = batch
+def compile_step(config) -> dict:
+    """The config's sharded train step, compiled on one random batch of its crop size and global batch (random
+    weights and a random g_phi: neither changes the cost) -> {"step": compiled, "args": (state, batch, frozen nets),
+    "compile_s", "memory_mib" (XLA's accounting: arguments + outputs + temporaries - donated aliases),
+    "gflop_per_step" (XLA's cost analysis)}."""
     mesh = parallel.make_mesh(config)
     model = train.build_segmentation_model(config, config.dataset.num_classes)
     state = train.create_train_state(config, model, jax.random.PRNGKey(0), mesh)
@@ -46,29 +47,47 @@ def measure(spec: str, repeats: int, batch: int | None) -> dict:
     batch_arrays = parallel.global_batch({
         "image": rng.standard_normal((b, crop_h, crop_w, 3)).astype(np.float32),
         "label": rng.integers(0, config.dataset.num_classes, (b, crop_h, crop_w)).astype(np.int32)}, mesh)
-    edge = jax.device_put(init_edge_net(jax.random.PRNGKey(1), config.dataset.num_classes),
-                          parallel.replicated(mesh))
+    random_nets = {"edge_net": init_edge_net(jax.random.PRNGKey(1), config.dataset.num_classes)}
+    frozen = jax.device_put({net: random_nets[net] for net in objective.frozen_nets(config)},
+                            parallel.replicated(mesh))
     step = train.jit_train_step(config, state, mesh, jax.random.PRNGKey(2))
     start = time.perf_counter()
-    compiled = step.lower(state, batch_arrays, edge).compile()
+    compiled = step.lower(state, batch_arrays, frozen).compile()
     compile_seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
     mib = (memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
            - memory.alias_size_in_bytes) / 2 ** 20
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return {"step": compiled, "args": (state, batch_arrays, frozen), "compile_s": compile_seconds,
+            "memory_mib": mib, "gflop_per_step": float(cost.get("flops", float("nan"))) / 1e9}
+
+
+def time_steps(compiled: dict, steps: int) -> list[float]:
+    """Run `steps` timed steps of a compile_step() result (its state is carried, and donated, from step to
+    step) -> seconds per step."""
+    state, batch_arrays, frozen = compiled["args"]
     times = []
-    if repeats:
-        state, metrics = compiled(state, batch_arrays, edge)  # warm-up
-        jax.block_until_ready(metrics)
-    for _ in range(repeats):
+    for _ in range(steps):
         start = time.perf_counter()
-        state, metrics = compiled(state, batch_arrays, edge)
+        state, metrics = compiled["step"](state, batch_arrays, frozen)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
-    row = {"config": spec, "model": f"{config.model.name}/{config.model.backbone}", "loss": config.loss,
-           "batch": f"{b}x{crop_h}x{crop_w}", "step_s": statistics.median(times) if times else float("nan"),
-           "memory_mib": mib,
-           "compile_s": compile_seconds}
-    return row
+    compiled["args"] = (state, batch_arrays, frozen)
+    return times
+
+
+def measure(spec: str, repeats: int, batch: int | None) -> dict:
+    config = load_config(spec)
+    if batch:
+        config.data.batch_size = batch
+    compiled = compile_step(config)
+    times = time_steps(compiled, repeats + 1 if repeats else 0)[1:]  # the first step warms up
+    crop_h, crop_w = config.data.crop_size
+    return {"config": spec, "model": f"{config.model.name}/{config.model.backbone}", "loss": config.loss,
+            "batch": f"{config.data.batch_size}x{crop_h}x{crop_w}",
+            "step_s": statistics.median(times) if times else float("nan"), "memory_mib": compiled["memory_mib"],
+            "compile_s": compiled["compile_s"]}
 
 
 def main() -> None:

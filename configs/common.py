@@ -1,7 +1,7 @@
 """The fields every experiment config has, with their defaults; experiment files change only a few.
 
-Sections: dataset (what to read), data (crops, batches, augmentation), model, loss (a '+'-joined mix of names
-from `semeda_jax.losses.LOSSES` with per-term weights and hyperparameters), edge_net (g_phi pre-training or a
+Sections: dataset (what to read), data (crops, batches, augmentation), model, loss (a '+'-joined mix of term
+names), losses (each term's weight and hyperparameters, `losses.<name>`), edge_net (g_phi pre-training or a
 checkpoint), optimizer (SGD + momentum, warm-up then poly decay), train (length, logging, eval and checkpoint
 cadence), eval (trimap widths, plots), parallel (device mesh and parameter sharding), mixed_precision.
 
@@ -49,7 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
         pretrained="",
         # bn_mode="train": batch statistics over groups of this many samples of the global batch (None or 0 =
         # the whole global batch, i.e. fully synchronized BN); see semeda_jax/models/layers.py.
-        bn_group_size=ml_collections.config_dict.placeholder(int)))
+        bn_group_size=ml_collections.config_dict.placeholder(int),
+        # '+'-joined names of models.AUX_HEADS whose named outputs join "logits" (loss terms read them).
+        aux_heads=""))
     # bfloat16 activations and matmuls; parameters, optimiser state, BN statistics and the loss stay float32.
     config.mixed_precision = False
     config.parallel = ml_collections.ConfigDict(dict(
@@ -58,11 +60,17 @@ def base_config() -> ml_collections.ConfigDict:
     ))
 
     config.loss = "ce+semeda"
-    config.loss_weights = ml_collections.ConfigDict(dict(ce=1.0, semeda=1.0, sobel=1.0, bal=1.0, ohem=1.0))
-    config.semeda = ml_collections.ConfigDict(dict(lambdas=(2.0, 4.0, 0.0), reduction="mean_pixels_sum_channels"))
-    config.sobel = ml_collections.ConfigDict(dict(coefficient=4.0, reduction="mean_pixels_sum_channels"))
-    config.bal = ml_collections.ConfigDict(dict(kernel="gaussian", size=35, sigma=3.0, beta=0.5, down=4))
-    config.ohem = ml_collections.ConfigDict(dict(threshold=0.6, min_kept=0))
+    # One section per loss term (semeda_jax/objective.py's registry): its weight in the mix and its
+    # hyperparameters; only the sections of the terms in config.loss are read.
+    config.losses = ml_collections.ConfigDict(dict(
+        ce=dict(weight=1.0),
+        # normalize: scale-normalised SEMEDA, an extension of this project (losses/semeda.py); False = the paper.
+        semeda=dict(weight=1.0, lambdas=(2.0, 4.0, 0.0), reduction="mean_pixels_sum_channels", normalize=False),
+        sobel=dict(weight=1.0, coefficient=4.0, reduction="mean_pixels_sum_channels"),
+        bal=dict(weight=1.0, kernel="gaussian", size=35, sigma=3.0, beta=0.5, down=4),
+        ohem=dict(weight=1.0, threshold=0.6, min_kept=0),
+        scl=dict(weight=1.0),
+    ))
 
     config.edge_net = ml_collections.ConfigDict(dict(
         checkpoint="",      # a WORKDIR/edge_net folder of an earlier run; "" = pre-train in this workdir
@@ -74,10 +82,25 @@ def base_config() -> ml_collections.ConfigDict:
         learning_rate=5e-4, momentum=0.9, weight_decay=1e-4, warmup_steps=0, poly_power=0.9))
     config.train = ml_collections.ConfigDict(dict(
         steps=30000, log_every=50, eval_every=2000, checkpoint_every=1000, keep_checkpoints=3,
-        grad_accum_steps=1))  # k > 1: each step sums the gradients of k micro-batches of batch_size / k
+        grad_accum_steps=1,  # k > 1: each step sums the gradients of k micro-batches of batch_size / k
+        # Log logit_grad_norm_<term>: the L2 norm of each weighted term's gradient w.r.t. the model's logits.
+        log_logit_grad_norms=False,
+        # A WORKDIR/checkpoints folder (or a run's workdir) whose params + BN statistics start this run at step
+        # 0 (fresh optimiser and schedule; same parameter tree); "" = random / config.model.pretrained init.
+        init_checkpoint=""))
     # f1_groups: "" or "helen" (merged F1 of brows, eyes, nose, mouth and overall, SPEC.md 1(c)).
     config.eval = ml_collections.ConfigDict(dict(trimap_widths=(1, 2, 3, 5, 10, 20, 40), num_plot_images=8,
                                                  f1_groups=""))
+    # The eval stage's and predict's inference (semeda_jax/inference.py); periodic evaluation during training is
+    # always whole-image single-scale, and this one runs once more at the end of training when it differs.
+    # mode: whole | sliding (window, stride, blend) | shifted (shifts = n x n); views: scales x flip, fused by
+    # fusion (avg | max | avg+max | learned); postprocess: "" or a name of inference.POSTPROCESSORS.
+    config.eval.inference = ml_collections.ConfigDict(dict(
+        mode="whole", window=(0, 0), stride=(0, 0), blend="uniform", shifts=4, scales=(1.0,), flip=False,
+        fusion="avg", postprocess=""))
+    # Training phases (semeda_jax/phases.py): order = comma-separated phase names, one section per phase with
+    # its split, annotation, loss, steps or epochs, schedule, learning rate and eval cadence; "" = one phase.
+    config.phases = ml_collections.ConfigDict(dict(order=""))
     return config
 
 

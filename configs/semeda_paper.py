@@ -68,8 +68,8 @@ def semeda_config(arg: str | None, *, config_file: str, dataset: dict, lambdas: 
     config.data.update(crop_size=(321, 321), scale_range=(0.5, 2.0), batch_size=6,
                        eval_pad_size=tuple(eval_pad_size), eval_batch_size=eval_batch_size)
     config.loss = LOSS_VARIANTS[variants["loss"]]
-    config.semeda.lambdas = tuple(float(v) for v in lambdas)
-    config.sobel.coefficient = 4.0  # the paper's best Sobel coefficient (Table 1)
+    config.losses.semeda.lambdas = tuple(float(v) for v in lambdas)
+    config.losses.sobel.coefficient = 4.0  # the paper's best Sobel coefficient (Table 1)
     config.optimizer.update(learning_rate=5e-4, momentum=0.9, weight_decay=1e-4, warmup_steps=0, poly_power=0.9)
     config.train.update(steps=steps, log_every=50, eval_every=2000, checkpoint_every=1000)
 

@@ -5,8 +5,11 @@ per-image E-measure sums); the host adds them up in int64/float64, so the result
 size or the number of processes. Every process reads its share of each global eval batch
 (config.data.eval_batch_size is global, like the training batch); the step runs on the global batch sharded on
 the `data` mesh axis, so the counts come back already summed over processes (replicated) and only the
-per-image outputs (predictions, entropy) stay sharded, each process keeping its own rows. Single scale, no flip
-(the SEMEDA protocol).
+per-image outputs (predictions, entropy) stay sharded, each process keeping its own rows.
+
+Predictions come from the inference seam (inference.py): two named evaluators, "periodic" (whole image, single
+scale, no flip: the SEMEDA protocol; every config.train.eval_every steps, it picks the best checkpoint) and
+"full" (config.eval.inference: the eval stage, and once more at the end of training when it differs).
 """
 from __future__ import annotations
 
@@ -19,33 +22,36 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from semeda_jax import metrics, parallel
+from semeda_jax import inference, metrics, parallel
 from semeda_jax.data import pipeline
-from semeda_jax.models import upsample_logits
 from semeda_jax.validation import IGNORE_LABEL
 
 COUNTS = ("cm", "band_cm", "interior_cm", "emeasure_sums", "emeasure_counts")
+PERIODIC = inference.InferenceSpec()  # whole image, one scale, no flip
 
 
-def predict_logits(apply_fn, variables, images: jax.Array, size: Sequence[int] | None = None) -> jax.Array:
-    """images [B,H,W,3] -> logits [B,h,w,C] float32 (eval-mode batch norm), upsampled to `size` (h, w), by
-    default the input resolution (H, W)."""
-    logits = apply_fn(variables, images, train=False).astype(jnp.float32)
-    return upsample_logits(logits, images.shape[1:3] if size is None else size)
+def evaluators(config: ml_collections.ConfigDict) -> dict[str, tuple[inference.InferenceSpec, int]]:
+    """{name: (inference spec, cadence in steps; 0 = at the end of training only)}; "full" only when its
+    inference differs from the periodic one."""
+    full = inference.spec_from_config(config.eval.inference)
+    named = {"periodic": (PERIODIC, int(config.train.eval_every))}
+    if full != PERIODIC:
+        named["full"] = (full, 0)
+    return named
 
 
-def eval_counts(variables, batch: dict, *, apply_fn, num_classes: int, widths: Sequence[int]) -> dict:
-    """Counts of one eval batch at the labels' resolution (the logits are upsampled to it, whatever the input
+def eval_counts(variables, batch: dict, *, predict_fn, num_classes: int, widths: Sequence[int]) -> dict:
+    """Counts of one eval batch at the labels' resolution (predictions are made at it, whatever the input
     scale); filler examples (mask False) are all void and count nothing."""
-    logits = predict_logits(apply_fn, variables, batch["image"], batch["label"].shape[1:3])
-    predictions = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    probs = predict_fn(variables, batch["image"], batch["label"].shape[1:3])
+    predictions = jnp.argmax(probs, axis=-1).astype(jnp.int32)
     labels = jnp.where(batch["mask"][:, None, None], batch["label"], IGNORE_LABEL)
     band_cm, interior_cm = metrics.trimap_confusion(labels, predictions, num_classes, tuple(widths))
     scores, present = metrics.emeasure_per_image(labels, predictions, num_classes)
     emeasure_sums, emeasure_counts = metrics.emeasure_totals(scores, present)
     return {"cm": metrics.confusion_matrix(labels, predictions, num_classes), "band_cm": band_cm,
             "interior_cm": interior_cm, "emeasure_sums": emeasure_sums, "emeasure_counts": emeasure_counts,
-            "predictions": predictions, "entropy": metrics.prediction_entropy(logits, normalize=True)}
+            "predictions": predictions, "entropy": metrics.prediction_entropy(jnp.log(probs), normalize=True)}
 
 
 def sample_image(image: np.ndarray, label_size: Sequence[int], data_config) -> np.ndarray:
@@ -80,22 +86,27 @@ def summarize(totals: dict, widths: Sequence[int], class_names: Sequence[str] | 
 
 
 @functools.lru_cache(maxsize=4)
-def jit_eval_counts(apply_fn, num_classes: int, widths: tuple[int, ...], mesh) -> Callable:
-    """eval_counts jitted for `mesh` (counts replicated, per-image maps batch-sharded); cached, so the periodic
-    evaluations of one training run compile it once."""
+def jit_eval_counts(apply_fn, spec: inference.InferenceSpec, output_stride: int, num_classes: int,
+                    widths: tuple[int, ...], mesh) -> Callable:
+    """eval_counts of `spec`'s predictions jitted for `mesh` (counts replicated, per-image maps batch-sharded);
+    cached, so the periodic evaluations of one training run compile it once."""
     per_image = parallel.batch_sharding(mesh)
-    return jax.jit(functools.partial(eval_counts, apply_fn=apply_fn, num_classes=num_classes, widths=widths),
+    predict_fn = inference.build_predict_fn(spec, apply_fn, output_stride=output_stride)
+    return jax.jit(functools.partial(eval_counts, predict_fn=predict_fn, num_classes=num_classes, widths=widths),
                    out_shardings={**{key: parallel.replicated(mesh) for key in COUNTS},
                                   "predictions": per_image, "entropy": per_image})
 
 
 def evaluate(state, reader, config: ml_collections.ConfigDict, *, num_samples: int = 0,
-             class_names: Sequence[str] | None = None) -> dict:
-    """Full evaluation of `state` on `reader`'s split -> report dict; with `num_samples`, also the first
-    `num_samples` images as report["samples"] (image, label, prediction, entropy arrays for the plots)."""
+             class_names: Sequence[str] | None = None, spec: inference.InferenceSpec | None = None) -> dict:
+    """Evaluation of `state` (apply_fn, params, batch_stats) on `reader`'s split with the inference `spec`
+    (default config.eval.inference) -> report dict; with `num_samples`, also the first `num_samples` images as
+    report["samples"] (image, label, prediction, entropy arrays for the plots)."""
     widths = tuple(config.eval.trimap_widths)
     mesh = parallel.make_mesh(config)
-    step = jit_eval_counts(state.apply_fn, config.dataset.num_classes, widths, mesh)
+    spec = inference.spec_from_config(config.eval.inference) if spec is None else spec
+    step = jit_eval_counts(state.apply_fn, spec, int(config.model.output_stride), config.dataset.num_classes,
+                           widths, mesh)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     dataset = pipeline.eval_dataset(reader, pad_size=config.data.eval_pad_size,
                                     batch_size=parallel.local_eval_batch_size(config.data.eval_batch_size, mesh),
@@ -105,7 +116,7 @@ def evaluate(state, reader, config: ml_collections.ConfigDict, *, num_samples: i
     for batch in dataset.as_numpy_iterator():
         out = step(variables, parallel.global_batch({k: batch[k] for k in ("image", "label", "mask")}, mesh))
         for key in COUNTS:
-            value = np.asarray(out[key], np.float64 if key == "emeasure_sums" else np.int64)
+            value = np.asarray(jax.device_get(out[key]), np.float64 if key == "emeasure_sums" else np.int64)
             totals[key] = totals.get(key, 0) + value
         if len(samples) < num_samples:
             out = {key: parallel.host_rows(out[key]) for key in ("predictions", "entropy")}

@@ -10,15 +10,23 @@ first; the coordinator address, process count and id come from the environment (
 
 `--config.a.b=value` overrides any config field; an unknown field is an error. Without --stages the config's own
 list runs (config.stages, e.g. edge_pretrain,train,eval); --images alone runs predict. User errors (a missing
-dataset file, a bad label, a bad config value) end with one line naming the file or key, and exit status 2.
+or undecodable dataset file, a bad label, a bad config value, a read-only, full or busy workdir, a diverged
+run, unreadable files in --images) end with one line naming the file or key, and exit status 2.
+The workdir is created, checked writable and locked (workdir.py: one run per workdir) before any work.
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: keep its C++ banner quiet
+
+from semeda_jax import preemption  # noqa: E402  (imports nothing heavy)
+
+if __name__ == "__main__":
+    preemption.install()  # first: a SIGTERM during the imports and start-up is a clean stop too (exit 0)
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -39,10 +47,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def run(config, workdir: str, stages, images: str | None) -> None:
     """Run `stages` in order (importing the JAX side only now, so flag errors come back fast)."""
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")  # tf.data runs on the host: TensorFlow must not take GPU memory
     import jax
 
     from semeda_jax import parallel, predict, stages as stage_lib
-    from semeda_jax.validation import ConfigError
+    from semeda_jax import workdir as workdir_lib
+    from semeda_jax.validation import ConfigError, InputError
 
     if FLAGS.distributed:  # before anything touches a device
         parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
@@ -51,29 +63,62 @@ def run(config, workdir: str, stages, images: str | None) -> None:
     unknown = [stage for stage in stages if stage not in (*stage_lib.STAGES, "predict")]
     if unknown:
         raise ConfigError(f"--stages: unknown stage(s) {unknown}; valid: {[*stage_lib.STAGES, 'predict']}")
+    if "predict" in stages and not images:
+        raise ConfigError("--images: the predict stage needs a folder of images")
     stage_lib.check_config(config)
-    os.makedirs(workdir, exist_ok=True)
-    for stage in stages:
-        if stage == "predict":
-            if not images:
-                raise ConfigError("--images: the predict stage needs a folder of images")
+    workdir = workdir_lib.prepare(workdir)
+    with workdir_lib.WorkdirLock(workdir, jax.process_index()):
+        for stage in stages:
+            preemption.check_stage_boundary(stage)
+            if stage != "predict":
+                stage_lib.STAGES[stage](config, workdir, log=log)
+                continue
             state = stage_lib.restore_for_inference(config, workdir, log)
-            predict.predict_folder(state, images, os.path.join(workdir, "predictions"), mean=config.data.mean,
-                                   std=config.data.std, input_scale=config.data.input_scale, log=log)
-        else:
-            stage_lib.STAGES[stage](config, workdir, log=log)
+            out_dir = os.path.join(workdir, "predictions")
+            written, skipped = predict.predict_folder(state, images, out_dir, mean=config.data.mean,
+                                                      std=config.data.std, input_scale=config.data.input_scale,
+                                                      log=log, predict_fn=stage_lib.predict_fn(config, state))
+            if skipped:
+                names = ", ".join(os.path.basename(p) for p in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+                raise InputError(f"--images: {len(skipped)} of {len(written) + len(skipped)} files in {images} "
+                                 f"could not be read and were skipped ({names}); the other masks are in {out_dir}")
 
 
-def user_error_message(error: BaseException) -> str | None:
-    """The one-line message of a user error (bad data, input or config), or None for a bug."""
+def user_error_message(error: BaseException, config=None) -> str | None:
+    """The one-line message of a user error (bad data, input or config, an unusable workdir, a diverged run),
+    or None for a bug. A TensorFlow error from the input pipeline (a file that does not decode, an image and
+    label of different sizes) carries no usable path: the splits of `config` are then checked file by file
+    to name the culprit."""
+    from semeda_jax.checkpointing import CheckpointError
     from semeda_jax.data.errors import DatasetError
     from semeda_jax.validation import ConfigError, InputError
+    from semeda_jax.workdir import WorkdirError, free_bytes
 
-    if isinstance(error, (DatasetError, InputError, ConfigError, FileNotFoundError)):
+    if isinstance(error, (DatasetError, InputError, ConfigError, FileNotFoundError, WorkdirError,
+                          CheckpointError)):
         return str(error)
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        where = error.filename or "a file"  # a report, plot or event file the run was writing
+        return f"{where}: {error.strerror}; {free_bytes(str(error.filename or '.'))} bytes free there"
     marker = "DatasetError: "  # raised inside a tf.data map function, TensorFlow wraps it in its own error
     if marker in str(error):
         return str(error).split(marker, 1)[1].splitlines()[0]
+    if type(error).__module__.startswith("tensorflow") and config is not None:
+        return find_bad_file(config, error)
+    return None
+
+
+def find_bad_file(config, error: BaseException) -> str | None:
+    """The DatasetError message of the first file of config's train and val splits that does not decode or
+    whose image and label sizes differ (reader.find_bad_file); None when every file reads."""
+    from semeda_jax.data import build_reader
+
+    print(f"[data] the input pipeline failed ({str(error).strip().splitlines()[0][:200]}); "
+          f"checking every file of the splits to name it", flush=True)
+    for split in dict.fromkeys((config.dataset.train_split, config.dataset.val_split)):
+        problem = build_reader(config.dataset, split).find_bad_file()
+        if problem is not None:
+            return problem
     return None
 
 
@@ -86,9 +131,13 @@ def main(argv) -> None:
     try:
         run(FLAGS.config, FLAGS.workdir, stages, FLAGS.images)
     except Preempted as preempted:  # a clean stop: the checkpoint is on disk, later stages wait for the rerun
-        print(f"[train] {preempted}", flush=True)
+        print(f"[{preempted.stage}] {preempted}", flush=True)
     except Exception as error:  # noqa: BLE001 -- every failure ends the same way, see below
-        message = user_error_message(error)
+        try:
+            message = user_error_message(error, FLAGS.config)
+        except Exception as diagnosis_error:  # noqa: BLE001 -- the original error is the one to show
+            message = None
+            print(f"(finding the bad file failed too: {diagnosis_error})", file=sys.stderr)
         if message is None:
             traceback.print_exc()
         else:

@@ -1,66 +1,152 @@
-"""The training objective: a config's loss mix ("ce+semeda", "bal", "ohem", ...) as one pure function.
+"""The training objective: a loss mix ("ce+semeda", "bal", "ohem+scl", ...) as one pure function of the model's
+named outputs, from the registry of loss terms.
 
-`config.loss` joins names of `semeda_jax.losses.LOSSES` with '+'; each term is multiplied by
-`config.loss_weights.<name>` and takes its hyperparameters from `config.<name>`. The result maps
-(logits [B,h,w,C], labels [B,H,W], edge_net_params) to (total scalar, {term name: scalar}) so the step can log
-every term. The paper settings: PPCE "ce"; SEMEDA "ce+semeda" (Eq. 6); Sobel baseline "ce+sobel"; BAL "bal"
-(a weighted CE, so it replaces "ce"); RelationNet "ohem" (+ "scl" once the relation model exists).
+A term (`TERMS[name]`) is a pure function `fn(*outputs it reads, labels, *frozen nets it needs, **hyper)`
+-> scalar, the names of the model outputs it reads ("logits", "pair_logits", ...; models/builder.py) and of
+the frozen networks it needs from the step's `frozen` pytree ("edge_net": g_phi). Its config section
+`config.losses.<name>` holds its `weight` in the mix and its keyword hyperparameters. Adding a loss: its
+function in semeda_jax/losses/, one `Term` here, its section in configs/common.py.
+
+`config.loss` (or a phase's `loss`) joins term names with '+'. The objective maps (outputs {name: array},
+labels [B,H,W], frozen {net: params}) to (total scalar, {term name: weighted value}) so the step can log every
+term. The paper settings: PPCE "ce"; SEMEDA "ce+semeda" (Eq. 6); Sobel baseline "ce+sobel"; BAL "bal" (a
+weighted CE, so it replaces "ce"); RelationNet "ohem+scl" (SCL reads "pair_logits").
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from typing import Callable
 
+import jax
 import ml_collections
 
 from semeda_jax import losses
 from semeda_jax.validation import ConfigError
 
-LossFn = Callable[..., tuple]
-_NEEDS_PAIR_LOGITS = ("scl",)
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    """One loss term: fn(*outputs[reads], labels, *frozen[needs], **config.losses.<name> minus weight)."""
+    fn: Callable
+    reads: tuple[str, ...] = ("logits",)
+    needs: tuple[str, ...] = ()
+
+    def hyperparameters(self) -> tuple[str, ...]:
+        """The keyword-only arguments of fn: the fields its config section may set besides `weight`."""
+        return tuple(name for name, p in inspect.signature(self.fn).parameters.items()
+                     if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
-def loss_terms(config: ml_collections.ConfigDict) -> list[str]:
-    """The term names of `config.loss`, checked against the registry (ValueError names a bad one)."""
-    names = [name.strip() for name in str(config.loss).split("+") if name.strip()]
+TERMS = {
+    "ce": Term(losses.cross_entropy),
+    "semeda": Term(losses.semeda_loss, needs=("edge_net",)),
+    "sobel": Term(losses.sobel_loss),
+    "bal": Term(losses.boundary_aware_loss),
+    "ohem": Term(losses.ohem_cross_entropy),
+    "scl": Term(losses.spatial_correlation_loss, reads=("pair_logits",)),
+}
+
+
+def parse_mix(mix: str, key: str = "config.loss") -> list[str]:
+    """'ce+semeda' -> ['ce', 'semeda'], checked against TERMS (a ConfigError names `key` and the bad term)."""
+    names = [name.strip() for name in str(mix).split("+") if name.strip()]
     if not names:
-        raise ConfigError(f"config.loss: expected names joined by '+', e.g. 'ce+semeda', got {config.loss!r}")
+        raise ConfigError(f"{key}: expected term names joined by '+', e.g. 'ce+semeda', got {mix!r}")
     for name in names:
-        if name not in losses.LOSSES:
-            raise ConfigError(f"config.loss: unknown term {name!r}; valid terms: {sorted(losses.LOSSES)}")
-        if name in _NEEDS_PAIR_LOGITS:
-            raise ConfigError(f"config.loss: term {name!r} needs the relation model's pair logits, which the "
-                             f"segmentation models here do not produce yet")
+        if name not in TERMS:
+            raise ConfigError(f"{key}: unknown term {name!r}; valid terms: {sorted(TERMS)}")
     return names
 
 
+def loss_terms(config: ml_collections.ConfigDict) -> list[str]:
+    """The term names of config.loss."""
+    return parse_mix(config.loss)
+
+
+def all_mixes(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """{config key: mix} of config.loss and of every training phase's loss (phases.py)."""
+    mixes = {"config.loss": config.loss}
+    phases = config.get("phases")
+    if phases is not None:
+        for name in str(phases.get("order", "")).split(","):
+            name = name.strip()
+            if name and name in phases and phases[name].get("loss"):
+                mixes[f"config.phases.{name}.loss"] = phases[name].loss
+    return mixes
+
+
+def frozen_nets(config: ml_collections.ConfigDict) -> set[str]:
+    """The frozen networks any mix of the config needs (e.g. {"edge_net"} when a SEMEDA term is in one)."""
+    return {net for key, mix in all_mixes(config).items() for name in parse_mix(mix, key)
+            for net in TERMS[name].needs}
+
+
 def needs_edge_net(config: ml_collections.ConfigDict) -> bool:
-    """True when the loss mix uses g_phi (the SEMEDA term), i.e. the edge net must be pre-trained first."""
-    return "semeda" in loss_terms(config)
+    """True when some mix uses g_phi (the SEMEDA term), i.e. the edge net must be pre-trained first."""
+    return "edge_net" in frozen_nets(config)
 
 
-def _term_fn(name: str, config: ml_collections.ConfigDict) -> Callable:
-    if name == "ce":
-        return lambda logits, labels, edge: losses.cross_entropy(logits, labels)
-    if name == "semeda":
-        return lambda logits, labels, edge: losses.semeda_loss(
-            logits, labels, edge, lambdas=tuple(config.semeda.lambdas), reduction=config.semeda.reduction)
-    if name == "sobel":
-        return lambda logits, labels, edge: losses.sobel_loss(
-            logits, labels, coefficient=config.sobel.coefficient, reduction=config.sobel.reduction)
-    if name == "bal":
-        return lambda logits, labels, edge: losses.boundary_aware_loss(logits, labels, **config.bal.to_dict())
-    if name == "ohem":
-        return lambda logits, labels, edge: losses.ohem_cross_entropy(logits, labels, **config.ohem.to_dict())
-    raise ConfigError(f"config.loss: no training term for {name!r}")
+def check_loss_config(config: ml_collections.ConfigDict) -> None:
+    """Every mix names registered terms; every config.losses section belongs to a term, has a weight and sets
+    only its term's hyperparameters (a ConfigError names the key)."""
+    for key, mix in all_mixes(config).items():
+        for name in parse_mix(mix, key):
+            if name not in config.losses:
+                raise ConfigError(f"config.losses.{name}: missing (the {name!r} term of {key} needs its section, "
+                                  f"at least its weight)")
+    for name, section in config.losses.items():
+        if name not in TERMS:
+            raise ConfigError(f"config.losses.{name}: no such loss term; valid terms: {sorted(TERMS)}")
+        if "weight" not in section:
+            raise ConfigError(f"config.losses.{name}.weight: missing (the term's weight in the mix)")
+        valid = TERMS[name].hyperparameters()
+        for field in section:
+            if field != "weight" and field not in valid:
+                raise ConfigError(f"config.losses.{name}.{field}: no such hyperparameter of the {name!r} term; "
+                                  f"valid: {['weight', *valid]}")
 
 
-def build_loss_fn(config: ml_collections.ConfigDict) -> LossFn:
-    """-> f(logits, labels, edge_net_params) -> (total, {name: weighted term}); pure and jit-able."""
-    terms = {name: (_term_fn(name, config), float(config.loss_weights.get(name, 1.0)))
-             for name in loss_terms(config)}
+def check_outputs(config: ml_collections.ConfigDict, outputs, mix: str | None = None, key: str = "config.loss"):
+    """A ConfigError when a term of `mix` (default config.loss) reads an output the model does not produce."""
+    for name in parse_mix(config.loss if mix is None else mix, key):
+        missing = [out for out in TERMS[name].reads if out not in outputs]
+        if missing:
+            raise ConfigError(f"{key}: term {name!r} reads the model output {missing[0]!r}, which model "
+                              f"{config.model.name!r} does not produce (its outputs: {sorted(outputs)})")
 
-    def loss_fn(logits, labels, edge_net_params):
-        values = {name: weight * fn(logits, labels, edge_net_params) for name, (fn, weight) in terms.items()}
+
+class Objective:
+    """The weighted sum of a mix's terms: objective(outputs, labels, frozen) -> (total, {name: weighted term}).
+
+    Pure and jit-able; `term(name, outputs, labels, frozen)` is one weighted term (for per-term gradients).
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, mix: str | None = None, key: str = "config.loss"):
+        self.config, self.key = config, key
+        self.names = parse_mix(config.loss if mix is None else mix, key)
+        self.weights = {name: float(config.losses[name].weight) for name in self.names}
+        self.hyper = {name: {k: v for k, v in config.losses[name].to_dict().items() if k != "weight"}
+                      for name in self.names}
+
+    def reads(self, name: str) -> tuple[str, ...]:
+        return TERMS[name].reads
+
+    def term(self, name: str, outputs: dict, labels: jax.Array, frozen) -> jax.Array:
+        term = TERMS[name]
+        missing = [out for out in term.reads if out not in outputs]
+        if missing:  # at trace time: a model without that head
+            check_outputs(self.config, outputs, "+".join(self.names), self.key)
+        nets = [(frozen or {})[net] for net in term.needs]
+        return self.weights[name] * term.fn(*(outputs[out] for out in term.reads), labels, *nets,
+                                            **self.hyper[name])
+
+    def __call__(self, outputs: dict, labels: jax.Array, frozen) -> tuple[jax.Array, dict]:
+        values = {name: self.term(name, outputs, labels, frozen) for name in self.names}
         return sum(values.values()), values
 
-    return loss_fn
+
+def build_loss_fn(config: ml_collections.ConfigDict, mix: str | None = None,
+                  key: str = "config.loss") -> Objective:
+    """The objective of `mix` (default config.loss) with the weights and hyperparameters of config.losses."""
+    return Objective(config, mix, key)

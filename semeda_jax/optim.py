@@ -14,9 +14,12 @@ from flax import traverse_util
 from semeda_jax.models.layers import frozen_bn_mask
 
 
-def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-    """Warm-up (linear from 0) followed by poly decay to 0 at `total_steps`."""
-    base, warmup = config.learning_rate, int(config.warmup_steps)
+def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int, *, base: float | None = None,
+                           warmup: int | None = None) -> optax.Schedule:
+    """Warm-up (linear from 0) followed by poly decay to 0 at `total_steps`; `base` and `warmup` default to
+    config.learning_rate and config.warmup_steps."""
+    base = config.learning_rate if base is None else base
+    warmup = int(config.warmup_steps if warmup is None else warmup)
     poly = optax.polynomial_schedule(init_value=base, end_value=0.0, power=config.poly_power,
                                      transition_steps=max(total_steps - warmup, 1))
     if warmup <= 0:
@@ -30,10 +33,10 @@ def _kernel_mask(params) -> dict:
     return traverse_util.unflatten_dict({path: path[-1] == "kernel" for path in flat})
 
 
-def create_optimizer(config: ml_collections.ConfigDict, total_steps: int, params,
+def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule, params,
                      freeze_batch_norm: bool) -> optax.GradientTransformation:
-    """SGD(momentum) + weight decay on kernels; BN scale/bias frozen when `freeze_batch_norm`."""
-    schedule = learning_rate_schedule(config, total_steps)
+    """SGD(momentum) with the learning rate `schedule` + weight decay on kernels; BN scale/bias frozen when
+    `freeze_batch_norm`."""
     sgd = optax.chain(optax.add_decayed_weights(config.weight_decay, mask=_kernel_mask(params)),
                       optax.sgd(schedule, momentum=config.momentum))
     if not freeze_batch_norm:

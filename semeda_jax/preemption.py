@@ -1,43 +1,87 @@
-"""Preemption: SIGTERM (what SLURM and Cloud TPU maintenance send) -> checkpoint at the next step boundary, exit 0.
+"""Preemption: SIGTERM (what SLURM and Cloud TPU maintenance send) -> stop at the next safe point, exit 0.
 
-The handler only sets a flag. At every step boundary the training loop asks `StopSignal.should_stop()`, which
-ORs the flag over all processes (parallel.any_process, a tiny all-gather; nothing when there is one process),
-so every process stops after the same step even when only one of them got the signal. The loop then saves a
-checkpoint of that step and raises `Preempted`, which main.py turns into exit status 0; the rerun resumes from
-that checkpoint bit for bit. A SIGKILL or crash loses the steps since the last periodic checkpoint.
+main.py calls `install()` first thing, so a SIGTERM at any moment of a run (imports, data generation, g_phi
+pre-training, compilation, training, evaluation) only sets a flag. Safe points:
+  * every training step boundary: `StopSignal.should_stop()` ORs the flag over all processes
+    (parallel.any_process, a tiny all-gather; nothing when there is one process), so every process stops after
+    the same step even when only one of them got the signal; the loop saves a checkpoint of that step and
+    raises `Preempted`;
+  * every stage boundary (`check_stage_boundary`, main.py): the stages after the signal do not start.
+main.py turns `Preempted` into exit status 0; rerunning the same command resumes from the checkpoint bit for
+bit (a stage that had not started simply runs then). A stage that holds no training state (eval, predict)
+finishes its pass first. A SIGKILL or crash loses the steps since the last periodic checkpoint.
 """
 from __future__ import annotations
 
 import signal
 
-from semeda_jax import parallel
+_received = False  # set by the handler; read at the safe points
+_installed = False  # install() was called: the flag lives as long as the process
+
+
+def _handle(signum, frame) -> None:
+    global _received
+    _received = True
+
+
+def install(signum: int = signal.SIGTERM) -> None:
+    """Route `signum` to the stop flag for the rest of the process (call before anything slow)."""
+    global _installed
+    signal.signal(signum, _handle)
+    _installed = True
+
+
+def received() -> bool:
+    """Whether this process got the signal since `install` (or inside a StopSignal block)."""
+    return _received
 
 
 class Preempted(Exception):
-    """Training stopped on a preemption notice after checkpointing `step`."""
+    """A run stopped on a preemption notice: after checkpointing `step`, or before `stage` started."""
 
-    def __init__(self, step: int):
-        super().__init__(f"preempted (SIGTERM): checkpoint saved at step {step}; rerun the same command to resume")
-        self.step = step
+    def __init__(self, step: int | None = None, *, stage: str = "train"):
+        if step is not None:
+            message = f"preempted (SIGTERM): checkpoint saved at step {step}; rerun the same command to resume"
+        else:
+            message = f"preempted (SIGTERM) before the {stage} stage; nothing was lost, rerun the same command"
+        super().__init__(message)
+        self.step, self.stage = step, stage
+
+
+def _any_process(flag: bool) -> bool:
+    from semeda_jax import parallel  # here, so that main.py can install the handler before JAX loads
+
+    return parallel.any_process(flag)
+
+
+def check_stage_boundary(stage: str) -> None:
+    """Raise Preempted(stage=stage) if any process got the signal (call on every process before each stage)."""
+    if _any_process(_received):
+        raise Preempted(stage=stage)
 
 
 class StopSignal:
-    """Context manager: SIGTERM sets a flag while inside (the previous handler comes back on exit)."""
+    """Context manager: SIGTERM sets the stop flag while inside (the previous handler comes back on exit); a
+    signal that arrived earlier, under `install`, counts too."""
 
     def __init__(self, signum: int = signal.SIGTERM):
-        self.signum, self.received, self._previous = signum, False, None
+        self.signum, self._previous = signum, None
 
-    def _handle(self, signum, frame) -> None:
-        self.received = True
+    @property
+    def received(self) -> bool:
+        return _received
 
     def __enter__(self) -> "StopSignal":
-        self._previous = signal.signal(self.signum, self._handle)
+        self._previous = signal.signal(self.signum, _handle)
         return self
 
     def __exit__(self, *exc) -> None:
+        global _received
         # None: the previous handler was not installed from Python; restore the default action then.
         signal.signal(self.signum, signal.SIG_DFL if self._previous is None else self._previous)
+        if not _installed:  # library use: a signal counts for this block only
+            _received = False
 
     def should_stop(self) -> bool:
         """Whether any process got the signal (call at every step boundary, on every process)."""
-        return parallel.any_process(self.received)
+        return _any_process(_received)

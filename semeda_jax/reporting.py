@@ -5,6 +5,10 @@
     trimap.png       boundary / interior mIoU against the trimap band width
     confusion.png    row-normalised confusion matrix (rows = truth)
     samples.png      image | truth | prediction | entropy for the first validation images
+
+A score that does not exist (a class absent from both truth and prediction has no IoU or F1, a class absent from
+the truth no E-measure) is NaN in the report dict, `null` in report.json (strict JSON: no NaN literal) and `n/a`
+in report.md.
 """
 from __future__ import annotations
 
@@ -73,22 +77,38 @@ def plot_samples(samples: Sequence[dict], path: str) -> None:
     plt.close(fig)
 
 
+def json_ready(value):
+    """`value` (nested dicts / lists / tuples of numbers) with every non-finite float as None (JSON null)."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
+
+
+def _number(value) -> str:
+    """A score for report.md: 4 decimals, `n/a` where it does not exist (NaN)."""
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.4f}"
+
+
 def _markdown(report: dict, title: str) -> str:
     lines = [f"# {title}", "",
              "| metric | value |", "|---|---|",
-             *(f"| {name} | {report[key]:.4f} |" for key, name in (
+             *(f"| {name} | {_number(report[key])} |" for key, name in (
                  ("miou", "mIoU"), ("mean_f1", "mean F1"), ("emeasure", "E-measure"),
                  ("pixel_acc", "pixel accuracy"), ("mean_acc", "mean accuracy"))),
              "", "| class | IoU | F1 | E-measure |", "|---|---|---|---|"]
     for name in report["iou"]:
-        lines.append(f"| {name} | {report['iou'][name]:.4f} | {report['f1'][name]:.4f} | "
-                     f"{report['emeasure_per_class'].get(name, float('nan')):.4f} |")
+        lines.append(f"| {name} | {_number(report['iou'][name])} | {_number(report['f1'][name])} | "
+                     f"{_number(report['emeasure_per_class'].get(name))} |")
     if report.get("merged_f1"):
         lines += ["", "| merged parts | F1 |", "|---|---|"]
-        lines += [f"| {name} | {value:.4f} |" for name, value in report["merged_f1"].items()]
+        lines += [f"| {name} | {_number(value)} |" for name, value in report["merged_f1"].items()]
     trimap = report["trimap"]
     lines += ["", "| trimap width | boundary mIoU | non-boundary mIoU |", "|---|---|---|"]
-    lines += [f"| {w} | {b:.4f} | {i:.4f} |"
+    lines += [f"| {w} | {_number(b)} | {_number(i)} |"
               for w, b, i in zip(trimap["widths"], trimap["boundary_miou"], trimap["interior_miou"])]
     lines += ["", "![trimap](trimap.png) ![confusion](confusion.png)", "", "![samples](samples.png)", ""]
     return "\n".join(lines)
@@ -98,7 +118,7 @@ def write_report(report: dict, out_dir: str, *, title: str = "Evaluation report"
     """Write report.json, report.md and the plots into `out_dir`; returns the path of report.md."""
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "report.json"), "w") as f:
-        json.dump({k: report[k] for k in REPORT_KEYS if k in report}, f, indent=1)
+        json.dump(json_ready({k: report[k] for k in REPORT_KEYS if k in report}), f, indent=1, allow_nan=False)
     plot_trimap(report["trimap"], os.path.join(out_dir, "trimap.png"))
     plot_confusion(np.asarray(report["confusion_matrix"]), list(report["iou"]), os.path.join(out_dir, "confusion.png"))
     if report.get("samples"):

@@ -16,21 +16,55 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from semeda_jax import edge_pretrain, evaluate, objective, parallel, reporting, train
-from semeda_jax.checkpointing import Checkpoints
+from semeda_jax import (config_checks, edge_pretrain, evaluate, inference, objective, parallel, phases, reporting,
+                        train)
+from semeda_jax.checkpointing import Checkpoints, model_fingerprint
 from semeda_jax.data import DATASETS, build_reader, pipeline
 from semeda_jax.losses import init_edge_net
 from semeda_jax.validation import ConfigError
 
 Log = Callable[[str], None]
 
+# The fields each config section may set: those some code reads (configs/common.py sets them all; a test keeps
+# the two in step). Sections checked elsewhere: dataset (its builder), model (models/builder.py routes every
+# field to a component), losses (objective.check_loss_config), phases (phases.check_phases), eval.inference
+# (inference.spec_from_config).
+KNOWN_FIELDS = {
+    "": ("seed", "stages", "dataset", "data", "model", "mixed_precision", "parallel", "loss", "losses", "edge_net",
+         "optimizer", "train", "eval", "phases"),
+    "data": ("crop_size", "scale_range", "batch_size", "mean", "std", "eval_pad_size", "eval_batch_size",
+             "input_scale"),
+    "edge_net": ("checkpoint", "steps", "batch_size", "learning_rate"),
+    "optimizer": ("learning_rate", "momentum", "weight_decay", "warmup_steps", "poly_power"),
+    "train": ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "grad_accum_steps",
+              "log_logit_grad_norms", "init_checkpoint"),
+    "eval": ("trimap_widths", "num_plot_images", "f1_groups", "inference"),
+    "parallel": ("model_parallelism", "param_sharding"),
+}
+
+
+def check_unused_fields(config: ml_collections.ConfigDict) -> None:
+    """A ConfigError naming the first field that no code reads (e.g. `config.eval.tta`, `config.schedule`)."""
+    for section, known in KNOWN_FIELDS.items():
+        fields = config if not section else config.get(section) or {}
+        for field in fields:
+            if field not in known:
+                key = f"config.{section + '.' if section else ''}{field}"
+                raise ConfigError(f"{key}: no code reads this field, so it would be silently ignored; valid "
+                                  f"fields{' of config.' + section if section else ''}: {list(known)}")
+
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Fail fast (before data, compilation or training) with a one-line ConfigError on a bad loss mix, dataset
-    name, model setting (the model is traced on a 1x33x33 input), BN group, report option, input scale or
-    weights path."""
-    objective.loss_terms(config)
+    """Fail fast (before data, compilation or training) with a one-line ConfigError on a bad loss mix, a field
+    no code reads, a bad phase or inference setting, dataset name, model setting (the model is traced on a
+    1x33x33 input; every loss term's outputs must be among its outputs), BN group, report option, input scale
+    or weights path."""
+    objective.check_loss_config(config)
+    config_checks.check_values(config)
     model = train.build_segmentation_model(config, config.dataset.num_classes)
+    check_unused_fields(config)
+    phases.check_phases(config)
+    inference.spec_from_config(config.eval.inference)
     if config.dataset.name not in DATASETS:
         raise ConfigError(f"config.dataset.name: unknown {config.dataset.name!r}; valid: {sorted(DATASETS)}")
     if config.eval.get("f1_groups", "") not in evaluate.F1_GROUPS:
@@ -43,10 +77,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                           f"{micro_batch} images")
     key = jax.random.PRNGKey(0)
     try:
-        jax.eval_shape(functools.partial(model.init, train=False), {"params": key, "dropout": key},
-                       jax.ShapeDtypeStruct((1, 33, 33, 3), jnp.float32))
+        outputs = jax.eval_shape(functools.partial(model.init_with_output, train=False),
+                                 {"params": key, "dropout": key}, jax.ShapeDtypeStruct((1, 33, 33, 3), jnp.float32))[0]
     except ValueError as error:
         raise ConfigError(f"config.model: {error}") from None
+    for key_name, mix in objective.all_mixes(config).items():
+        objective.check_outputs(config, outputs, mix, key_name)
     if not config.data.input_scale > 0:
         raise ConfigError(f"config.data.input_scale: {config.data.input_scale!r} must be > 0 (1 = full resolution)")
     pretrained = config.model.get("pretrained")
@@ -57,9 +93,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def build_readers(config: ml_collections.ConfigDict) -> dict:
-    """{"train": reader, "val": reader} of config.dataset (generating the synthetic data on first use)."""
-    return {"train": build_reader(config.dataset, config.dataset.train_split),
-            "val": build_reader(config.dataset, config.dataset.val_split)}
+    """{"train": reader, "val": reader, "phase:<name>": reader of a phase's own data} of config.dataset
+    (generating the synthetic data on first use); a val image larger than config.data.eval_pad_size fails
+    here, before any training (image headers only)."""
+    readers = {"train": build_reader(config.dataset, config.dataset.train_split),
+               "val": build_reader(config.dataset, config.dataset.val_split)}
+    for name, (dataset, split) in phases.phase_data(config).items():  # phases with their own training data
+        readers[f"phase:{name}"] = build_reader(dataset, split)
+    pipeline.check_pad_size(readers["val"], config.data.eval_pad_size, name="config.data.eval_pad_size")
+    return readers
 
 
 def _edge_net_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -88,10 +130,13 @@ def run_edge_pretrain(config: ml_collections.ConfigDict, workdir: str, log: Log 
     return params
 
 
+def load_frozen(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> dict:
+    """The frozen networks the loss terms need, {"edge_net": g_phi params} or {} (objective.frozen_nets)."""
+    return {"edge_net": load_edge_net(config, workdir, log)} if objective.needs_edge_net(config) else {}
+
+
 def load_edge_net(config: ml_collections.ConfigDict, workdir: str, log: Log = print):
-    """g_phi's parameters for the SEMEDA term: from its checkpoint, else pre-trained now; None if unused."""
-    if not objective.needs_edge_net(config):
-        return None
+    """g_phi's parameters for the SEMEDA term: from its checkpoint, else pre-trained now."""
     path = _edge_net_dir(config, workdir)
     if os.path.isdir(os.path.join(path, "latest")):
         checkpoints = Checkpoints(path)
@@ -109,21 +154,27 @@ def load_edge_net(config: ml_collections.ConfigDict, workdir: str, log: Log = pr
 def run_train(config: ml_collections.ConfigDict, workdir: str, log: Log = print, **train_kwargs):
     """Train f_theta (train.train_and_evaluate) with g_phi loaded or pre-trained first; -> (state, history)."""
     readers = build_readers(config)
-    return train.train_and_evaluate(config, workdir, readers, load_edge_net(config, workdir, log), log,
+    return train.train_and_evaluate(config, workdir, readers, load_frozen(config, workdir, log), log,
                                     **train_kwargs)
 
 
 def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, log: Log = print):
-    """The trained state from WORKDIR/checkpoints (the best by val mIoU, else the latest)."""
-    model = train.build_segmentation_model(config, config.dataset.num_classes)
-    state = train.create_train_state(config, model, jax.random.PRNGKey(config.seed), parallel.make_mesh(config))
-    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), best_metric="miou")
+    """The trained model (train.ModelState: parameters and BN statistics, no optimiser state) from
+    WORKDIR/checkpoints (the best by val mIoU, else the latest)."""
+    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), best_metric="miou",
+                              fingerprint=model_fingerprint(config))
     best = checkpoints.best_step() is not None
     if not best and checkpoints.latest_step() is None:
         raise FileNotFoundError(f"{checkpoints.root}: no checkpoint to evaluate; run the train stage first")
-    state, meta = checkpoints.restore(state, best=best)
+    state, meta = train.restore_model_state(config, checkpoints, parallel.make_mesh(config), best=best)
     log(f"[{'best' if best else 'latest'} checkpoint] step {meta['step']} from {checkpoints.root}")
     return state
+
+
+def predict_fn(config: ml_collections.ConfigDict, state):
+    """The inference of config.eval.inference for `state`'s model: f(variables, images, size) -> probabilities."""
+    return inference.build_predict_fn(inference.spec_from_config(config.eval.inference), state.apply_fn,
+                                      output_stride=int(config.model.output_stride))
 
 
 def run_eval(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> dict:

@@ -19,7 +19,7 @@ jax.config.update("jax_enable_x64", True)
 # --no-loadscope-reorder (pyproject.toml) the workers take files in collection order, so these start first and
 # the many quick files fill in behind them, instead of one slow file ending the run while the other worker idles.
 SLOW_FILES_FIRST = ("test_configs.py", "test_end_to_end.py", "test_multiprocess.py", "test_parallel.py",
-                    "test_models.py", "test_preemption.py")
+                    "test_models.py", "test_preemption.py", "test_fault_runs.py")
 
 
 def pytest_collection_modifyitems(items):
@@ -37,9 +37,26 @@ def rng():
 
 
 @pytest.fixture
+def no_hidden_transfers(monkeypatch):
+    """Training steps under jax.transfer_guard("disallow") (train.STEP_TRANSFER_GUARD): an implicit host <->
+    device copy in the step (a Python scalar or NumPy array turned into a device array) fails the test."""
+    from semeda_jax import train
+    monkeypatch.setattr(train, "STEP_TRANSFER_GUARD", "disallow")
+
+
+@pytest.fixture
 def float32_jax():
     """Training code runs in float32, as on an accelerator (x64 is on for the math tests). Test files of training
     runs use it for every test: `pytestmark = pytest.mark.usefixtures("float32_jax")`."""
     jax.config.update("jax_enable_x64", False)
     yield
     jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    """A small synthetic VOC dataset: 7 train / 3 val images of 48x64, 6 classes, void width 3, seed 5."""
+    from semeda_jax import data
+    root = tmp_path_factory.mktemp("synth") / "voc"
+    return data.write_synthetic_voc(root, num_train=7, num_val=3, image_size=(48, 64), num_classes=6, void_width=3,
+                                    seed=5, verbose=False)

@@ -91,3 +91,21 @@ def void_neutral_masks(logits: np.ndarray, labels: np.ndarray, num_classes: int)
         truth[..., c] = labels == c
     truth[~valid] = probs[~valid]
     return probs, truth, valid
+
+
+def semeda_layer_losses(logits: np.ndarray, labels: np.ndarray, params: dict, reduction: str,
+                        normalize: bool = False) -> np.ndarray:
+    """[L_1, L_2, L_3] of SEMEDA Eq. 5 (unweighted); `normalize` divides each layer's L1 by the same reduction of
+    |psi_l(S*)| (the scale-normalised extension)."""
+    num_classes = logits.shape[-1]
+    probs, truth, valid = void_neutral_masks(logits, labels, num_classes)
+    out = []
+    for psi_hat, psi_star in zip(edge_net_embeddings(params, probs), edge_net_embeddings(params, truth)):
+        reduce = lambda per_pixel: {"mean_pixels_sum_channels": per_pixel.sum() / max(valid.sum(), 1),
+                                    "mean": per_pixel.sum() / (max(valid.sum(), 1) * psi_hat.shape[-1]),
+                                    "sum": per_pixel.sum() / labels.shape[0]}[reduction]
+        value = reduce(np.abs(psi_hat - psi_star).sum(-1)[valid])
+        if normalize:
+            value /= max(reduce(np.abs(psi_star).sum(-1)[valid]), 1e-6)
+        out.append(value)
+    return np.array(out)

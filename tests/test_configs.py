@@ -22,8 +22,8 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py")
                  if "def get_config" in p.read_text())
 # Configs that need a module a later issue builds: checking them must stop with an error naming it.
-PENDING_MODELS = {"pac_voc": "deeplab_v3_pac", "relationnet_cityscapes": "relation model",
-                  "guidance_voc": "deeplab_guidance"}
+PENDING_MODELS = {"relationnet_cityscapes": "unknown model 'relationnet'",
+                  "guidance_voc": "unknown model 'deeplab_guidance'"}
 FAKE_DATASETS = {"voc": fake_datasets.write_fake_voc_sbd, "cityscapes": fake_datasets.write_fake_cityscapes,
                  "helen": fake_datasets.write_fake_helen}
 
@@ -50,11 +50,11 @@ def test_config_builds_its_model_and_loss_on_tiny_shapes(name, arg):
     images = jax.ShapeDtypeStruct((2, 33, 33, 3), jnp.float32)
     key = jax.random.PRNGKey(0)
     variables = jax.eval_shape(functools.partial(model.init, train=False), {"params": key, "dropout": key}, images)
-    logits = jax.eval_shape(functools.partial(model.apply, train=False), variables, images)
-    assert logits.shape[0] == 2 and logits.shape[-1] == num_classes
+    outputs = jax.eval_shape(functools.partial(model.apply, train=False), variables, images)
+    assert outputs["logits"].shape[0] == 2 and outputs["logits"].shape[-1] == num_classes
     labels = jax.ShapeDtypeStruct((2, 33, 33), jnp.int32)
-    edge_params = jax.eval_shape(lambda: init_edge_net(key, num_classes))
-    total, terms = jax.eval_shape(objective.build_loss_fn(config), logits, labels, edge_params)
+    frozen = {"edge_net": jax.eval_shape(lambda: init_edge_net(key, num_classes))}
+    total, terms = jax.eval_shape(objective.build_loss_fn(config), outputs, labels, frozen)
     assert total.shape == () and set(terms) == set(objective.loss_terms(config))
 
 
@@ -62,11 +62,11 @@ def test_semeda_variants_select_loss_model_and_backbone():
     config = load("voc", "sobel,v2,resnet101")
     assert (config.loss, config.model.name, config.model.backbone, config.model.depth) == (
         "ce+sobel", "deeplab_v2", "resnet", 101)
-    assert config.model.output_stride == 8 and config.semeda.lambdas == (2.0, 4.0, 0.0)
+    assert config.model.output_stride == 8 and config.losses.semeda.lambdas == (2.0, 4.0, 0.0)
     config = load("cityscapes")
     assert (config.loss, config.model.name, config.model.backbone) == ("ce+semeda", "deeplab_v3plus", "xception")
     assert config.data.input_scale == 1.0 and load("cityscapes", "v2").data.input_scale == 0.5
-    assert config.semeda.lambdas == (4.0, 2.0, 0.0) and config.model.bn_mode == "frozen"
+    assert config.losses.semeda.lambdas == (4.0, 2.0, 0.0) and config.model.bn_mode == "frozen"
     assert config.data.crop_size == (321, 321) and config.optimizer.learning_rate == 5e-4
     assert load("helen", "ppce").loss == "ce"
     with pytest.raises(ValueError, match="unknown variant 'resnet50'.*known"):
@@ -74,9 +74,11 @@ def test_semeda_variants_select_loss_model_and_backbone():
     assert semeda_paper.parse_variants("smoke", "x")["smoke"]
 
 
-# One run per dataset config, covering every loss, model and backbone variant (smoke: ResNet-18 / Xception-26).
+# One run per dataset config, covering every loss, model and backbone variant (smoke: ResNet-18 / Xception-26),
+# and PAC + BAL.
 # Cityscapes' v2 variant sees half-resolution images and is evaluated on the full-resolution labels.
-RUNS = [("voc", "smoke,resnet101"), ("cityscapes", "smoke,ppce,v2"), ("helen", "smoke,sobel,v2,resnet101")]
+RUNS = [("voc", "smoke,resnet101"), ("cityscapes", "smoke,ppce,v2"), ("helen", "smoke,sobel,v2,resnet101"),
+        ("pac_voc", "smoke")]
 
 
 @pytest.mark.parametrize("name,arg", RUNS)

@@ -1,6 +1,5 @@
-"""Data layer: synthetic generator, palette PNGs, VOC reader, tf.data train/eval pipelines."""
+"""Data layer: palette PNGs, VOC reader, tf.data train/eval pipelines (the synthetic generator: test_synthetic.py)."""
 import ast
-import json
 import os
 import pathlib
 import subprocess
@@ -11,18 +10,10 @@ import pytest
 from PIL import Image
 
 from semeda_jax import data
-from semeda_jax.data import synthetic
 from semeda_jax.data.errors import IGNORE_LABEL, DatasetError
 
 SIZE = (48, 64)
 C = 6
-
-
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth") / "voc"
-    return data.write_synthetic_voc(root, num_train=7, num_val=3, image_size=SIZE, num_classes=C, void_width=3,
-                                    seed=5, verbose=False)
 
 
 def _make_voc(root, sizes, num_classes=C, split="val", value=None):
@@ -42,49 +33,6 @@ def _make_voc(root, sizes, num_classes=C, split="val", value=None):
         ids.append(image_id)
     (root / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
     return data.VOCSegmentation(root, split, num_classes)
-
-
-# ---------------------------------------------------------------------------------------------- generator
-
-def test_generate_scene_is_deterministic():
-    a = data.generate_scene(np.random.default_rng(3), SIZE, C, 3)
-    b = data.generate_scene(np.random.default_rng(3), SIZE, C, 3)
-    c = data.generate_scene(np.random.default_rng(4), SIZE, C, 3)
-    np.testing.assert_array_equal(a[0], b[0])
-    np.testing.assert_array_equal(a[1], b[1])
-    assert not np.array_equal(a[0], c[0]) and not np.array_equal(a[1], c[1])
-    assert a[0].shape == SIZE + (3,) and a[0].dtype == np.uint8
-    assert a[1].shape == SIZE and a[1].dtype == np.uint8
-
-
-def test_scene_labels_void_band_and_classes():
-    seen = set()
-    for seed in range(6):
-        image, label = data.generate_scene(np.random.default_rng(seed), SIZE, C, 4)
-        values = set(np.unique(label).tolist())
-        assert values <= set(range(C)) | {IGNORE_LABEL}
-        assert IGNORE_LABEL in values and 0 in values
-        # The void band separates every pair of 4-adjacent pixels with different (non-void) classes.
-        for a, b in ((label[1:], label[:-1]), (label[:, 1:], label[:, :-1])):
-            assert not np.any((a != b) & (a != IGNORE_LABEL) & (b != IGNORE_LABEL))
-        seen |= values - {0, IGNORE_LABEL}
-        _, no_void = data.generate_scene(np.random.default_rng(seed), SIZE, C, 0)
-        assert IGNORE_LABEL not in no_void and len(set(np.unique(no_void).tolist()) - {0}) >= 1
-    assert len(seen) >= 4, seen
-
-
-def test_void_band_width():
-    label = np.zeros((6, 20), np.uint8)
-    label[:, 10:] = 1
-    band = data.void_band(label, 4)
-    np.testing.assert_array_equal(np.nonzero(band[0])[0], [8, 9, 10, 11])
-    assert not data.void_band(label, 0).any()
-    assert not data.void_band(np.zeros((5, 5), np.uint8), 4).any()
-
-
-def test_class_names():
-    names = data.synthetic_class_names(13)
-    assert names[0] == "background" and len(names) == 13 and len(set(names)) == 13
 
 
 # ----------------------------------------------------------------------------------------------- palette
@@ -112,64 +60,6 @@ def test_voc_colormap_and_palette_png(tmp_path):
 def test_ignore_label_matches_validation():
     from semeda_jax import validation
     assert IGNORE_LABEL == validation.IGNORE_LABEL
-
-
-# ---------------------------------------------------------------------------------------- on-disk layout
-
-def test_written_layout_reads_back(synth_root):
-    root = pathlib.Path(synth_root)
-    manifest = json.loads((root / "synthetic.json").read_text())
-    assert manifest["params"]["num_classes"] == C and manifest["splits"] == {"train": 7, "val": 3}
-    for split, n in (("train", 7), ("val", 3)):
-        reader = data.VOCSegmentation(root, split, C).check()
-        assert len(reader.ids) == n
-        for index, image_id in enumerate(reader.ids):
-            assert pathlib.Path(reader.image_path(image_id)) == root / "JPEGImages" / f"{image_id}.jpg"
-            with Image.open(reader.label_path(image_id)) as im:
-                assert im.mode == "P" and im.format == "PNG"
-                assert np.array_equal(np.array(im.getpalette(), np.uint8).reshape(-1, 3)[:256], data.VOC_COLORMAP)
-            image, label = reader.load(image_id)
-            ref_image, ref_label = data.generate_scene(synthetic._scene_rng(5, split, index), SIZE, C, 3)
-            np.testing.assert_array_equal(label, ref_label)  # bit-exact through the palette PNG
-            assert np.abs(image.astype(float) - ref_image).mean() < 5.0  # JPEG q95 of a noisy image
-
-
-def test_idempotent_and_cache_folders(synth_root, tmp_path):
-    files = sorted(p for p in pathlib.Path(synth_root).rglob("*") if p.is_file())
-    before = {p: p.stat().st_mtime_ns for p in files}
-    again = data.write_synthetic_voc(synth_root, num_train=7, num_val=3, image_size=SIZE, num_classes=C,
-                                     void_width=3, seed=5, verbose=False)
-    assert again == synth_root
-    assert {p: p.stat().st_mtime_ns for p in files} == before
-    params = dict(num_train=2, num_val=1, image_size=(16, 16), num_classes=3, verbose=False)
-    a = data.ensure_synthetic_voc(tmp_path, **params)
-    assert data.ensure_synthetic_voc(tmp_path, **params) == a
-    b = data.ensure_synthetic_voc(tmp_path, **{**params, "seed": 1})
-    assert a != b and a.parent == b.parent == tmp_path
-    # Other parameters at an explicit root replace the stale synthetic set; leftovers never remain.
-    data.write_synthetic_voc(a, num_train=3, num_val=1, image_size=(16, 16), num_classes=3, verbose=False)
-    assert len(data.VOCSegmentation(a, "train", 3).check().ids) == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([a.name, b.name])
-    (tmp_path / "real").mkdir()
-    (tmp_path / "real" / "x.txt").write_text("not ours")
-    with pytest.raises(DatasetError, match="refusing"):
-        data.write_synthetic_voc(tmp_path / "real", num_train=1, num_val=1, verbose=False)
-
-
-def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
-    calls = []
-
-    def failing(path, label):
-        calls.append(path)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return data.write_label_png(path, label)
-
-    monkeypatch.setattr(synthetic, "write_label_png", failing)
-    with pytest.raises(KeyboardInterrupt):
-        data.write_synthetic_voc(tmp_path / "voc", num_train=4, num_val=1, image_size=(16, 16), num_classes=3,
-                                 verbose=False)
-    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------- errors

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import demo
-from semeda_jax import checkpointing, evaluate, predict, stages
+from semeda_jax import checkpointing, inference, predict, stages, train
 from semeda_jax.data import generate_scene
 
 pytestmark = pytest.mark.usefixtures("float32_jax")
@@ -32,7 +32,11 @@ def trained(tmp_path_factory, data_root):
     jax.config.update("jax_enable_x64", False)
     workdir = str(tmp_path_factory.mktemp("run"))
     config = smoke_config(data_root, **{"train.steps": 16, "train.log_every": 4, "train.eval_every": 8})
-    _, history = stages.run_train(config, workdir, log=lambda line: None)
+    train.STEP_TRANSFER_GUARD = "disallow"  # no hidden host <-> device copy in the training step
+    try:
+        _, history = stages.run_train(config, workdir, log=lambda line: None)
+    finally:
+        train.STEP_TRANSFER_GUARD = "allow"
     report = stages.run_eval(config, workdir, log=lambda line: None)
     jax.config.update("jax_enable_x64", True)
     return config, workdir, history, report
@@ -42,7 +46,8 @@ def test_training_decreases_the_loss(trained):
     _, _, history, _ = trained
     losses = [metrics["loss"] for _, metrics in history]
     assert [step for step, _ in history] == [4, 8, 12, 16]
-    assert losses[-1] < 0.9 * losses[0], losses
+    # generator v2 scenes (more void, more occlusion): 3.55 -> 3.32 in 16 smoke steps at seed 0
+    assert losses[-1] < 0.95 * losses[0] and losses == sorted(losses, reverse=True), losses
     assert {"loss_ce", "loss_semeda", "learning_rate", "grad_norm"} <= set(history[0][1])
 
 
@@ -78,29 +83,29 @@ def test_predict_writes_one_mask_per_image(trained, tmp_path):
     for i, size in enumerate([(40, 48), (33, 57), (64, 40)]):
         Image.fromarray(generate_scene(rng, size, config.dataset.num_classes)[0]).save(images / f"im{i}.jpg")
     state = stages.restore_for_inference(config, workdir, log=lambda line: None)
-    written = predict.predict_folder(state, str(images), str(tmp_path / "out"), mean=config.data.mean,
-                                     std=config.data.std, log=lambda line: None)
-    assert [os.path.basename(p) for p in written] == ["im0.png", "im1.png", "im2.png"]
+    written, skipped = predict.predict_folder(state, str(images), str(tmp_path / "out"), mean=config.data.mean,
+                                              std=config.data.std, log=lambda line: None)
+    assert [os.path.basename(p) for p in written] == ["im0.jpg.png", "im1.jpg.png", "im2.jpg.png"] and not skipped
     with Image.open(written[1]) as mask:
         assert mask.mode == "P" and mask.size == (57, 33)
         assert np.asarray(mask).max() < config.dataset.num_classes
-    assert sorted(os.listdir(tmp_path / "out")) == sorted(
-        ["im0.png", "im1.png", "im2.png", "im0_entropy.png", "im1_entropy.png", "im2_entropy.png"])
+    assert sorted(os.listdir(tmp_path / "out")) == ["entropy", "im0.jpg.png", "im1.jpg.png", "im2.jpg.png"]
+    assert sorted(os.listdir(tmp_path / "out" / "entropy")) == ["im0.jpg.png", "im1.jpg.png", "im2.jpg.png"]
 
     # At input_scale 0.5 the network sees 16x28 (33x57 halved, rounded) and the mask is upsampled to 33x57.
     one = tmp_path / "one"
     one.mkdir()
     os.replace(images / "im1.jpg", one / "im1.jpg")
-    half = predict.predict_folder(state, str(one), str(tmp_path / "half"), mean=config.data.mean,
-                                  std=config.data.std, input_scale=0.5, log=lambda line: None)
+    half, _ = predict.predict_folder(state, str(one), str(tmp_path / "half"), mean=config.data.mean,
+                                     std=config.data.std, input_scale=0.5, log=lambda line: None)
     with Image.open(one / "im1.jpg") as image:
         small = np.asarray(image.convert("RGB").resize((28, 16), Image.BILINEAR), np.float32)
     normalised = (small - np.asarray(config.data.mean, np.float32)) / np.asarray(config.data.std, np.float32)
-    logits = evaluate.predict_logits(state.apply_fn, {"params": state.params, "batch_stats": state.batch_stats},
-                                     jnp.asarray(normalised[None]), (33, 57))
-    assert logits.shape == (1, 33, 57, config.dataset.num_classes)
+    probs = inference.build_predict_fn(inference.InferenceSpec(), state.apply_fn)(
+        {"params": state.params, "batch_stats": state.batch_stats}, jnp.asarray(normalised[None]), (33, 57))
+    assert probs.shape == (1, 33, 57, config.dataset.num_classes)
     with Image.open(half[0]) as mask:  # the same up to argmax ties that jit's float rounding may flip
-        assert np.mean(np.asarray(mask) == np.asarray(logits[0].argmax(-1))) > 0.99
+        assert np.mean(np.asarray(mask) == np.asarray(probs[0].argmax(-1))) > 0.99
 
 
 def test_interrupted_run_resumes_bitwise(trained, tmp_path):

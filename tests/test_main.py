@@ -79,3 +79,26 @@ def test_label_values_out_of_range(dataset, tmp_path):
 def test_bad_config_is_named(tmp_path, flag, fragment):
     assert_one_line_error(run_main(tmp_path / "run", flag), fragment)
     assert not (tmp_path / "run" / "checkpoints").exists()  # failed before any training
+
+
+def test_truncated_val_jpeg_mid_run_is_named(dataset, tmp_path):
+    root = copy_of(dataset, tmp_path)
+    path = root / "JPEGImages" / "val_000002.jpg"
+    path.write_bytes(path.read_bytes()[:-400])  # the header stays readable: found when decoded, at the eval
+    result = run_main(tmp_path / "run", *as_voc(root), "--stages=train", "--config.train.steps=4",
+                      "--config.train.eval_every=2", "--config.train.checkpoint_every=1")
+    assert_one_line_error(result, f"error: {path}: cannot read the image")
+    assert os.listdir(tmp_path / "run" / "checkpoints" / "latest") == ["1"]  # the steps before it are kept
+
+
+def test_read_only_workdir(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here")
+    try:
+        result = run_main(folder / "run")
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+    assert_one_line_error(result, f"--workdir: {folder}/run is not a writable folder (Read-only file system)")

@@ -45,7 +45,7 @@ def test_output_shapes(name, output_stride, depth):
     height, width = 33, 41  # odd, non-square: every stride-2 layer gives ceil(size / 2)
     x = jax.ShapeDtypeStruct((2, height, width, 3), jnp.float32)
     variables = jax.eval_shape(model.init, KEY, x)
-    logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+    logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)["logits"]
     stride = 4 if name == "deeplab_v3plus" else output_stride
     assert logits.shape == (2, math.ceil(height / stride), math.ceil(width / stride), 5)
     assert logits.dtype == jnp.float32
@@ -66,7 +66,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
     model = build_model("deeplab_v3plus", num_classes=3, dtype=jnp.bfloat16, output_stride=16, **TINY)
     variables = abstract_init(model)
     assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(jnp.float32)}
-    logits = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, 32, 32, 3), jnp.float32)), variables)
+    logits = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((1, 32, 32, 3), jnp.float32)), variables)["logits"]
     assert logits.dtype == jnp.float32
 
 
@@ -245,8 +245,9 @@ def test_jitted_forward_backward_of_tiny_v3plus_is_finite():
     @jax.jit
     def loss_and_grads(params, batch_stats, x, labels, key):
         def loss_fn(params):
-            logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
-                                          mutable=["batch_stats"], rngs={"dropout": key})
+            outputs, updates = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                                           mutable=["batch_stats"], rngs={"dropout": key})
+            logits = outputs["logits"]
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
             return loss, updates
         return jax.value_and_grad(loss_fn, has_aux=True)(params)

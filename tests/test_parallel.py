@@ -28,7 +28,7 @@ NUM_CLASSES = 4
 
 
 class TinySegNet(BatchNormed):
-    """conv-BN-ReLU, strided conv-BN-ReLU, 1x1 classifier: [B,16,16,3] -> logits [B,8,8,C]. Small enough that
+    """conv-BN-ReLU, strided conv-BN-ReLU, 1x1 classifier: [B,16,16,3] -> {"logits": [B,8,8,C]}. Small enough that
     the 8-device programs compile in a second; its batch norms are the models' (layers.norm)."""
     num_classes: int
 
@@ -36,7 +36,7 @@ class TinySegNet(BatchNormed):
     def __call__(self, images, train=False):
         x = ConvBNReLU(8, name="block1", **self.norm_kwargs())(images.astype(self.dtype), train)
         x = ConvBNReLU(8, strides=2, name="block2", **self.norm_kwargs())(x, train)
-        return conv(self.num_classes, 1, use_bias=True, dtype=self.dtype, name="classifier")(x)
+        return {"logits": conv(self.num_classes, 1, use_bias=True, dtype=self.dtype, name="classifier")(x)}
 
 
 def tiny_model(config):

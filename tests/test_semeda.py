@@ -17,18 +17,6 @@ def random_edge_net(num_classes, seed=0):
     return jax.tree_util.tree_map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(seed + 1), p.shape), params)
 
 
-def reference_semeda_layers(logits, labels, params, reduction):
-    num_classes = logits.shape[-1]
-    probs, truth, valid = ref.void_neutral_masks(logits, labels, num_classes)
-    out = []
-    for psi_hat, psi_star in zip(ref.edge_net_embeddings(params, probs), ref.edge_net_embeddings(params, truth)):
-        per_pixel = np.abs(psi_hat - psi_star).sum(-1)[valid]
-        total, n = per_pixel.sum(), max(valid.sum(), 1)
-        out.append({"mean_pixels_sum_channels": total / n, "mean": total / (n * psi_hat.shape[-1]),
-                    "sum": total / labels.shape[0]}[reduction])
-    return np.array(out)
-
-
 def test_init_has_paper_widths():
     params = init_edge_net(jax.random.PRNGKey(0), 21)
     assert [params[n]["kernel"].shape for n in ("conv1", "conv2", "conv3")] == [
@@ -57,18 +45,70 @@ def test_pretrain_loss_matches_reference(rng, num_classes):
                                rtol=1e-10)
 
 
+@pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize("reduction", ["mean_pixels_sum_channels", "mean", "sum"])
 @pytest.mark.parametrize("num_classes,shape,logit_hw", [(2, (1, 8, 9), (8, 9)), (5, (2, 10, 7), (10, 7)),
                                                         (21, (2, 8, 12), (4, 6))])
-def test_semeda_matches_reference(rng, reduction, num_classes, shape, logit_hw):
+def test_semeda_matches_reference(rng, reduction, normalize, num_classes, shape, logit_hw):
     params = random_edge_net(num_classes)
     labels = ref.random_labels(rng, shape, num_classes)
     logits = rng.normal(size=(shape[0],) + logit_hw + (num_classes,)) * 2
-    want = reference_semeda_layers(logits, labels, params, reduction)
-    np.testing.assert_allclose(semeda_layer_losses(logits, labels, params, reduction=reduction), want, rtol=1e-9)
+    want = ref.semeda_layer_losses(logits, labels, params, reduction, normalize)
+    got = semeda_layer_losses(logits, labels, params, reduction=reduction, normalize=normalize)
+    np.testing.assert_allclose(got, want, rtol=1e-9)
     lambdas = (2.0, 4.0, 0.5)
-    np.testing.assert_allclose(semeda_loss(logits, labels, params, lambdas=lambdas, reduction=reduction),
-                               np.dot(lambdas, want), rtol=1e-9)
+    np.testing.assert_allclose(semeda_loss(logits, labels, params, lambdas=lambdas, reduction=reduction,
+                                           normalize=normalize), np.dot(lambdas, want), rtol=1e-9)
+
+
+def test_normalized_is_independent_of_reduction_and_of_the_edge_net_scale(rng):
+    params = random_edge_net(4)
+    labels = ref.random_labels(rng, (2, 9, 10), 4)
+    logits = rng.normal(size=(2, 9, 10, 4))
+    layers = {r: semeda_layer_losses(logits, labels, params, reduction=r, normalize=True)
+              for r in ("mean_pixels_sum_channels", "mean", "sum")}
+    np.testing.assert_allclose(layers["mean"], layers["sum"], rtol=1e-12)
+    np.testing.assert_allclose(layers["mean"], layers["mean_pixels_sum_channels"], rtol=1e-12)
+    # Scaling conv1 and conv2's bias by 3 scales psi_1 and psi_2 by 3 (ReLU is positively homogeneous): the
+    # plain loss scales with it, the normalised one does not.
+    scaled = {**params, "conv1": jax.tree_util.tree_map(lambda p: 3.0 * p, params["conv1"]),
+              "conv2": {**params["conv2"], "bias": 3.0 * params["conv2"]["bias"]}}
+    plain, plain_scaled = (semeda_layer_losses(logits, labels, p) for p in (params, scaled))
+    np.testing.assert_allclose(plain_scaled[:2], 3.0 * plain[:2], rtol=1e-10)
+    np.testing.assert_allclose(semeda_layer_losses(logits, labels, scaled, normalize=True)[:2],
+                               layers["mean_pixels_sum_channels"][:2], rtol=1e-10)
+
+
+def _one_hot_logits(labels, num_classes, scale):
+    return scale * np.stack([labels == c for c in range(num_classes)], -1).astype(np.float64)
+
+
+def _boundary_labels(shift, height=12, width=24, column=10):
+    """[1,H,W]: class 0 left of `column + shift`, class 1 right of it (a vertical boundary shifted by `shift`)."""
+    labels = np.zeros((1, height, width), np.int32)
+    labels[:, :, column + shift:] = 1
+    return labels
+
+
+def test_semeda_grows_with_the_boundary_shift():
+    params = random_edge_net(2)
+    truth = _boundary_labels(0)
+    losses = [float(semeda_loss(_one_hot_logits(_boundary_labels(k), 2, 30.0), truth, params))
+              for k in range(6)]
+    assert losses[0] < 1e-9
+    assert all(b > a for a, b in zip(losses, losses[1:])), losses
+
+
+def test_gradient_descent_on_the_logits_moves_a_shifted_boundary_back():
+    params = random_edge_net(2)
+    truth = _boundary_labels(0)
+    logits = jnp.asarray(_one_hot_logits(_boundary_labels(3), 2, 2.0) - 1.0)  # boundary 3 columns too far right
+    errors = lambda x: int((np.asarray(x).argmax(-1) != truth).sum())
+    assert errors(logits) == 3 * 12
+    grad = jax.jit(jax.grad(lambda x: semeda_loss(x, truth, params)))
+    for _ in range(300):
+        logits = logits - 0.5 * grad(logits)
+    assert errors(logits) == 0
 
 
 def test_default_reduction_is_the_channel_sum_of_mean(rng):

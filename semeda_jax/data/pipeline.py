@@ -85,7 +85,9 @@ def _decode(image_path: tf.Tensor, label_path: tf.Tensor, decode_label) -> tuple
     """-> image uint8 [h,w,3], label uint8 [h,w].
 
     Labels go through the reader's `decode_label(path: str) -> uint8 [h,w]` hook (Pillow, in
-    tf.numpy_function): TF decodes palette PNGs to RGB, and some datasets map their label codes there.
+    tf.numpy_function): TF decodes palette PNGs to RGB, and some datasets map their label codes there. A label
+    whose size differs from its image's raises DatasetError naming both files there. An image TF cannot decode
+    fails without its path (a TF op error); main.py then names it (reader.find_bad_file).
     """
     contents = tf.io.read_file(image_path)
     # JPEG with the accurate integer IDCT (as Pillow/libjpeg's default; TF's default is the fast, coarser one);
@@ -94,15 +96,16 @@ def _decode(image_path: tf.Tensor, label_path: tf.Tensor, decode_label) -> tuple
                     lambda: tf.io.decode_jpeg(contents, channels=3, dct_method="INTEGER_ACCURATE"),
                     lambda: tf.io.decode_image(contents, channels=3, expand_animations=False))
 
-    def load_label(path):
-        return decode_label(path.decode("utf-8"))
+    def load_label(path, image_size, image_file):
+        label = decode_label(path.decode("utf-8"))
+        if label.shape != tuple(image_size):
+            raise DatasetError(f"{path.decode()}: label size {label.shape[0]}x{label.shape[1]} differs from the "
+                               f"image {image_file.decode()} size {image_size[0]}x{image_size[1]}")
+        return label
 
-    label = tf.numpy_function(load_label, [label_path], tf.uint8, stateful=False)
+    label = tf.numpy_function(load_label, [label_path, tf.shape(image)[:2], image_path], tf.uint8, stateful=False)
     label.set_shape([None, None])
-    same = tf.reduce_all(tf.equal(tf.shape(image)[:2], tf.shape(label)))
-    with tf.control_dependencies([tf.debugging.Assert(
-            same, ["image and label sizes differ:", image_path, tf.shape(image), label_path, tf.shape(label)])]):
-        return tf.identity(image), tf.identity(label)
+    return image, label
 
 
 def _normalize(image: tf.Tensor, mean, std) -> tf.Tensor:
@@ -191,6 +194,21 @@ def train_dataset(reader, *, crop_size: Sequence[int], batch_size: int,
     return ds.with_options(options).prefetch(prefetch)
 
 
+def check_pad_size(reader, pad_size: Sequence[int], ids: Sequence[str] | None = None,
+                   name: str = "pad_size") -> None:
+    """DatasetError naming `name`, the first image that does not fit and the size needed, unless every image of
+    `ids` (default: the split) fits in `pad_size` (H, W). Reads the image headers only."""
+    pad_h, pad_w = _pair(name, pad_size)
+    sizes = {image_id: image_hw(reader.image_path(image_id)) for image_id in (reader.ids if ids is None else ids)}
+    too_big = [image_id for image_id, (h, w) in sizes.items() if h > pad_h or w > pad_w]
+    if too_big:
+        h, w = sizes[too_big[0]]
+        need_h, need_w = max(h for h, _ in sizes.values()), max(w for _, w in sizes.values())
+        raise DatasetError(f"{name}: {pad_h}x{pad_w} is smaller than {len(too_big)} image(s) of split "
+                           f"{reader.split!r}, e.g. {reader.image_path(too_big[0])} ({h}x{w}); set it to at least "
+                           f"{max(need_h, pad_h)}x{max(need_w, pad_w)}")
+
+
 def num_eval_batches(num_examples: int, batch_size: int, process_count: int = 1) -> int:
     """Batches every process yields in eval_dataset: ceil(ceil(N / P) / B) (the largest shard decides)."""
     return math.ceil(math.ceil(num_examples / process_count) / batch_size)
@@ -217,12 +235,7 @@ def eval_dataset(reader, *, pad_size: Sequence[int], batch_size: int, mean: Sequ
     ids = reader.check().ids if check else reader.ids
     local = shard_ids(ids, process_index, process_count)
     if check:
-        for image_id in local:
-            path = reader.image_path(image_id)
-            h, w = image_hw(path)
-            if h > pad_h or w > pad_w:
-                raise DatasetError(f"{path}: image size {h}x{w} exceeds the eval pad_size {pad_h}x{pad_w}; "
-                                   f"raise pad_size to at least the largest image of the split")
+        check_pad_size(reader, pad_size, local)
     total = num_eval_batches(len(ids), batch_size, process_count) * batch_size
     num_fill = total - len(local)
 

@@ -144,6 +144,17 @@ class SegmentationReader:
                                f"{path} size {image.shape[:2]}")
         return image, label
 
+    def find_bad_file(self) -> str | None:
+        """The DatasetError message of the first id whose image or label does not decode (Pillow) or whose
+        sizes differ; None when every file reads. Decodes the whole split: for naming the file after the
+        input pipeline failed, not for every run."""
+        for image_id in self.ids:
+            try:
+                self.load(image_id)
+            except DatasetError as error:
+                return str(error)
+        return None
+
     def image_size(self, image_id: str) -> tuple[int, int]:
         """(H, W) read from the image header only."""
         return image_hw(self.image_path(image_id))

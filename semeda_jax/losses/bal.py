@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from semeda_jax.losses.common import (masked_mean, one_hot_labels, pixel_cross_entropy, resize_to_labels,
-                                      valid_mask)
+                                      valid_mask, void_out_of_range)
 from semeda_jax.validation import InputError, check_int, check_labels, check_logits_labels, check_rank
 
 KERNELS = ("gaussian", "linear")
@@ -110,6 +110,7 @@ def boundary_weight_map(labels: jax.Array, num_classes: int, *, kernel: str = "g
 
 @functools.partial(jax.jit, static_argnames=("kernel", "size", "sigma", "beta", "down"))
 def _boundary_aware_loss(logits, labels, kernel, size, sigma, beta, down):
+    labels = void_out_of_range(labels, logits.shape[-1])
     ce = pixel_cross_entropy(resize_to_labels(logits, labels), labels)
     weights = _weight_map(labels, logits.shape[-1], kernel, size, sigma, beta, down, ce.dtype)
     return masked_mean(weights * ce, valid_mask(labels))

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from semeda_jax.losses.common import pixel_cross_entropy, resize_to_labels, valid_mask
+from semeda_jax.losses.common import pixel_cross_entropy, resize_to_labels, valid_mask, void_out_of_range
 from semeda_jax.validation import IGNORE_LABEL, InputError, check_logits_labels
 
 
@@ -28,6 +28,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, *, class_weights: Sequen
 
 @functools.partial(jax.jit, static_argnames=("ignore_label",))
 def _cross_entropy(logits, labels, class_weights, *, ignore_label):
+    labels = void_out_of_range(labels, logits.shape[-1], ignore_label)
     ce = pixel_cross_entropy(resize_to_labels(logits, labels), labels, ignore_label)
     valid = valid_mask(labels, ignore_label)
     if class_weights is None:

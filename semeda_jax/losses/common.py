@@ -3,7 +3,10 @@
 Conventions for the whole `losses` package: batch-first NHWC, logits [B,h,w,C] float, labels [B,H,W] int
 with void = 255. Logits at a lower resolution than the labels (output stride 4/8/16) are resized bilinearly
 (half-pixel centres) to the label resolution before any loss is taken, as SEMEDA Eq. 1 defines S_hat at image
-resolution.
+resolution. The resize is point-sampled bilinear in both directions (no antialiasing when the logits are
+larger than the labels, unlike jax.image.resize's default): every loss scores the logits interpolated at each
+label pixel's centre, the map evaluation and prediction argmax (models.upsample_logits), as torch's and TF's
+default resize do.
 """
 from __future__ import annotations
 
@@ -18,17 +21,27 @@ def valid_mask(labels: jax.Array, ignore_label: int = IGNORE_LABEL) -> jax.Array
     return labels != ignore_label
 
 
+def void_out_of_range(labels: jax.Array, num_classes: int, ignore_label: int = IGNORE_LABEL) -> jax.Array:
+    """labels [...] int -> the same with every value outside [0, C) set to `ignore_label`.
+
+    Every loss core calls this first, so a label the eager checks would reject (skipped under jit) counts as
+    void in every loss alike, instead of wrapping round (-1 read as class C-1) or reading past the classes (NaN).
+    """
+    return jnp.where((labels >= 0) & (labels < num_classes), labels, ignore_label)
+
+
 def one_hot_labels(labels: jax.Array, num_classes: int, dtype=jnp.float32) -> jax.Array:
     """labels [...] int -> one-hot [..., C]; any value outside [0, C) (void 255) gets the all-zero vector."""
     return jax.nn.one_hot(labels, num_classes, dtype=dtype)
 
 
 def resize_to_labels(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """logits [B,h,w,C] -> [B,H,W,C] at the label resolution (bilinear, half-pixel centres); no-op if equal."""
+    """logits [B,h,w,C] -> [B,H,W,C] at the label resolution (bilinear, half-pixel centres, no antialiasing
+    when shrinking: torch's F.interpolate(align_corners=False)); no-op if equal."""
     batch, height, width = labels.shape
     if logits.shape[1:3] == (height, width):
         return logits
-    return jax.image.resize(logits, (batch, height, width, logits.shape[-1]), method="bilinear")
+    return jax.image.resize(logits, (batch, height, width, logits.shape[-1]), method="bilinear", antialias=False)
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
@@ -55,10 +68,11 @@ def void_neutral_masks(logits: jax.Array, labels: jax.Array, num_classes: int,
     """The pair (S_hat, S*) that mask-matching losses (SEMEDA, Sobel) compare, plus the valid mask.
 
     logits [B,h,w,C], labels [B,H,W] -> (prediction [B,H,W,C] softmax at label resolution, truth [B,H,W,C]
-    one-hot, valid bool [B,H,W]). At void pixels both masks hold stop_gradient(S_hat): a filter that straddles
+    one-hot, valid bool [B,H,W]; labels outside [0, C) count as void). At void pixels both masks hold stop_gradient(S_hat): a filter that straddles
     void sees the same values in both branches, and no gradient reaches a void pixel's logits.
     """
     compute_dtype = jnp.promote_types(logits.dtype, jnp.float32)
+    labels = void_out_of_range(labels, num_classes, ignore_label)
     probs = jax.nn.softmax(resize_to_labels(logits, labels).astype(compute_dtype), axis=-1)
     valid = valid_mask(labels, ignore_label)
     frozen = jax.lax.stop_gradient(probs)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from semeda_jax.edges import semantic_edges
-from semeda_jax.losses.common import masked_mean, one_hot_labels, pixel_cross_entropy, valid_mask
+from semeda_jax.losses.common import masked_mean, one_hot_labels, pixel_cross_entropy, valid_mask, void_out_of_range
 from semeda_jax.validation import IGNORE_LABEL, InputError, check_labels, check_rank
 
 EdgeNetParams = Mapping[str, Mapping[str, jax.Array]]
@@ -88,6 +88,7 @@ def edge_pretrain_loss(params: EdgeNetParams, labels: jax.Array, num_classes: in
 @functools.partial(jax.jit, static_argnames=("ignore_label",))
 def _edge_pretrain_loss(params, labels, *, ignore_label):
     num_classes = params["conv1"]["kernel"].shape[2]
+    labels = void_out_of_range(labels, num_classes, ignore_label)
     masks = one_hot_labels(labels, num_classes, dtype=params["conv1"]["kernel"].dtype)
     _, _, logits = edge_net_forward(params, masks)
     edge_ce = pixel_cross_entropy(logits, semantic_edges(labels).astype(jnp.int32))

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from semeda_jax.losses.common import (masked_mean, pixel_cross_entropy, resize_to_labels, true_class_probability,
-                                      valid_mask)
+                                      valid_mask, void_out_of_range)
 from semeda_jax.validation import check_int, check_logits_labels
 
 
@@ -37,11 +37,13 @@ def _kept_mask(logits, labels, threshold, min_kept):
 
 @functools.partial(jax.jit, static_argnames=("min_kept",))
 def _ohem_kept_mask(logits, labels, threshold, min_kept):
+    labels = void_out_of_range(labels, logits.shape[-1])
     return _kept_mask(resize_to_labels(logits, labels), labels, threshold, min_kept)
 
 
 @functools.partial(jax.jit, static_argnames=("min_kept",))
 def _ohem_cross_entropy(logits, labels, threshold, min_kept):
+    labels = void_out_of_range(labels, logits.shape[-1])
     logits = resize_to_labels(logits, labels)
     return masked_mean(pixel_cross_entropy(logits, labels), _kept_mask(logits, labels, threshold, min_kept))
 

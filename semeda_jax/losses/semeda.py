@@ -5,6 +5,13 @@ with S_hat = softmax(logits resized to the label resolution), S* = one-hot(label
 embedding of g_phi (`losses.edge_net`). The paper's best lambdas are (2, 4, 0) on VOC and (4, 2, 0) on
 Cityscapes (Table 1).
 
+Scale-normalised SEMEDA (`normalize=True`; an extension of this project, not in the paper, off by default):
+each layer's L1 is divided by the batch mean |psi_l(S*)| (under the same reduction), i.e.
+    L_l = sum |psi_l(S_hat) - psi_l(S*)| / sum |psi_l(S*)|   (sums over the valid pixels and channels of the batch),
+a dimensionless ratio independent of the reduction, of the embedding widths and of the scale of g_phi's
+activations, so that lambdas carry over between edge nets and datasets. The denominator depends on the labels
+and the frozen g_phi only (no gradient flows through it).
+
 Void: at void pixels both branches receive stop_gradient(S_hat), so the two embeddings see identical values
 there, void pixels are left out of the reduction, and no gradient reaches the logits of a void pixel (not
 even through the 3x3 receptive fields of its valid neighbours). g_phi's parameters are wrapped in
@@ -24,39 +31,50 @@ from semeda_jax.validation import IGNORE_LABEL, InputError, check_logits_labels
 
 VOC_LAMBDAS = (2.0, 4.0, 0.0)
 CITYSCAPES_LAMBDAS = (4.0, 2.0, 0.0)
+# Floor of the normalising mean |psi_l(S*)| (a batch whose truth embedding is all zero, e.g. no valid pixel).
+_MIN_SCALE = 1e-6
 
 
 def semeda_layer_losses(logits: jax.Array, labels: jax.Array, edge_net_params: EdgeNetParams, *,
-                        reduction: str = "mean_pixels_sum_channels",
+                        reduction: str = "mean_pixels_sum_channels", normalize: bool = False,
                         ignore_label: int = IGNORE_LABEL) -> jax.Array:
     """logits [B,h,w,C], labels [B,H,W], g_phi params -> [3] float: L_1, L_2, L_3 of Eq. 5 (unweighted).
 
     `reduction` is one of `losses.common.L1_REDUCTIONS`; the default, mean over valid pixels and sum over
-    channels, keeps the paper's PPCE:SEMEDA ratio.
+    channels, keeps the paper's PPCE:SEMEDA ratio. `normalize`: the scale-normalised extension (module doc).
     """
     num_classes = check_logits_labels(logits, labels, ignore_label)
     check_edge_net_params(edge_net_params, num_classes)
     check_l1_reduction(reduction)
-    return _semeda_layer_losses(logits, labels, edge_net_params, reduction=reduction, ignore_label=ignore_label)
+    if not isinstance(normalize, bool):
+        raise InputError(f"normalize: expected True or False, got {normalize!r}")
+    return _semeda_layer_losses(logits, labels, edge_net_params, reduction=reduction, normalize=normalize,
+                                ignore_label=ignore_label)
 
 
-@functools.partial(jax.jit, static_argnames=("reduction", "ignore_label"))
-def _semeda_layer_losses(logits, labels, edge_net_params, *, reduction, ignore_label):
+@functools.partial(jax.jit, static_argnames=("reduction", "normalize", "ignore_label"))
+def _semeda_layer_losses(logits, labels, edge_net_params, *, reduction, normalize, ignore_label):
     num_classes = logits.shape[-1]
     prediction, truth, valid = void_neutral_masks(logits, labels, num_classes, ignore_label)
     frozen_params = jax.tree_util.tree_map(jax.lax.stop_gradient, edge_net_params)
     # One pass of g_phi over prediction and truth stacked on the batch axis.
     embeddings = edge_net_embeddings(frozen_params, jnp.concatenate([prediction, truth], axis=0))
     batch = labels.shape[0]
-    return jnp.stack([masked_l1(psi[:batch], psi[batch:], valid, reduction) for psi in embeddings])
+    layers = jnp.stack([masked_l1(psi[:batch], psi[batch:], valid, reduction) for psi in embeddings])
+    if not normalize:
+        return layers
+    scales = jnp.stack([masked_l1(psi[batch:], 0.0, valid, reduction) for psi in embeddings])
+    return layers / jnp.maximum(jax.lax.stop_gradient(scales), _MIN_SCALE)
+
 
 
 def semeda_loss(logits: jax.Array, labels: jax.Array, edge_net_params: EdgeNetParams, *,
                 lambdas: Sequence[float] = VOC_LAMBDAS, reduction: str = "mean_pixels_sum_channels",
-                ignore_label: int = IGNORE_LABEL) -> jax.Array:
-    """logits [B,h,w,C], labels [B,H,W], g_phi params -> scalar sum_l lambda_l L_l (Eq. 4)."""
+                normalize: bool = False, ignore_label: int = IGNORE_LABEL) -> jax.Array:
+    """logits [B,h,w,C], labels [B,H,W], g_phi params -> scalar sum_l lambda_l L_l (Eq. 4); `normalize`: the
+    scale-normalised extension (module doc)."""
     if len(lambdas) != 3:
         raise InputError(f"lambdas: expected one weight per edge-net layer (3), got {tuple(lambdas)}")
-    layer_losses = semeda_layer_losses(logits, labels, edge_net_params, reduction=reduction,
+    layer_losses = semeda_layer_losses(logits, labels, edge_net_params, reduction=reduction, normalize=normalize,
                                        ignore_label=ignore_label)
     return jnp.dot(jnp.asarray(lambdas, layer_losses.dtype), layer_losses)

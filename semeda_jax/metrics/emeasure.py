@@ -61,9 +61,9 @@ def emeasure_per_image(labels, predictions, num_classes: int,
                        ignore_label: int = IGNORE_LABEL) -> tuple[jax.Array, jax.Array]:
     """labels, predictions [B,H,W] int -> (scores float [B,C], present bool [B,C]).
 
-    scores[b, c] is the binary E-measure of class c on image b over its valid pixels (classes absent from the
-    truth get the degenerate "GT all 0" score 1 - |FM| / (N - 1)); present[b, c] says class c occurs in the
-    valid truth of image b.
+    scores[b, c] is the binary E-measure of class c on image b over its valid pixels (a class absent from the
+    truth gets the degenerate "GT all 0" score sum(1 - FM) / (N - 1) = (N - |FM|) / (N - 1), as Emeasure.m);
+    present[b, c] says class c occurs in the valid truth of image b.
     """
     return _emeasure_from_confusion(per_image_confusion_matrix(labels, predictions, num_classes, ignore_label))
 

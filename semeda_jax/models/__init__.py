@@ -1,62 +1,45 @@
-"""Segmentation models (flax.linen, NHWC) and their registry.
+"""Segmentation models (flax.linen, NHWC): backbone + head + optional auxiliary heads (models/builder.py).
 
-`build_model("deeplab_v3plus", num_classes=21, depth=101, output_stride=16)` returns an unbound flax module
-(`backbone="xception"` for Xception-71); see models/deeplab.py for the call signature and output resolution.
-models/pretrained.py fills the backbone from torchvision/timm ImageNet weights (`load_backbone_weights`).
+`build_model("deeplab_v3plus", num_classes=21, depth=101, output_stride=16)` returns an unbound flax module whose
+apply gives a dict of named outputs, "logits" [B,h,w,C] first (`backbone="xception"` for Xception-71);
+`build_segmentation_model(config, num_classes)` builds config.model. Heads: models/deeplab.py (ASPP-L, ASPP,
+v3+ decoder) and models/pac.py (pyramid atrous convolution). models/pretrained.py fills the backbone from
+torchvision/timm ImageNet weights (`load_backbone_weights`).
 """
 from __future__ import annotations
 
-import dataclasses
-
-import flax.linen as nn
-
 from semeda_jax.models.aspp import ASPP, ASPPL
-from semeda_jax.models.deeplab import BACKBONES, DeepLabV2, DeepLabV3, DeepLabV3Plus, upsample_logits
+from semeda_jax.models.builder import (AUX_HEADS, BACKBONES, HEADS, MODELS, SegmentationModel, build_model,
+                                       build_segmentation_model, constructor_fields)
+from semeda_jax.models.deeplab import ASPPHead, ASPPLHead, DecoderHead, upsample_logits
 from semeda_jax.models.layers import BN_MODES, ConvBNReLU, frozen_bn_mask, norm
+from semeda_jax.models.pac import PACHead, PyramidAtrousConv
 from semeda_jax.models.pretrained import load_backbone_weights
 from semeda_jax.models.resnet import ResNet
 from semeda_jax.models.xception import Xception
 
-MODELS = {
-    "deeplab_v2": DeepLabV2,
-    "deeplab_v3": DeepLabV3,
-    "deeplab_v3plus": DeepLabV3Plus,
-}
-
-
-def model_attributes(cls: type[nn.Module]) -> tuple[str, ...]:
-    """The constructor attributes of a flax module class (without flax's own `parent` and `name`)."""
-    return tuple(f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name"))
-
-
-def build_model(name: str, **kwargs) -> nn.Module:
-    """The registered model `name` built with `kwargs`; ValueError for an unknown name or attribute."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid models are {sorted(MODELS)}")
-    cls = MODELS[name]
-    valid = model_attributes(cls)
-    unknown = sorted(set(kwargs) - set(valid))
-    if unknown:
-        raise ValueError(f"model {name!r}: unknown argument(s) {unknown}; valid arguments are {list(valid)}")
-    return cls(**kwargs)
-
-
 __all__ = [
     "ASPP",
+    "ASPPHead",
     "ASPPL",
+    "ASPPLHead",
+    "AUX_HEADS",
     "BACKBONES",
     "BN_MODES",
+    "HEADS",
     "MODELS",
     "ConvBNReLU",
-    "DeepLabV2",
-    "DeepLabV3",
-    "DeepLabV3Plus",
+    "DecoderHead",
+    "PACHead",
+    "PyramidAtrousConv",
     "ResNet",
+    "SegmentationModel",
     "Xception",
     "build_model",
+    "build_segmentation_model",
+    "constructor_fields",
     "frozen_bn_mask",
     "load_backbone_weights",
-    "model_attributes",
     "norm",
     "upsample_logits",
 ]

@@ -103,9 +103,37 @@ def norm(bn_mode: str, train: bool, *, momentum: float = DEFAULT_BN_MOMENTUM,
                         dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
+class PointwiseConv(nn.Module):
+    """A 1x1 conv (stride s: every s-th row and column) as a matmul over channels: nn.Conv's parameters
+    ({"kernel" [1,1,Cin,Cout] float32, "bias" [Cout]}, same names, shapes and initialisation) and outputs.
+
+    Why: XLA:CPU computes the kernel gradient of a 1x1 `conv_general_dilated` ~9x slower than the same
+    contraction as a dot (2x48x48x256 -> 512: 110 ms vs 12.5 ms), and a ResNet-101 DeepLab has ~70 of them;
+    on accelerators a 1x1 conv is this matmul anyway. x [B,H,W,Cin] -> [B,ceil(H/s),ceil(W/s),Cout] in `dtype`.
+    """
+    features: int
+    strides: int = 1
+    use_bias: bool = False
+    dtype: Any = jnp.float32
+    kernel_init: Any = conv_init
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), jnp.float32)
+        if self.strides > 1:
+            x = x[:, ::self.strides, ::self.strides]
+        y = jnp.einsum("bhwi,io->bhwo", x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
+        return y
+
+
 def conv(features: int, kernel_size: int, *, strides: int = 1, dilation: int = 1, use_bias: bool = False,
-         dtype: Any = jnp.float32, kernel_init=conv_init, name: str | None = None) -> nn.Conv:
-    """A k x k conv with torchvision-style symmetric padding dilation * (k - 1) // 2 (see module docstring)."""
+         dtype: Any = jnp.float32, kernel_init=conv_init, name: str | None = None) -> nn.Module:
+    """A k x k conv with torchvision-style symmetric padding dilation * (k - 1) // 2 (see module docstring);
+    1x1 convs are PointwiseConv (the same parameters and outputs, computed as a matmul)."""
+    if kernel_size == 1:
+        return PointwiseConv(features, strides, use_bias, dtype, kernel_init, name=name)
     pad = dilation * (kernel_size - 1) // 2
     return nn.Conv(features, (kernel_size, kernel_size), strides=(strides, strides), padding=((pad, pad), (pad, pad)),
                    kernel_dilation=(dilation, dilation), use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,

@@ -35,7 +35,7 @@ import flax
 import jax.numpy as jnp
 import numpy as np
 
-from semeda_jax.models.deeplab import BACKBONES
+from semeda_jax.models.builder import BACKBONES
 
 IGNORED = re.compile(r"(^|\.)num_batches_tracked$|^fc\.|^head\.fc\.")
 _RESNET_RULES = (

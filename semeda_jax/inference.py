@@ -1,0 +1,242 @@
+"""One inference seam: `predict_fn(variables, images, size) -> class probabilities`, built from an inference
+spec (config.eval.inference), used by periodic evaluation, the eval stage and predict.
+
+    images [B,H,W,3] (normalised) -> probabilities [B,size[0],size[1],C] float32 (sum 1 over C)
+
+For every view (scale s in `scales` x {unflipped, mirrored if `flip`}) the images are resized by s (bilinear,
+antialiased when shrinking) and mirrored, the network runs in `mode`, and its logits are unmirrored and resized
+to `size`, then turned into probabilities; the views are fused by `fusion`:
+    avg      mean over views                      (guidance paper Eq. 8, "avg")
+    max      per-class max over views, renormalised to sum 1
+    avg+max  (avg + max) / 2, renormalised        (guidance paper Eq. 8, its best fixed rule)
+    learned  sum_v w[v, c] p_v[c], renormalised, with per-class view weights w [V, C] given to
+             `build_predict_fn(view_weights=...)` (the guidance paper's learned combination, trained offline)
+Modes, for one view [B,H,W,3] -> logits at the input resolution:
+    whole    the network on the whole image (upsampled from its output stride)
+    sliding  windows of `window` (h, w) every `stride` (the last one flush with the border; a window at least
+             the image size is the whole image), logits upsampled per window and blended: "uniform" (mean of the
+             overlapping windows) or "gaussian" (weights exp(-d^2 / (2 (size/4)^2)) from the window centre)
+    shifted  `shifts` = n^2 copies of the image shifted by (a, b) * output_stride / n pixels (a, b < n; edge
+             padding), their logit grids interleaved into one grid of stride output_stride / n, then upsampled
+             (RelationNet's 4-step testing, SPEC.md 3(a): n = 2, offsets 0 and 4 at output stride 8)
+Then `postprocess` (a name of POSTPROCESSORS; "" = none; the CRF registers here) maps (probabilities, images
+resized to `size`) to probabilities.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from semeda_jax.models.layers import resize_bilinear
+from semeda_jax.validation import ConfigError
+
+MODES = ("whole", "sliding", "shifted")
+BLENDS = ("uniform", "gaussian")
+# name -> fn(probabilities [B,H,W,C], images [B,H,W,3]) -> probabilities; the CRF of the guidance paper goes here.
+POSTPROCESSORS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {}
+
+
+def _normalised(p: jax.Array) -> jax.Array:
+    return p / jnp.sum(p, axis=-1, keepdims=True)
+
+
+def fuse_avg(probs: jax.Array) -> jax.Array:
+    """probs [V,B,H,W,C] -> [B,H,W,C]: the mean over views."""
+    return jnp.mean(probs, axis=0)
+
+
+def fuse_max(probs: jax.Array) -> jax.Array:
+    """probs [V,B,H,W,C] -> [B,H,W,C]: the per-class max over views, renormalised to sum 1."""
+    return _normalised(jnp.max(probs, axis=0))
+
+
+def fuse_avg_max(probs: jax.Array) -> jax.Array:
+    """probs [V,B,H,W,C] -> [B,H,W,C]: (avg + max) / 2 (max not renormalised first), renormalised."""
+    return _normalised((jnp.mean(probs, axis=0) + jnp.max(probs, axis=0)) / 2)
+
+
+def learned_fusion(view_weights) -> Callable[[jax.Array], jax.Array]:
+    """Per-class view weights w [V, C] -> fusion probs [V,B,H,W,C] -> sum_v w[v, c] p_v / its sum over c."""
+    w = jnp.asarray(view_weights, jnp.float32)
+    return lambda probs: _normalised(jnp.einsum("vc,vbhwc->bhwc", w, probs))
+
+
+FUSIONS = {"avg": fuse_avg, "max": fuse_max, "avg+max": fuse_avg_max}
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceSpec:
+    """config.eval.inference as a hashable value (see the module docstring for the fields)."""
+    mode: str = "whole"
+    window: tuple[int, int] = (0, 0)
+    stride: tuple[int, int] = (0, 0)
+    blend: str = "uniform"
+    shifts: int = 4
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    fusion: str = "avg"
+    postprocess: str = ""
+
+    @property
+    def num_views(self) -> int:
+        return len(self.scales) * (2 if self.flip else 1)
+
+
+def spec_from_config(section: Mapping, key: str = "config.eval.inference") -> InferenceSpec:
+    """A checked InferenceSpec of a config section; ConfigError names the bad field and its valid values."""
+    section = dict(section.to_dict() if isinstance(section, ml_collections.ConfigDict) else section)
+    fields = {f.name for f in dataclasses.fields(InferenceSpec)}
+    unknown = sorted(set(section) - fields)
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}: no such inference field; valid: {sorted(fields)}")
+    for name in ("window", "stride"):
+        if name in section:
+            section[name] = tuple(int(v) for v in section[name])
+    if "scales" in section:
+        section["scales"] = tuple(float(v) for v in section["scales"])
+    spec = InferenceSpec(**section)
+    choices = {"mode": MODES, "blend": BLENDS, "fusion": (*FUSIONS, "learned"), "postprocess": ("", *POSTPROCESSORS)}
+    for name, valid in choices.items():
+        if getattr(spec, name) not in valid:
+            raise ConfigError(f"{key}.{name}: unknown {getattr(spec, name)!r}; valid: {list(valid)}")
+    if not spec.scales or min(spec.scales) <= 0:
+        raise ConfigError(f"{key}.scales: {spec.scales} must be a non-empty list of positive factors")
+    if spec.mode == "sliding" and (len(spec.window) != 2 or min(spec.window) < 1 or len(spec.stride) != 2
+                                   or min(spec.stride) < 1 or any(s > w for s, w in zip(spec.stride, spec.window))):
+        raise ConfigError(f"{key}: sliding needs window (h, w) >= 1 and stride (h, w) in [1, window], got window "
+                          f"{spec.window}, stride {spec.stride}")
+    if spec.mode == "shifted" and math.isqrt(spec.shifts) ** 2 != spec.shifts:
+        raise ConfigError(f"{key}.shifts: {spec.shifts} is not a square (n x n shifts: 1, 4, 9, ...)")
+    return spec
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Window offsets along one axis: 0, stride, 2 stride, ... and the last one flush with the end."""
+    if window >= length:
+        return [0]
+    starts = list(range(0, length - window, stride))
+    return starts + [length - window]
+
+
+def _blend_weights(window: Sequence[int], blend: str) -> np.ndarray:
+    """[h, w] weights of one window's pixels: ones, or a Gaussian of the distance to the window centre."""
+    if blend == "uniform":
+        return np.ones(tuple(window))
+    axes = [np.exp(-((np.arange(n) + 0.5 - n / 2) ** 2) / (2 * (n / 4) ** 2)) for n in window]
+    return np.outer(*axes)
+
+
+def _network_logits(apply_fn, variables, images):
+    """The network's "logits" (eval mode) in at least float32 (bfloat16 compute is cast up)."""
+    logits = apply_fn(variables, images, train=False)["logits"]
+    return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+
+
+def whole_logits(apply_fn, variables, images: jax.Array) -> jax.Array:
+    """images [B,H,W,3] -> logits [B,H,W,C] (the network's, bilinearly upsampled)."""
+    return resize_bilinear(_network_logits(apply_fn, variables, images), images.shape[1:3])
+
+
+def sliding_logits(apply_fn, variables, images: jax.Array, window: Sequence[int], stride: Sequence[int],
+                   blend: str = "uniform") -> jax.Array:
+    """images [B,H,W,3] -> logits [B,H,W,C] blended from windows (see the module docstring); one network call
+    on all windows stacked along the batch."""
+    height, width = images.shape[1:3]
+    wh, ww = min(window[0], height), min(window[1], width)
+    starts = [(y, x) for y in window_starts(height, wh, stride[0]) for x in window_starts(width, ww, stride[1])]
+    if len(starts) == 1:
+        return whole_logits(apply_fn, variables, images)
+    crops = jnp.concatenate([images[:, y:y + wh, x:x + ww] for y, x in starts], axis=0)
+    logits = whole_logits(apply_fn, variables, crops).reshape(len(starts), images.shape[0], wh, ww, -1)
+    weight = jnp.asarray(_blend_weights((wh, ww), blend), logits.dtype)[None, :, :, None]
+    total = jnp.zeros((*images.shape[:3], logits.shape[-1]), logits.dtype)
+    norm = jnp.zeros((1, height, width, 1), logits.dtype)
+    for i, (y, x) in enumerate(starts):
+        total = total.at[:, y:y + wh, x:x + ww].add(weight * logits[i])
+        norm = norm.at[:, y:y + wh, x:x + ww].add(weight)
+    return total / norm
+
+
+def shift_images(images: jax.Array, dy: int, dx: int) -> jax.Array:
+    """[B,H,W,3] -> the same size, content moved up by dy and left by dx (edge padding at the bottom / right):
+    out[:, i, j] = images[:, min(i + dy, H - 1), min(j + dx, W - 1)]."""
+    padded = jnp.pad(images, ((0, 0), (0, dy), (0, dx), (0, 0)), mode="edge")
+    return padded[:, dy:dy + images.shape[1], dx:dx + images.shape[2]]
+
+
+def shifted_logits(apply_fn, variables, images: jax.Array, shifts: int, output_stride: int) -> jax.Array:
+    """images [B,H,W,3] -> logits [B,H,W,C] from shifts = n^2 shifted copies interleaved (module docstring)."""
+    n = math.isqrt(shifts)
+    if n == 1:
+        return whole_logits(apply_fn, variables, images)
+    if output_stride % n:
+        raise ConfigError(f"config.eval.inference.shifts: {shifts} shifts need an output stride divisible by "
+                          f"{n}, got {output_stride}")
+    step = output_stride // n
+    offsets = [(a, b) for a in range(n) for b in range(n)]
+    copies = jnp.concatenate([shift_images(images, a * step, b * step) for a, b in offsets], axis=0)
+    grids = _network_logits(apply_fn, variables, copies)
+    batch, h, w, c = images.shape[0], *grids.shape[1:]
+    grids = grids.reshape(n, n, batch, h, w, c)  # [a, b, B, i, j, C] -> fine cell (i n + a, j n + b)
+    fine = grids.transpose(2, 3, 0, 4, 1, 5).reshape(batch, h * n, w * n, c)
+    return resize_bilinear(fine, images.shape[1:3])
+
+
+def scale_images(images: jax.Array, scale: float) -> jax.Array:
+    """[B,H,W,3] -> [B,round(H s),round(W s),3] (bilinear, antialiased when shrinking); s = 1 is the identity."""
+    if scale == 1.0:
+        return images
+    size = (max(1, round(images.shape[1] * scale)), max(1, round(images.shape[2] * scale)))
+    return jax.image.resize(images, (images.shape[0], *size, images.shape[3]), method="bilinear",
+                            antialias=scale < 1)
+
+
+def to_view(images: jax.Array, scale: float, flip: bool) -> jax.Array:
+    """The view (scale, mirrored or not) of images [B,H,W,3]."""
+    images = scale_images(images, scale)
+    return images[:, :, ::-1] if flip else images
+
+
+def from_view(logits: jax.Array, size: Sequence[int], flip: bool) -> jax.Array:
+    """A view's logits [B,h,w,C] -> [B,size,C]: unmirrored, then resized back to `size` (identity if equal)."""
+    logits = logits[:, :, ::-1] if flip else logits
+    if tuple(logits.shape[1:3]) == tuple(size):
+        return logits
+    return resize_bilinear(logits, size)
+
+
+def build_predict_fn(spec: InferenceSpec, apply_fn, *, output_stride: int = 16,
+                     view_weights=None) -> Callable[[dict, jax.Array, Sequence[int]], jax.Array]:
+    """-> predict_fn(variables, images [B,H,W,3], size (h, w)) -> probabilities [B,h,w,C] (pure, jit-able;
+    `size` static). `view_weights` [V, C] for fusion "learned" (views in order scale-major, unflipped first)."""
+    if spec.fusion == "learned":
+        if view_weights is None or np.shape(view_weights)[0] != spec.num_views:
+            raise ConfigError(f"config.eval.inference.fusion: 'learned' needs view weights [{spec.num_views}, C] "
+                              f"(one row per view), got {None if view_weights is None else np.shape(view_weights)}")
+        fuse = learned_fusion(view_weights)
+    else:
+        fuse = FUSIONS[spec.fusion]
+
+    def network(variables, images):  # logits at the network's resolution (whole) or the input's
+        if spec.mode == "sliding":
+            return sliding_logits(apply_fn, variables, images, spec.window, spec.stride, spec.blend)
+        if spec.mode == "shifted":
+            return shifted_logits(apply_fn, variables, images, spec.shifts, output_stride)
+        return _network_logits(apply_fn, variables, images)
+
+    def predict_fn(variables, images, size):
+        size = tuple(size)
+        views = [(scale, flip) for scale in spec.scales for flip in ((False, True) if spec.flip else (False,))]
+        probs = [jax.nn.softmax(from_view(network(variables, to_view(images, s, f)), size, f)) for s, f in views]
+        probs = probs[0] if len(probs) == 1 else fuse(jnp.stack(probs))
+        if spec.postprocess:
+            probs = POSTPROCESSORS[spec.postprocess](probs, resize_bilinear(images, size))
+        return probs
+
+    return predict_fn

@@ -1,0 +1,204 @@
+"""Faults during real runs of configs/demo.py:smoke through the command line (and in process where that is
+cheaper): a diverged run stops with one line and keeps only finite checkpoints, a checkpoint of another model
+is refused by name, a busy workdir is refused, SIGTERM at start-up or during eval exits 0, unreadable predict
+inputs are skipped then reported, and a full disk stops the run at the failed save with the earlier
+checkpoints intact."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import demo
+from semeda_jax import checkpointing, stages, workdir as workdir_lib
+from semeda_jax.data import generate_scene
+
+import processes
+from test_main import assert_one_line_error, run_main
+
+pytestmark = pytest.mark.usefixtures("float32_jax")
+
+# Divergence: lr 1e4 with no warm-up turns the smoke run's loss non-finite within a few steps.
+DIVERGING = {"loss": "ce", "optimizer.learning_rate": 1e4, "optimizer.warmup_steps": 0, "train.steps": 24,
+             "train.log_every": 4, "train.eval_every": 4, "train.checkpoint_every": 2, "train.keep_checkpoints": 3}
+
+
+def flags(data_root, overrides):
+    return [f"--config.dataset.root={data_root}", *(f"--config.{k}={v}" for k, v in overrides.items())]
+
+
+def smoke_config(data_root, overrides):
+    config = demo.get_config("smoke")
+    config.dataset.root = str(data_root)
+    config.update_from_flattened_dict(overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    stages.build_readers(smoke_config(root, {}))  # generate it once, before any subprocess reads it
+    return root
+
+
+@pytest.fixture(scope="module")
+def diverged(data_root, tmp_path_factory):
+    """A run that diverges: (its workdir, the CLI result)."""
+    workdir = tmp_path_factory.mktemp("diverged")
+    return workdir, run_main(workdir, "--stages=train", *flags(data_root, DIVERGING))
+
+
+def test_divergence_stops_the_run_and_keeps_finite_checkpoints(diverged, data_root):
+    workdir, result = diverged
+    # Stopped at the first log (loss terms named) or save (state counted) after the state went non-finite.
+    assert_one_line_error(result, "training diverged by step ", "non-finite", "the last finite checkpoint, step ")
+    assert "non-finite loss nan" in result.stderr or "arrays of the state are non-finite" in result.stderr
+    step = int(result.stderr.split("training diverged by step ")[1].split(":")[0])
+    assert step < DIVERGING["train.steps"]
+    config = smoke_config(data_root, DIVERGING)
+    checkpoints = checkpointing.Checkpoints(os.path.join(workdir, "checkpoints"), best_metric="miou")
+    saved = sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints", "latest")) if n.isdigit())
+    assert saved and max(saved) < step and checkpoints.best_step() is not None
+    assert str(max(saved)) in result.stderr.split("the last finite checkpoint, step ")[1].split(",")[0]
+    model = stages.restore_for_inference(config, str(workdir), log=lambda line: None)
+    target = {"params": model.params, "batch_stats": model.batch_stats}
+    for saved_step in saved:
+        state, _ = checkpoints.restore(target, saved_step, partial=True)
+        assert checkpointing.count_non_finite(state)[0] == 0, saved_step
+    state, _ = checkpoints.restore(target, best=True, partial=True)
+    assert checkpointing.count_non_finite(state)[0] == 0
+    checkpoints.close()
+
+
+def test_non_finite_state_is_never_saved(tmp_path):
+    checkpoints = checkpointing.Checkpoints(str(tmp_path), keep=2, best_metric="miou")
+    good = {"w": np.ones(3, np.float32), "step": np.int32(1)}
+    checkpoints.save(1, good, {"step": 1}, metrics={"miou": 0.1})
+    with pytest.raises(checkpointing.NonFiniteError, match=r"training diverged by step 2: 1 of 1 arrays of the state are non-finite, "
+                                                           r"not saved; the last finite checkpoint, step 1"):
+        checkpoints.save(2, {"w": np.array([1, np.nan, 2], np.float32), "step": np.int32(2)}, {"step": 2},
+                         metrics={"miou": 0.9})
+    assert checkpoints.latest_step() == 1 and checkpoints.best_step() == 1
+    with pytest.raises(checkpointing.NonFiniteError) as error:
+        checkpoints.check_finite(12, {"loss": float("nan"), "loss_ce": float("nan"), "grad_norm": float("inf"),
+                                      "learning_rate": 1e4})
+    assert str(error.value) == (f"training diverged by step 12: non-finite loss nan, loss_ce nan, grad_norm inf; "
+                                f"the last finite checkpoint, step 1, stays in {tmp_path}/latest (lower "
+                                f"optimizer.learning_rate, or check the data)")
+    checkpoints.check_finite(13, {"loss": 0.5, "grad_norm": 2.0})
+    checkpoints.close()
+
+
+def test_resume_with_another_model_is_refused(diverged, data_root):
+    workdir, _ = diverged
+    other = smoke_config(data_root, {**DIVERGING, "model.base_width": 8, "model.output_stride": 8})
+    with pytest.raises(checkpointing.CheckpointError) as error:
+        stages.run_train(other, str(workdir), log=lambda line: None)
+    message = str(error.value)
+    assert "the checkpoint is of another model, refusing to load it" in message and "\n" not in message
+    assert "model.base_width: checkpoint 4, config 8" in message
+    assert "model.output_stride: checkpoint 16, config 8" in message
+
+
+def test_second_run_on_a_workdir_is_refused(diverged, data_root):
+    workdir, _ = diverged
+    with workdir_lib.WorkdirLock(str(workdir)):
+        result = run_main(workdir, "--stages=eval", *flags(data_root, DIVERGING))
+    assert_one_line_error(result, f"--workdir: {workdir} is in use by another run (pid {os.getpid()}")
+    # A holder killed with SIGKILL leaves its lock file, not its lock.
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from semeda_jax.workdir import WorkdirLock; "
+                               f"WorkdirLock({str(workdir)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+                              cwd=processes.REPO, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait()
+    workdir_lib.WorkdirLock(str(workdir)).acquire().release()
+
+
+def test_unreadable_predict_input_is_skipped_then_reported(diverged, data_root, tmp_path):
+    workdir, _ = diverged
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(generate_scene(np.random.default_rng(0), (40, 48), 8)[0]).save(images / "good.jpg")
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    result = run_main(workdir, f"--images={images}", *flags(data_root, DIVERGING))
+    assert_one_line_error(result, f"--images: 1 of 2 files in {images} could not be read and were skipped "
+                                  f"(broken.png)")
+    assert f"[predict] warning: skipped {images}/broken.png: cannot read the image" in result.stdout
+    assert os.listdir(workdir / "predictions") == ["good.jpg.png", "entropy"] or sorted(
+        os.listdir(workdir / "predictions")) == ["entropy", "good.jpg.png"]
+
+
+def wait_for_line(proc, fragment, timeout=240):
+    """Read `proc`'s output until a line holds `fragment` -> the output so far."""
+    deadline, seen = time.monotonic() + timeout, []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if fragment in line:
+            return "".join(seen)
+    raise AssertionError(f"no line with {fragment!r}: {''.join(seen)[-3000:]}")
+
+
+def test_sigterm_during_eval_and_at_start_up_exit_0(diverged, data_root, tmp_path):
+    workdir, _ = diverged
+    command = [sys.executable, "-m", "semeda_jax.main", "--config=configs/demo.py:smoke", *flags(data_root, DIVERGING)]
+    with processes.killed_on_exit(processes.start([*command, f"--workdir={workdir}", "--stages=eval"])) as proc:
+        wait_for_line(proc, "[best checkpoint] step")  # the eval stage has restored its state: now it evaluates
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, output[-3000:]
+    assert "Traceback" not in output
+
+    fresh = tmp_path / "fresh"
+    with processes.killed_on_exit(processes.start([*command, f"--workdir={fresh}", "--stages=train"])) as proc:
+        time.sleep(1.0)  # imports are under way
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=180)[0]
+    assert proc.returncode == 0 and "preempted (SIGTERM)" in output and "Traceback" not in output, output[-3000:]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 24 MiB tmpfs mounted at tmp_path/disk (root only; the test skips where mounting is not allowed)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_full_disk_stops_at_the_failed_save(small_disk, data_root):
+    config = smoke_config(data_root, {"loss": "ce", "train.steps": 12, "train.log_every": 2,
+                                      "train.eval_every": 100, "train.checkpoint_every": 2})
+    workdir = str(small_disk / "run")
+    stages.run_train(config, workdir, log=lambda line: None, stop_after=2)
+    free = workdir_lib.free_bytes(workdir)
+    with open(small_disk / "filler", "wb") as f:  # leave 16 KiB: less than a checkpoint
+        f.write(b"\0" * (free - 16384))
+    lines = []
+    with pytest.raises(checkpointing.CheckpointError) as error:
+        stages.run_train(config, workdir, log=lines.append)
+    message = str(error.value)
+    assert message.startswith(f"{workdir}/checkpoints: writing the checkpoint of step 4 failed (no space left on "
+                              f"device); "), message
+    assert "bytes free there; the earlier checkpoints are kept (latest: steps [2])" in message
+    assert not any("step 6" in line for line in lines)  # training did not go on after the failed save
+    os.remove(small_disk / "filler")
+    checkpoints = checkpointing.Checkpoints(os.path.join(workdir, "checkpoints"))
+    assert checkpoints.latest_step() == 2
+    assert not [n for n in os.listdir(os.path.join(workdir, "checkpoints", "latest")) if "tmp" in n]
+    model = stages.restore_for_inference(config, workdir, log=lambda line: None)
+    state, meta = checkpoints.restore({"params": model.params, "batch_stats": model.batch_stats}, partial=True)
+    assert meta["step"] == 2 and checkpointing.count_non_finite(state)[0] == 0
+    checkpoints.close()

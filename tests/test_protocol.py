@@ -1,0 +1,66 @@
+"""benchmarks/protocol.py: the paired statistics against scipy-free arithmetic, and the whole protocol end to end
+at smoke size (2 seeds, a few steps)."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from benchmarks import protocol
+
+pytestmark = pytest.mark.usefixtures("float32_jax")
+
+
+def test_paired_statistics():
+    base = [dict.fromkeys(protocol.METRICS, 0.5) for _ in range(3)]
+    arm = [dict.fromkeys(protocol.METRICS, 0.5 + d) for d in (0.01, 0.02, 0.03)]
+    got = protocol.paired_statistics(arm, base)["miou"]
+    # t_{0.975, 2} = 4.302653 (two-sided 95%, 2 degrees of freedom); std of (1, 2, 3) points with ddof 1 = 1.
+    half = 4.302653 * 0.01 / math.sqrt(3)
+    assert got["mean_delta"] == pytest.approx(0.02) and got["std"] == pytest.approx(0.01)
+    np.testing.assert_allclose(got["ci95"], [0.02 - half, 0.02 + half], rtol=1e-6)
+    assert got["seeds_won"] == 3 and got["seeds"] == 3
+    one = protocol.paired_statistics(arm[:1], base[:1])["miou"]
+    assert math.isnan(one["std"]) and math.isnan(one["ci95"][0]) and one["seeds_won"] == 1
+
+
+def test_grad_norm_ratio_from_history():
+    history = [(10, {"logit_grad_norm_ce": 2.0, "logit_grad_norm_semeda": 1.0}),
+               (20, {"logit_grad_norm_ce": 1.0, "logit_grad_norm_semeda": 1.5})]
+    assert protocol.grad_norm_ratio(history) == pytest.approx(1.0)
+    assert protocol.grad_norm_ratio([(10, {"loss": 1.0})]) is None
+
+
+def test_finetune_recipe():
+    config = protocol.finetune_config(protocol.base_config(tiny=True), "semeda_mean", 3, 40, "/pre", "/g")
+    assert config.seed == 3 and config.loss == "ce+semeda" and config.losses.semeda.reduction == "mean"
+    assert config.model.bn_mode == "frozen" and config.data.batch_size == 6
+    assert config.optimizer.learning_rate == 5e-4 and config.optimizer.poly_power == 0.9
+    assert tuple(config.data.scale_range) == (0.5, 2.0) and config.train.eval_every == 40
+    assert config.train.log_logit_grad_norms and config.edge_net.checkpoint == "/g"
+    assert config.train.init_checkpoint == "/pre"
+    normalized = protocol.finetune_config(protocol.base_config(tiny=True), "semeda_normalized", 0, 4, "/pre", "")
+    assert normalized.losses.semeda.normalize and normalized.loss == "ce+semeda"
+
+
+def test_protocol_end_to_end(tmp_path):
+    arms = ("ppce", "semeda")  # each arm x seed compiles its own train step: the other arms differ in config only
+    result = protocol.run_protocol(str(tmp_path), seeds=(0, 1), steps=2, pretrain_steps=2, pretrain_images=8,
+                                   arms=arms, tiny=True, log=lambda line: None)
+    assert not result["registered"]
+    for arm in arms:
+        rows = result["arms"][arm]["per_seed"]
+        assert [r["seed"] for r in rows] == [0, 1] and all("scores" in r for r in rows), rows
+    semeda = result["arms"]["semeda"]
+    assert semeda["per_seed"][0]["grad_norm_ratio"] > 0
+    deltas = [s["scores"]["miou"] - p["scores"]["miou"]
+              for s, p in zip(semeda["per_seed"], result["arms"]["ppce"]["per_seed"])]
+    assert semeda["vs_ppce"]["miou"]["mean_delta"] == pytest.approx(np.mean(deltas))
+    saved = json.loads((tmp_path / "protocol.json").read_text())
+    assert saved["arms"]["semeda"]["vs_ppce"]["boundary_w10"]["seeds"] == 2
+    table = (tmp_path / "protocol.md").read_text()
+    assert "NOT the registered budget" in table and "| semeda |" in table
+    # A second call reuses every finished arm (and the pre-training): nothing is trained again.
+    again = protocol.run_protocol(str(tmp_path), seeds=(0, 1), steps=2, pretrain_steps=2, pretrain_images=8,
+                                  arms=arms, tiny=True, log=lambda line: None)
+    assert again["arms"]["semeda"]["per_seed"] == semeda["per_seed"]

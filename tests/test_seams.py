@@ -1,0 +1,167 @@
+"""The seams a new paper plugs into: named model outputs read by registered loss terms, the frozen-nets argument,
+per-term logit gradient norms, and config fields that no code reads."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import common
+from semeda_jax import objective, parallel, stages, train
+from semeda_jax.models import AUX_HEADS
+from semeda_jax.validation import ConfigError
+
+pytestmark = pytest.mark.usefixtures("float32_jax")
+
+
+class ToyHead(nn.Module):
+    """An auxiliary head: 1x1 conv of the backbone's "out" features to 2 channels, output "toy"."""
+
+    @nn.compact
+    def __call__(self, features, train=False):
+        return {"toy": nn.Conv(2, (1, 1), name="toy_conv")(features["out"]).astype(jnp.float32)}
+
+
+def toy_loss(toy, labels, *, target=1.0):
+    """Mean squared distance of the toy output to `target` (ignores the labels)."""
+    return jnp.mean((toy - target) ** 2)
+
+
+@pytest.fixture
+def toy_registered(monkeypatch):
+    monkeypatch.setitem(AUX_HEADS, "toy", ToyHead)
+    monkeypatch.setitem(objective.TERMS, "toy", objective.Term(toy_loss, reads=("toy",)))
+
+
+def tiny_config(**overrides):
+    """Smoke-size DeepLab v3, 3 classes, 32x32 crops, batch 2, CE (+ a section for the toy term in the mix)."""
+    config = common.base_config()
+    common.shrink_for_smoke(config)
+    config.model.update(name="deeplab_v3", bn_mode="train")
+    config.dataset.num_classes = 3
+    config.data.update(crop_size=(32, 32), batch_size=2)
+    config.loss = "ce"
+    config.update_from_flattened_dict(overrides)
+    if "toy" in config.loss:
+        config.losses.toy = ml_collections.ConfigDict(dict(weight=0.5, target=2.0))
+    return config
+
+
+def batch(rng, size=2):
+    return {"image": rng.normal(size=(size, 32, 32, 3)).astype(np.float32),
+            "label": rng.integers(0, 3, (size, 32, 32)).astype(np.int32)}
+
+
+def test_an_aux_head_and_a_term_reading_it_train_through_the_real_step(toy_registered, rng):
+    config = tiny_config(loss="ce+toy", **{"model.aux_heads": "toy"})
+    stages.check_config(config)
+    mesh = parallel.make_mesh(config)
+    model = train.build_segmentation_model(config, 3)
+    state = train.create_train_state(config, model, jax.random.PRNGKey(0), mesh)
+    assert "aux_heads_0" in state.params and "classifier" in state.params
+    images = batch(rng)
+    outputs = model.apply({"params": state.params, "batch_stats": state.batch_stats}, jnp.asarray(images["image"]),
+                          train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(5)})[0]
+    assert set(outputs) == {"logits", "toy"} and outputs["toy"].shape == (2, 2, 2, 2)
+    expected_toy = 0.5 * np.mean((np.asarray(outputs["toy"], np.float64) - 2.0) ** 2)
+    before = np.asarray(state.params["aux_heads_0"]["toy_conv"]["kernel"])
+    step = train.jit_train_step(config, state, mesh, jax.random.PRNGKey(1))
+    new_state, metrics = step(state, parallel.global_batch(images, mesh), {})
+    assert set(metrics) >= {"loss", "loss_ce", "loss_toy"}
+    np.testing.assert_allclose(float(metrics["loss"]), float(metrics["loss_ce"] + metrics["loss_toy"]), rtol=1e-6)
+    # dropout (the only difference from `outputs`) sits in the ASPP branch, not in the toy head's input
+    np.testing.assert_allclose(float(metrics["loss_toy"]), expected_toy, rtol=1e-5)
+    assert not np.allclose(np.asarray(new_state.params["aux_heads_0"]["toy_conv"]["kernel"]), before)
+
+
+def test_a_term_reading_a_missing_output_is_a_one_line_config_error(toy_registered):
+    config = tiny_config(loss="ce+toy")  # no aux head: the model has only "logits"
+    with pytest.raises(ConfigError, match=r"^config.loss: term 'toy' reads the model output 'toy', which model "
+                                          r"'deeplab_v3' does not produce \(its outputs: \['logits'\]\)$"):
+        stages.check_config(config)
+    config = tiny_config(loss="ohem+scl")  # RelationNet's mix on a model without pair logits
+    with pytest.raises(ConfigError, match="term 'scl' reads the model output 'pair_logits'") as error:
+        stages.check_config(config)
+    assert "\n" not in str(error.value)
+    # the objective itself says the same at trace time
+    with pytest.raises(ConfigError, match="reads the model output 'pair_logits'"):
+        objective.build_loss_fn(config)({"logits": jnp.zeros((1, 4, 4, 3))}, jnp.zeros((1, 4, 4), jnp.int32), {})
+
+
+def test_registry_derives_the_frozen_nets_and_checks_sections():
+    config = tiny_config(loss="ce+semeda")
+    assert objective.frozen_nets(config) == {"edge_net"} and objective.needs_edge_net(config)
+    config.loss = "ce+sobel"
+    assert not objective.needs_edge_net(config)
+    config.phases = ml_collections.ConfigDict(dict(order="a", a=dict(steps=2, loss="ce+semeda")))
+    assert objective.needs_edge_net(config)  # a phase's mix counts too
+    for name, term in objective.TERMS.items():  # every term has a section whose fields it takes
+        section = common.base_config().losses[name]
+        assert set(section) - {"weight"} <= set(term.hyperparameters()), name
+    config = tiny_config(loss="ce+sobel")
+    del config.losses.sobel
+    with pytest.raises(ConfigError, match=r"config.losses.sobel: missing \(the 'sobel' term of config.loss"):
+        stages.check_config(config)
+    config = tiny_config()
+    config.losses.bal.sigmaa = 2.0
+    with pytest.raises(ConfigError, match=r"config.losses.bal.sigmaa: no such hyperparameter of the 'bal' term"):
+        stages.check_config(config)
+
+
+def test_logit_grad_norms_match_the_cross_entropy_gradient(rng):
+    """d CE / d logits = (softmax - onehot) / n_valid at valid pixels (labels at the logits' resolution)."""
+    config = tiny_config(loss="ce+sobel", **{"losses.ce.weight": 0.7, "train.log_logit_grad_norms": True})
+    logits = rng.normal(size=(2, 8, 8, 3))
+    labels = rng.integers(0, 3, (2, 8, 8))
+    labels[0, :2] = 255
+    loss_fn = objective.build_loss_fn(config)
+    norms = jax.jit(lambda o, l: train.logit_grad_norms(loss_fn, o, l, {}))(
+        {"logits": jnp.asarray(logits, jnp.float32)}, jnp.asarray(labels, jnp.int32))
+    assert set(norms) == {"logit_grad_norm_ce", "logit_grad_norm_sobel"}
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    valid = labels != 255
+    grad = (probs - np.eye(3)[np.where(valid, labels, 0)]) * valid[..., None] / valid.sum()
+    np.testing.assert_allclose(float(norms["logit_grad_norm_ce"]), 0.7 * np.linalg.norm(grad), rtol=1e-5)
+    assert float(norms["logit_grad_norm_sobel"]) > 0
+
+
+def test_the_step_logs_logit_grad_norms_only_when_asked(rng):
+    for flag in (False, True):
+        config = tiny_config(**{"train.log_logit_grad_norms": flag})
+        mesh = parallel.make_mesh(config)
+        state = train.create_train_state(config, train.build_segmentation_model(config, 3), jax.random.PRNGKey(0),
+                                         mesh)
+        _, metrics = train.jit_train_step(config, state, mesh, jax.random.PRNGKey(1))(
+            state, parallel.global_batch(batch(rng), mesh), None)
+        assert ("logit_grad_norm_ce" in metrics) == flag
+        if flag:
+            assert float(metrics["logit_grad_norm_ce"]) > 0
+
+
+@pytest.mark.parametrize("field, value, key", [
+    ("eval.tta", ml_collections.ConfigDict(dict(scales=(1.0,))), "config.eval.tta"),
+    ("schedule", (), "config.schedule"),
+    ("train.stpes", 3, "config.train.stpes"),
+    ("optimizer.nesterov", True, "config.optimizer.nesterov"),
+])
+def test_a_field_no_code_reads_is_rejected_with_its_name(field, value, key):
+    config = tiny_config()
+    section, _, name = field.rpartition(".")
+    target = config[section] if section else config
+    with target.unlocked():
+        target[name] = value
+    with pytest.raises(ConfigError, match=f"^{key}: no code reads this field"):
+        stages.check_config(config)
+
+
+def test_the_known_fields_are_those_of_the_base_config():
+    config = common.base_config()
+    for section, known in stages.KNOWN_FIELDS.items():
+        assert set(config if not section else config[section]) == set(known), section
+    model = ml_collections.ConfigDict(config.model.to_dict())
+    model.unknown_width = 3
+    config.model = model
+    with pytest.raises(ConfigError, match=r"config.model: model 'deeplab_v3plus': unknown argument\(s\) "
+                                          r"\['unknown_width'\]"):
+        stages.check_config(config)
