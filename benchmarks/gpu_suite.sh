@@ -8,7 +8,9 @@
 #   benchmarks/gpu_suite.sh                  # on a GPU machine whose python has jax[cuda], torch, timm and smp
 #   benchmarks/gpu_suite.sh --dry-run        # every row's config checked on any machine, nothing run (CI)
 #
-# PYTHON (default: python) runs ours; PEER_PYTHON (default: python3) the peer.
+# PYTHON (default: python) runs ours; PEER_PYTHON (default: python3) the peer. Ours needs jax, flax, optax,
+# orbax-checkpoint and ml-collections, not TensorFlow (the step imports no data code); the peer torch, timm and
+# segmentation-models-pytorch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ "${1:-}" == "--dry-run" ]]; then

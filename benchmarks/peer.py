@@ -37,7 +37,6 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.train_step import compile_step, load_config, time_steps
-from semeda_jax import stages
 
 PEER_VENV = Path("~/.cache/semeda_jax/peer-venv").expanduser()
 # torch 2.13.0 is the CPU wheel this project's machines carry; timm 1.0.20 is the newest timm that imports
@@ -138,6 +137,8 @@ def row_line(name: str, times: list[float], batch: int, memory: str, setup_s: fl
 def plan_group(args, model: str, stride: int, precision: str) -> None:
     """--plan: build and check every row's config (the model traced abstractly, nothing compiled) and print
     the rows that a run would time."""
+    from semeda_jax import stages  # the data readers, hence TensorFlow: not needed to time steps
+
     for loss in args.losses:
         stages.check_config(our_config(model, stride, loss, precision, args.batch, args.crop))
     print(f"plan: {model} OS {stride} {precision} batch {args.batch}x{args.crop}x{args.crop}: ours "

@@ -32,6 +32,7 @@ from scipy import stats
 
 from configs import demo
 from semeda_jax import stages
+from semeda_jax.checkpointing import NonFiniteError
 
 METRICS = ("miou", "mean_f1", "emeasure", "boundary_w1", "boundary_w3", "boundary_w5", "boundary_w10")
 METRIC_NAMES = dict(miou="mIoU", mean_f1="mean F1", emeasure="E-measure", boundary_w1="trimap w=1",
@@ -137,7 +138,7 @@ def run_arm(config: ml_collections.ConfigDict, workdir: str, log) -> dict:
     try:
         _, history = stages.run_train(config, workdir, log=log)
         report = stages.run_eval(config, workdir, log=log)
-    except Exception as error:  # a diverged arm (non-finite loss) is a result too, reported as such
+    except NonFiniteError as error:  # a diverged arm is a result too, reported as such
         result = dict(failed=f"{type(error).__name__}: {error}".splitlines()[0])
     else:
         result = dict(scores=scores(report), grad_norm_ratio=grad_norm_ratio(history),

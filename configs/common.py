@@ -98,6 +98,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.inference = ml_collections.ConfigDict(dict(
         mode="whole", window=(0, 0), stride=(0, 0), blend="uniform", shifts=4, scales=(1.0,), flip=False,
         fusion="avg", postprocess=""))
+    # The guided-filter mean-field CRF (semeda_jax/crf.py), used when postprocess = "guided_crf": window radius,
+    # eps on 0-255 intensities (10: the guidance paper's), mean-field iterations T, pairwise weight w (0 = off),
+    # compatibility (potts). The paper gives no radius, T or w.
+    config.eval.crf = ml_collections.ConfigDict(dict(radius=4, eps=10.0, iterations=5, weight=1.0,
+                                                     compatibility="potts"))
     # Training phases (semeda_jax/phases.py): order = comma-separated phase names, one section per phase with
     # its split, annotation, loss, steps or epochs, schedule, learning rate and eval cadence; "" = one phase.
     config.phases = ml_collections.ConfigDict(dict(order=""))

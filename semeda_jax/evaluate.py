@@ -23,7 +23,6 @@ import numpy as np
 from PIL import Image
 
 from semeda_jax import inference, metrics, parallel
-from semeda_jax.data import pipeline
 from semeda_jax.validation import IGNORE_LABEL
 
 COUNTS = ("cm", "band_cm", "interior_cm", "emeasure_sums", "emeasure_counts")
@@ -33,7 +32,7 @@ PERIODIC = inference.InferenceSpec()  # whole image, one scale, no flip
 def evaluators(config: ml_collections.ConfigDict) -> dict[str, tuple[inference.InferenceSpec, int]]:
     """{name: (inference spec, cadence in steps; 0 = at the end of training only)}; "full" only when its
     inference differs from the periodic one."""
-    full = inference.spec_from_config(config.eval.inference)
+    full = inference.spec_for(config)
     named = {"periodic": (PERIODIC, int(config.train.eval_every))}
     if full != PERIODIC:
         named["full"] = (full, 0)
@@ -57,6 +56,8 @@ def eval_counts(variables, batch: dict, *, predict_fn, num_classes: int, widths:
 def sample_image(image: np.ndarray, label_size: Sequence[int], data_config) -> np.ndarray:
     """A padded, normalised eval image [SH,SW,3] -> uint8 RGB at the labels' padded size (PH, PW) for the plots,
     resized (bilinear) like the logits when the input scale is not 1."""
+    from semeda_jax.data import pipeline  # TensorFlow is imported where data is read, not with the eval step
+
     image = pipeline.denormalize(image, data_config.mean, data_config.std)
     if image.shape[:2] == tuple(label_size):
         return image
@@ -104,10 +105,12 @@ def evaluate(state, reader, config: ml_collections.ConfigDict, *, num_samples: i
     report["samples"] (image, label, prediction, entropy arrays for the plots)."""
     widths = tuple(config.eval.trimap_widths)
     mesh = parallel.make_mesh(config)
-    spec = inference.spec_from_config(config.eval.inference) if spec is None else spec
+    spec = inference.spec_for(config) if spec is None else spec
     step = jit_eval_counts(state.apply_fn, spec, int(config.model.output_stride), config.dataset.num_classes,
                            widths, mesh)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
+    from semeda_jax.data import pipeline  # TensorFlow is imported where data is read, not with the eval step
+
     dataset = pipeline.eval_dataset(reader, pad_size=config.data.eval_pad_size,
                                     batch_size=parallel.local_eval_batch_size(config.data.eval_batch_size, mesh),
                                     mean=config.data.mean, std=config.data.std, process_index=jax.process_index(),

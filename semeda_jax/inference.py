@@ -19,8 +19,9 @@ Modes, for one view [B,H,W,3] -> logits at the input resolution:
     shifted  `shifts` = n^2 copies of the image shifted by (a, b) * output_stride / n pixels (a, b < n; edge
              padding), their logit grids interleaved into one grid of stride output_stride / n, then upsampled
              (RelationNet's 4-step testing, SPEC.md 3(a): n = 2, offsets 0 and 4 at output stride 8)
-Then `postprocess` (a name of POSTPROCESSORS; "" = none; the CRF registers here) maps (probabilities, images
-resized to `size`) to probabilities.
+Then `postprocess` (a name of POSTPROCESSORS; "" = none) maps (probabilities, images resized to `size`) to
+probabilities, with the keyword options of its config section (spec_for): "guided_crf" is the guidance paper's
+mean-field CRF with a guided-filter kernel (semeda_jax/crf.py; options from config.eval.crf and config.data).
 """
 from __future__ import annotations
 
@@ -33,13 +34,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from semeda_jax import crf
 from semeda_jax.models.layers import resize_bilinear
 from semeda_jax.validation import ConfigError
 
 MODES = ("whole", "sliding", "shifted")
 BLENDS = ("uniform", "gaussian")
-# name -> fn(probabilities [B,H,W,C], images [B,H,W,3]) -> probabilities; the CRF of the guidance paper goes here.
-POSTPROCESSORS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {}
+# name -> fn(probabilities [B,H,W,C], images [B,H,W,3] normalised, **options) -> probabilities.
+POSTPROCESSORS: dict[str, Callable[..., jax.Array]] = {"guided_crf": crf.crf_postprocess}
+# name -> fn(config) -> its checked keyword options (spec_for puts them in InferenceSpec.postprocess_options).
+POSTPROCESS_OPTIONS: dict[str, Callable[[ml_collections.ConfigDict], dict]] = {
+    "guided_crf": lambda config: crf.options_from_config(config.eval.crf, config.data)}
 
 
 def _normalised(p: jax.Array) -> jax.Array:
@@ -82,6 +87,7 @@ class InferenceSpec:
     flip: bool = False
     fusion: str = "avg"
     postprocess: str = ""
+    postprocess_options: tuple[tuple[str, object], ...] = ()  # (name, value) pairs, set by spec_for
 
     @property
     def num_views(self) -> int:
@@ -91,7 +97,7 @@ class InferenceSpec:
 def spec_from_config(section: Mapping, key: str = "config.eval.inference") -> InferenceSpec:
     """A checked InferenceSpec of a config section; ConfigError names the bad field and its valid values."""
     section = dict(section.to_dict() if isinstance(section, ml_collections.ConfigDict) else section)
-    fields = {f.name for f in dataclasses.fields(InferenceSpec)}
+    fields = {f.name for f in dataclasses.fields(InferenceSpec)} - {"postprocess_options"}
     unknown = sorted(set(section) - fields)
     if unknown:
         raise ConfigError(f"{key}.{unknown[0]}: no such inference field; valid: {sorted(fields)}")
@@ -114,6 +120,16 @@ def spec_from_config(section: Mapping, key: str = "config.eval.inference") -> In
     if spec.mode == "shifted" and math.isqrt(spec.shifts) ** 2 != spec.shifts:
         raise ConfigError(f"{key}.shifts: {spec.shifts} is not a square (n x n shifts: 1, 4, 9, ...)")
     return spec
+
+
+def spec_for(config: ml_collections.ConfigDict) -> InferenceSpec:
+    """The checked InferenceSpec of config.eval.inference with its post-processor's options (POSTPROCESS_OPTIONS;
+    none without a post-processor)."""
+    spec = spec_from_config(config.eval.inference)
+    if not spec.postprocess:
+        return spec
+    options = POSTPROCESS_OPTIONS[spec.postprocess](config)
+    return dataclasses.replace(spec, postprocess_options=tuple(sorted(options.items())))
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -236,7 +252,8 @@ def build_predict_fn(spec: InferenceSpec, apply_fn, *, output_stride: int = 16,
         probs = [jax.nn.softmax(from_view(network(variables, to_view(images, s, f)), size, f)) for s, f in views]
         probs = probs[0] if len(probs) == 1 else fuse(jnp.stack(probs))
         if spec.postprocess:
-            probs = POSTPROCESSORS[spec.postprocess](probs, resize_bilinear(images, size))
+            probs = POSTPROCESSORS[spec.postprocess](probs, resize_bilinear(images, size),
+                                                     **dict(spec.postprocess_options))
         return probs
 
     return predict_fn

@@ -28,7 +28,7 @@ Log = Callable[[str], None]
 # The fields each config section may set: those some code reads (configs/common.py sets them all; a test keeps
 # the two in step). Sections checked elsewhere: dataset (its builder), model (models/builder.py routes every
 # field to a component), losses (objective.check_loss_config), phases (phases.check_phases), eval.inference
-# (inference.spec_from_config).
+# (inference.spec_from_config), eval.crf (crf.options_from_config, when the CRF post-processes).
 KNOWN_FIELDS = {
     "": ("seed", "stages", "dataset", "data", "model", "mixed_precision", "parallel", "loss", "losses", "edge_net",
          "optimizer", "train", "eval", "phases"),
@@ -38,7 +38,7 @@ KNOWN_FIELDS = {
     "optimizer": ("learning_rate", "momentum", "weight_decay", "warmup_steps", "poly_power"),
     "train": ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "grad_accum_steps",
               "log_logit_grad_norms", "init_checkpoint"),
-    "eval": ("trimap_widths", "num_plot_images", "f1_groups", "inference"),
+    "eval": ("trimap_widths", "num_plot_images", "f1_groups", "inference", "crf"),
     "parallel": ("model_parallelism", "param_sharding"),
 }
 
@@ -64,7 +64,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     model = train.build_segmentation_model(config, config.dataset.num_classes)
     check_unused_fields(config)
     phases.check_phases(config)
-    inference.spec_from_config(config.eval.inference)
+    inference.spec_for(config)
     if config.dataset.name not in DATASETS:
         raise ConfigError(f"config.dataset.name: unknown {config.dataset.name!r}; valid: {sorted(DATASETS)}")
     if config.eval.get("f1_groups", "") not in evaluate.F1_GROUPS:
@@ -173,7 +173,7 @@ def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, log: 
 
 def predict_fn(config: ml_collections.ConfigDict, state):
     """The inference of config.eval.inference for `state`'s model: f(variables, images, size) -> probabilities."""
-    return inference.build_predict_fn(inference.spec_from_config(config.eval.inference), state.apply_fn,
+    return inference.build_predict_fn(inference.spec_for(config), state.apply_fn,
                                       output_stride=int(config.model.output_stride))
 
 

@@ -24,14 +24,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from clu import metric_writers
 from flax.training import train_state
 from jax.sharding import Mesh
 
 from semeda_jax import evaluate, objective, parallel
 from semeda_jax import phases as phases_lib
 from semeda_jax.checkpointing import Checkpoints, model_fingerprint
-from semeda_jax.data import pipeline
 from semeda_jax.models import build_segmentation_model, load_backbone_weights
 from semeda_jax.optim import count_params, create_optimizer, learning_rate_schedule
 from semeda_jax.preemption import Preempted, StopSignal
@@ -233,6 +231,8 @@ def train_batches(config: ml_collections.ConfigDict, reader, local_batch: int, p
                   process_count: int, start_step: int = 0, seed: int | None = None):
     """Process `process_index`'s rows of the global training batches from `start_step` on (NumPy dicts), drawn
     with `seed` (default config.seed)."""
+    from semeda_jax.data import pipeline  # TensorFlow: imported where data is read, not with the step
+
     return pipeline.train_dataset(
         reader, crop_size=config.data.crop_size, batch_size=local_batch, scale_range=config.data.scale_range,
         mean=config.data.mean, std=config.data.std, seed=config.seed if seed is None else seed,
@@ -335,6 +335,8 @@ def _train_and_evaluate(config, workdir, readers, frozen, log, stop_after, init_
 
     step_fn = step_fn_of(phase)
     frozen = jax.device_put(jax.device_get(frozen), parallel.replicated(mesh))
+    from clu import metric_writers  # imports TensorFlow: only here, so the step builds on machines without it
+
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     window_start, window_metrics, history = time.perf_counter(), [], []
     last_step = total_steps if stop_after is None else min(stop_after, total_steps)

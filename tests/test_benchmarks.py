@@ -28,3 +28,13 @@ def test_peer_benchmark_runs_at_tiny_size_without_the_peer(monkeypatch, capsys, 
     rows = [line for line in out.splitlines() if line.startswith("ours ")]
     assert [row.split()[1] for row in rows] == ["ce", "ce+semeda"]
     assert "SEMEDA term:" in out
+
+
+def test_the_train_step_builds_without_tensorflow():
+    """The GPU suite runs where TensorFlow is not installed: the step, the eval step and the peer benchmark
+    import neither TensorFlow nor clu (which imports it); only reading data and writing summaries do."""
+    code = ("import sys, benchmarks.peer, semeda_jax.train, semeda_jax.evaluate, semeda_jax.inference; "
+            "print(sorted(m for m in ('tensorflow', 'clu') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
