@@ -20,6 +20,7 @@ compatibility mu [C,C] or per image [B,C,C]; w, r and T (not given by the paper)
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -30,7 +31,7 @@ import numpy as np
 from semeda_jax.validation import ConfigError, InputError, check_int, check_rank
 
 COMPATIBILITIES = ("potts",)  # config.eval.crf.compatibility values (post-processing is given no class scores)
-# config.eval.crf defaults (configs/common.py holds the same): eps 10 is the paper's; r, T, w are ours.
+# The fields of config.eval.crf (configs/common.py sets the defaults: eps 10 is the paper's; r, T, w are ours).
 CONFIG_FIELDS = ("radius", "eps", "iterations", "weight", "compatibility")
 
 
@@ -67,15 +68,16 @@ def _inverse_sym3(m: jax.Array) -> jax.Array:
     return adj / det[..., None, None]
 
 
-def _check_pair(p, guide, radius, eps) -> None:
-    check_rank("p", p, 4, "[B,H,W,C]")
+def _check_pair(name: str, p, guide, radius, eps) -> None:
+    check_rank(name, p, 4, "[B,H,W,C]")
     check_rank("guide", guide, 4, "[B,H,W,3]")
     if not jnp.issubdtype(p.dtype, jnp.floating):
-        raise InputError(f"p: expected a floating-point array, got dtype {p.dtype}")
+        raise InputError(f"{name}: expected a floating-point array, got dtype {p.dtype}")
     if guide.shape[-1] != 3 or guide.shape[:3] != p.shape[:3]:
-        raise InputError(f"guide: expected [B,H,W,3] with the B,H,W of p {tuple(p.shape)}, got {tuple(guide.shape)}")
+        raise InputError(f"guide: expected [B,H,W,3] with the B,H,W of {name} {tuple(p.shape)}, got "
+                         f"{tuple(guide.shape)}")
     check_int("radius", radius, minimum=0)
-    if not (isinstance(eps, (int, float)) and np.isfinite(eps) and eps > 0):
+    if isinstance(eps, bool) or not (isinstance(eps, numbers.Real) and np.isfinite(eps) and eps > 0):
         raise InputError(f"eps: expected a finite number > 0 (on 0-255 intensities), got {eps!r}")
 
 
@@ -106,9 +108,11 @@ def guided_filter_apply(setup: dict, p: jax.Array) -> jax.Array:
 
 def guided_filter(p: jax.Array, guide: jax.Array, radius: int, eps: float = 10.0) -> jax.Array:
     """The guided filter (module docstring) of p [B,H,W,C] (float) with the colour guide [B,H,W,3] (0-255
-    intensities; eps = 10 on that scale is the paper's) -> q [B,H,W,C] in p's dtype."""
-    _check_pair(p, guide, radius, eps)
-    return guided_filter_apply(guided_filter_setup(guide, radius, eps, p.dtype), p)
+    intensities; eps = 10 on that scale is the paper's) -> q [B,H,W,C] in p's dtype (computed in at least
+    float32)."""
+    _check_pair("p", p, guide, radius, eps)
+    dtype = jnp.promote_types(p.dtype, jnp.float32)
+    return guided_filter_apply(guided_filter_setup(guide, radius, eps, dtype), p.astype(dtype)).astype(p.dtype)
 
 
 def potts_compatibility(num_classes: int, dtype=jnp.float32) -> jax.Array:
@@ -143,9 +147,11 @@ def mean_field(unary: jax.Array, guide: jax.Array, *, radius: int, eps: float = 
     """The guidance CRF: unary scores U [B,H,W,C] (logits), guide [B,H,W,3] (0-255) -> Q [B,H,W,C] after
     `iterations` mean-field updates (0 = softmax(U)); compatibility mu [C,C] or [B,C,C] (potts_compatibility,
     content_compatibility; None = Potts). Unrolled (a fori_loop of fixed length), so differentiable in U, w, mu
-    and the guide: usable as a layer in training (our extension; the paper trains piecewise)."""
-    _check_pair(unary, guide, radius, eps)
+    and the guide: usable as a layer in training (our extension; the paper trains piecewise). Computed in at
+    least float32."""
+    _check_pair("unary", unary, guide, radius, eps)
     check_int("iterations", iterations, minimum=0)
+    unary = unary.astype(jnp.promote_types(unary.dtype, jnp.float32))
     if compatibility is None:
         compatibility = potts_compatibility(unary.shape[-1], unary.dtype)
     _check_compatibility(compatibility, unary.shape[-1], unary.shape[0])
