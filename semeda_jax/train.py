@@ -211,20 +211,41 @@ def train_step(state: TrainState, batch: dict, frozen, *, loss_fn: objective.Obj
     return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
 
 
+class BoundStep:
+    """A jitted function with its trailing arguments bound (the train step's dropout key): called and lowered
+    like the jitted function without them. The key stays an argument of the compiled program instead of a
+    constant folded into it, so runs that differ only in their seed share one compilation (and its cache entry).
+    """
+
+    def __init__(self, jitted: Callable, *bound):
+        self.jitted, self.bound = jitted, bound
+
+    def __call__(self, *args):
+        return self.jitted(*args, *self.bound)
+
+    def lower(self, *args):
+        return self.jitted.lower(*args, *self.bound)
+
+
 def jit_train_step(config: ml_collections.ConfigDict, state: TrainState, mesh: Mesh, dropout_key: jax.Array, *,
                    loss: str | None = None, loss_key: str = "config.loss", schedule: optax.Schedule | None = None):
     """train_step of the mix `loss` (default config.loss) jitted with explicit shardings: state as it is
-    (donated), batch on `data`, the frozen nets and the metrics replicated; `schedule` (default warm-up + poly
-    over config.train.steps) only gives the logged learning rate. -> f(state, global batch, frozen) ->
-    (state, metrics)."""
+    (donated), batch on `data`, the frozen nets, the dropout key and the metrics replicated; `schedule` (default
+    warm-up + poly over config.train.steps) only gives the logged learning rate. -> BoundStep f(state, global
+    batch, frozen) -> (state, metrics); its `lower(...).compile()` takes the dropout key as a 4th argument."""
     schedule = learning_rate_schedule(config.optimizer, config.train.steps) if schedule is None else schedule
-    step = functools.partial(train_step, loss_fn=objective.build_loss_fn(config, loss, loss_key),
-                             dropout_key=dropout_key, schedule=schedule,
-                             accum_steps=config.train.grad_accum_steps,
-                             log_logit_grad_norms=config.train.log_logit_grad_norms)
+    loss_fn = objective.build_loss_fn(config, loss, loss_key)
+
+    def step(state, batch, frozen, key):
+        return train_step(state, batch, frozen, loss_fn=loss_fn, dropout_key=key, schedule=schedule,
+                          accum_steps=config.train.grad_accum_steps,
+                          log_logit_grad_norms=config.train.log_logit_grad_norms)
+
     state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, state)
-    return jax.jit(step, in_shardings=(state_sharding, parallel.batch_sharding(mesh), parallel.replicated(mesh)),
-                   out_shardings=(state_sharding, parallel.replicated(mesh)), donate_argnums=(0,))
+    replicated = parallel.replicated(mesh)
+    jitted = jax.jit(step, in_shardings=(state_sharding, parallel.batch_sharding(mesh), replicated, replicated),
+                     out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+    return BoundStep(jitted, jax.device_put(jax.device_get(dropout_key), replicated))
 
 
 def train_batches(config: ml_collections.ConfigDict, reader, local_batch: int, process_index: int,
