@@ -26,6 +26,7 @@ import math
 import os
 import time
 
+import jax
 import ml_collections
 import numpy as np
 from scipy import stats
@@ -52,7 +53,8 @@ ARMS = {
 }
 
 # The registered budget (README "The paper's protocol on the synthetic data").
-REGISTERED = dict(seeds=(0, 1, 2, 3, 4), steps=1000, pretrain_steps=3000, pretrain_images=20000)
+# Amended before any number at the first budget (1000 steps; 3000 pre-training steps on 20 000 images) was seen.
+REGISTERED = dict(seeds=(0, 1, 2, 3, 4), steps=500, pretrain_steps=2000, pretrain_images=5000)
 PRETRAIN_DATA_SEED = 1000  # the pre-training images: disjoint from the benchmark's (data seed 0)
 
 
@@ -248,6 +250,9 @@ def main() -> None:
     unknown = [a for a in arms if a not in ARMS]
     if unknown or BASELINE not in arms:
         parser.error(f"--arms: unknown {unknown} or no {BASELINE!r}; valid: {list(ARMS)}")
+    # The arms of different seeds compile identical steps: a persistent cache in the workdir compiles each once.
+    jax.config.update("jax_compilation_cache_dir", os.path.join(args.workdir, "xla_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     run_protocol(args.workdir, [int(s) for s in args.seeds.split(",")], args.steps, args.pretrain_steps,
                  args.pretrain_images, arms, tiny=args.tiny)
 

@@ -33,17 +33,19 @@ def trained(tmp_path_factory, data_root):
     workdir = str(tmp_path_factory.mktemp("run"))
     config = smoke_config(data_root, **{"train.steps": 16, "train.log_every": 4, "train.eval_every": 8})
     train.STEP_TRANSFER_GUARD = "disallow"  # no hidden host <-> device copy in the training step
+    steps, jit_train_step = [], train.jit_train_step
+    train.jit_train_step = lambda *args, **kwargs: steps.append(jit_train_step(*args, **kwargs)) or steps[-1]
     try:
         _, history = stages.run_train(config, workdir, log=lambda line: None)
     finally:
-        train.STEP_TRANSFER_GUARD = "allow"
+        train.STEP_TRANSFER_GUARD, train.jit_train_step = "allow", jit_train_step
     report = stages.run_eval(config, workdir, log=lambda line: None)
     jax.config.update("jax_enable_x64", True)
-    return config, workdir, history, report
+    return config, workdir, history, report, steps
 
 
 def test_training_decreases_the_loss(trained):
-    _, _, history, _ = trained
+    _, _, history, _, _ = trained
     losses = [metrics["loss"] for _, metrics in history]
     assert [step for step, _ in history] == [4, 8, 12, 16]
     # generator v2 scenes (more void, more occlusion): 3.55 -> 3.32 in 16 smoke steps at seed 0
@@ -51,15 +53,23 @@ def test_training_decreases_the_loss(trained):
     assert {"loss_ce", "loss_semeda", "learning_rate", "grad_norm"} <= set(history[0][1])
 
 
+def test_the_train_step_compiles_once_across_steps_checkpoints_and_evals(trained):
+    """16 steps with 4 checkpoints and 2 periodic evaluations: one jitted step, traced and compiled once (a
+    changed shape, dtype, sharding or Python constant between steps would add a cache entry)."""
+    config, _, _, _, steps = trained
+    assert config.train.checkpoint_every < config.train.eval_every < config.train.steps
+    assert len(steps) == 1 and steps[0].jitted._cache_size() == 1
+
+
 def test_checkpoints_and_edge_net_are_written(trained):
-    _, workdir, _, _ = trained
+    _, workdir, _, _, _ = trained
     assert max(int(step) for step in os.listdir(os.path.join(workdir, "checkpoints", "latest"))) == 16
     assert os.listdir(os.path.join(workdir, "checkpoints", "best"))
     assert os.listdir(os.path.join(workdir, "edge_net", "latest"))
 
 
 def test_report_files_have_the_expected_keys(trained):
-    config, workdir, _, report = trained
+    config, workdir, _, report, _ = trained
     with open(os.path.join(workdir, "report.json")) as f:
         saved = json.load(f)
     assert {"miou", "pixel_acc", "mean_acc", "mean_f1", "emeasure", "iou", "f1", "emeasure_per_class",
@@ -75,7 +85,7 @@ def test_report_files_have_the_expected_keys(trained):
 
 
 def test_predict_writes_one_mask_per_image(trained, tmp_path):
-    config, workdir, _, _ = trained
+    config, workdir, _, _, _ = trained
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(1)
@@ -111,7 +121,7 @@ def test_predict_writes_one_mask_per_image(trained, tmp_path):
 def test_interrupted_run_resumes_bitwise(trained, tmp_path):
     """The shared run (16 steps, evaluations at 8 and 16) against the same run stopped after step 5 and resumed;
     same config and g_phi, so the compiled steps come from the compilation cache."""
-    config, workdir, _, _ = trained
+    config, workdir, _, _, _ = trained
     config = config.copy_and_resolve_references()
     config.edge_net.checkpoint = os.path.join(workdir, "edge_net")
     stages.run_train(config, str(tmp_path / "resumed"), log=lambda line: None, stop_after=5)
