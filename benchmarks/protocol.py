@@ -189,10 +189,15 @@ def format_table(result: dict) -> str:
         paired = result["arms"][arm].get("vs_ppce")
         if arm == BASELINE or not paired:
             continue
-        cells = [f"{100 * s['mean_delta']:+.2f} [{100 * s['ci95'][0]:+.2f}, {100 * s['ci95'][1]:+.2f}], "
-                 f"{100 * s['std']:.2f}, {s['seeds_won']}/{s['seeds']}" for s in (paired[m] for m in METRICS)]
-        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+        lines.append(paired_row(arm, paired))
     return "\n".join(lines) + "\n"
+
+
+def paired_row(label: str, paired: dict) -> str:
+    """One markdown row of paired_statistics: per metric 'mean delta [95% CI], std, seeds won' in points."""
+    cells = [f"{100 * s['mean_delta']:+.2f} [{100 * s['ci95'][0]:+.2f}, {100 * s['ci95'][1]:+.2f}], "
+             f"{100 * s['std']:.2f}, {s['seeds_won']}/{s['seeds']}" for s in (paired[m] for m in METRICS)]
+    return f"| {label} | " + " | ".join(cells) + " |"
 
 
 def run_protocol(workdir: str, seeds, steps: int, pretrain_steps: int, pretrain_images: int,

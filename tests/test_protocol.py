@@ -1,5 +1,5 @@
 """benchmarks/protocol.py: the paired statistics against scipy-free arithmetic, and the whole protocol end to end
-at smoke size (2 seeds, a few steps)."""
+at smoke size (2 seeds, a few steps); benchmarks/pac_bal.py end to end at smoke size (1 seed, 2 steps per arm)."""
 import json
 import math
 
@@ -64,3 +64,29 @@ def test_protocol_end_to_end(tmp_path):
     again = protocol.run_protocol(str(tmp_path), seeds=(0, 1), steps=2, pretrain_steps=2, pretrain_images=8,
                                   arms=arms, tiny=True, log=lambda line: None)
     assert again["arms"]["semeda"]["per_seed"] == semeda["per_seed"]
+
+
+def test_pac_bal_runs_every_arm_and_pairs_them(tmp_path, monkeypatch):
+    """benchmarks/pac_bal.py's loop and tables, with protocol.run_arm (trained end to end above) replaced by
+    known scores: every arm x seed is run with its own config, and the paired deltas are the known ones."""
+    from benchmarks import pac_bal
+    config = pac_bal.arm_config("pac_bal", 2)
+    assert (config.model.name, config.loss, config.seed) == ("deeplab_v3_pac", "bal", 2)
+    assert (config.losses.bal.size, config.losses.bal.sigma, config.train.steps) == (7, 0.53, 1200)
+    offset = {"v3_ce": 0.0, "v3_bal": 0.01, "pac_bal": 0.03}
+    seen = []
+
+    def fake_run_arm(config, workdir, log):
+        arm = next(a for a, (model, loss) in pac_bal.ARMS.items() if (model, loss) == (config.model.name, config.loss))
+        seen.append((arm, config.seed, workdir))
+        return dict(scores=dict.fromkeys(protocol.METRICS, 0.5 + offset[arm] + 0.001 * config.seed))
+
+    monkeypatch.setattr(protocol, "run_arm", fake_run_arm)
+    result = pac_bal.run(str(tmp_path), seeds=(0, 1, 2), tiny=True, log=lambda line: None)
+    assert [(a, s) for a, s, _ in seen] == [(a, s) for s in (0, 1, 2) for a in pac_bal.ARMS]
+    assert len({w for _, _, w in seen}) == 9
+    for pair, delta in (("v3_bal - v3_ce", 0.01), ("pac_bal - v3_ce", 0.03), ("pac_bal - v3_bal", 0.02)):
+        got = result["paired"][pair]["miou"]
+        assert got["mean_delta"] == pytest.approx(delta) and got["seeds_won"] == 3 and got["seeds"] == 3
+    table = (tmp_path / "pac_bal.md").read_text()
+    assert "| pac_bal - v3_bal | +2.00 [" in table and "| pac_bal | 3 | 53.10 |" in table
