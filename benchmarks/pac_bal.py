@@ -57,17 +57,18 @@ def run(workdir: str, seeds, tiny: bool = False, log=print) -> dict:
     return result
 
 
-def write(result: dict, workdir: str) -> None:
-    """The paired statistics of the runs so far -> WORKDIR/pac_bal.{json,md}."""
+def write(result: dict, workdir: str, name: str = "pac_bal", comparisons=COMPARISONS) -> None:
+    """The paired statistics of the runs so far (the (arm, baseline) pairs of `comparisons`) ->
+    WORKDIR/<name>.{json,md} (benchmarks/guidance_protocol.py writes its own through it)."""
     rows = {arm: {r["seed"]: r["scores"] for r in runs if "scores" in r} for arm, runs in result["arms"].items()}
-    for arm, base in COMPARISONS:
+    for arm, base in comparisons:
         common = sorted(set(rows[arm]) & set(rows[base]))
         if common:
             result["paired"][f"{arm} - {base}"] = protocol.paired_statistics(
                 [rows[arm][s] for s in common], [rows[base][s] for s in common])
-    with open(os.path.join(workdir, "pac_bal.json"), "w") as f:
+    with open(os.path.join(workdir, f"{name}.json"), "w") as f:
         json.dump(result, f, indent=1)
-    with open(os.path.join(workdir, "pac_bal.md"), "w") as f:
+    with open(os.path.join(workdir, f"{name}.md"), "w") as f:
         f.write(f"seeds {result['seeds']}{' (tiny)' if result['tiny'] else ''}\n\n{format_tables(result)}")
 
 
@@ -86,16 +87,18 @@ def format_tables(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="/tmp/semeda_pac_bal")
-    parser.add_argument("--seeds", default=",".join(map(str, REGISTERED_SEEDS)))
+def main(run_fn=None, doc: str = __doc__, workdir: str = "/tmp/semeda_pac_bal", seeds=REGISTERED_SEEDS) -> None:
+    """The command line of a paired-seed benchmark: `run_fn(workdir, seeds, tiny=...)` (default run; another
+    benchmark passes its own run, docstring, default workdir and seeds: benchmarks/guidance_protocol.py)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default=workdir)
+    parser.add_argument("--seeds", default=",".join(map(str, seeds)))
     parser.add_argument("--tiny", action="store_true", help="smoke-sized data and network (CI)")
     args = parser.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", os.path.join(args.workdir, "xla_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    run(args.workdir, [int(s) for s in args.seeds.split(",")], tiny=args.tiny)
+    (run_fn or run)(args.workdir, [int(s) for s in args.seeds.split(",")], tiny=args.tiny)
 
 
 if __name__ == "__main__":

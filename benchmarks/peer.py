@@ -59,10 +59,11 @@ GPU_PEAK_TFLOPS = {("H100", "bf16"): 989.0, ("H100", "fp32"): 67.0, ("H200", "bf
                    ("H200", "fp32"): 67.0, ("A100", "bf16"): 312.0, ("A100", "fp32"): 19.5}
 
 
-def setup_peer(venv: Path) -> None:
-    """Create the peer's venv with the pinned torch / smp / timm (CPU torch from the local wheel)."""
+def setup_peer(venv: Path, packages=PEER_PACKAGES) -> None:
+    """Create a peer's venv with its pinned packages (default: torch / smp / timm, CPU torch from the local
+    wheel; benchmarks/crf.py: the dense CRF)."""
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *PEER_PACKAGES], check=True)
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *packages], check=True)
     print(f"peer venv ready: {venv}")
 
 
@@ -89,10 +90,11 @@ def peak_tflops(precision: str, stated: float | None) -> tuple[float, str]:
 
 
 class Peer:
-    """One PyTorch worker process (benchmarks/peer_torch.py in the peer venv), kept warm between rounds."""
+    """One worker process (default benchmarks/peer_torch.py; `worker`: another script speaking the same JSON
+    lines) in the peer venv, kept warm between rounds."""
 
-    def __init__(self, python: Path, spec: dict):
-        self.process = subprocess.Popen([str(python), str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    def __init__(self, python: Path, spec: dict, worker: Path = WORKER):
+        self.process = subprocess.Popen([str(python), str(worker)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         self.setup = self.ask({"cmd": "setup", **spec})
         self.times: list[float] = []

@@ -51,7 +51,11 @@ def base_config() -> ml_collections.ConfigDict:
         # the whole global batch, i.e. fully synchronized BN); see semeda_jax/models/layers.py.
         bn_group_size=ml_collections.config_dict.placeholder(int),
         # '+'-joined names of models.AUX_HEADS whose named outputs join "logits" (loss terms read them).
-        aux_heads=""))
+        aux_heads="",
+        # True: the guided-filter mean-field CRF (config.eval.crf's settings) refines the logits inside the
+        # model, in training (unrolled, differentiable) and inference; our extension, the guidance paper trains
+        # piecewise (semeda_jax/crf.py, CRFLayer). No parameters: not part of the checkpoint fingerprint.
+        crf_layer=False))
     # bfloat16 activations and matmuls; parameters, optimiser state, BN statistics and the loss stay float32.
     config.mixed_precision = False
     config.parallel = ml_collections.ConfigDict(dict(
@@ -70,6 +74,8 @@ def base_config() -> ml_collections.ConfigDict:
         bal=dict(weight=1.0, kernel="gaussian", size=35, sigma=3.0, beta=0.5, down=4),
         ohem=dict(weight=1.0, threshold=0.6, min_kept=0),
         scl=dict(weight=1.0),
+        # Sigmoid BCE of the guidance model's class_logits against the classes present in the label map.
+        multilabel=dict(weight=1.0),
     ))
 
     config.edge_net = ml_collections.ConfigDict(dict(
@@ -100,16 +106,23 @@ def base_config() -> ml_collections.ConfigDict:
         fusion="avg", postprocess=""))
     # The guided-filter mean-field CRF (semeda_jax/crf.py), used when postprocess = "guided_crf": window radius,
     # eps on 0-255 intensities (10: the guidance paper's), mean-field iterations T, pairwise weight w (0 = off),
-    # compatibility (potts). The paper gives no radius, T or w.
+    # compatibility (potts | content: Eqs. 6-7 from the model's class_logits, lambda = lam). The paper gives no
+    # radius, T, w or lambda. config.model.crf_layer uses the same settings.
     config.eval.crf = ml_collections.ConfigDict(dict(radius=4, eps=10.0, iterations=5, weight=1.0,
-                                                     compatibility="potts"))
+                                                     compatibility="potts", lam=1.0))
+    # The learn_fusion stage (semeda_jax/fusion.py): per-class view weights for fusion "learned" (guidance
+    # paper Eqs. 9-10), fitted with the network frozen on `pixels_per_image` random valid pixels of every image
+    # of `split` (never the validation split), Adam for `steps` at `learning_rate`; -> WORKDIR/fusion_weights.json.
+    config.eval.learn_fusion = ml_collections.ConfigDict(dict(split="train", pixels_per_image=256, steps=300,
+                                                              learning_rate=0.05))
     # Training phases (semeda_jax/phases.py): order = comma-separated phase names, one section per phase with
     # its split, annotation, loss, steps or epochs, schedule, learning rate and eval cadence; "" = one phase.
     config.phases = ml_collections.ConfigDict(dict(order=""))
     return config
 
 
-SMOKE_DEPTHS = {"resnet": 18, "xception": 26}  # ResNet-18; Xception with one middle-flow block
+SMOKE_DEPTHS = {"resnet": 18, "xception": 26, "resnet38": 38, "vgg16": 16}  # ResNet-18; Xception with one
+# middle-flow block; ResNet-38 and VGG-16 have one depth (smoke narrows them only)
 
 
 def shrink_for_smoke(config: ml_collections.ConfigDict) -> None:

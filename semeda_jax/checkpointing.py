@@ -49,8 +49,9 @@ class NonFiniteError(CheckpointError):
 
 def model_fingerprint(config) -> dict:
     """The config fields that fix the model's parameter tree: every `model.*` field but the initial weights
-    file, and `dataset.num_classes` -> {"model.depth": 18, ...} (JSON values)."""
-    fields = {f"model.{k}": v for k, v in config.model.to_dict().items() if k != "pretrained"}
+    file and the parameter-free CRF layer switch, and `dataset.num_classes` -> {"model.depth": 18, ...} (JSON
+    values)."""
+    fields = {f"model.{k}": v for k, v in config.model.to_dict().items() if k not in ("pretrained", "crf_layer")}
     fields["dataset.num_classes"] = config.dataset.num_classes
     return {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(fields.items())}
 

@@ -71,8 +71,9 @@ def check_training_values(config: ml_collections.ConfigDict) -> None:
 
 def _abstract_inputs(reads, num_classes: int):
     channels = {"logits": num_classes, "pair_logits": 9}
-    return [jax.ShapeDtypeStruct((1, PROBE_SIZE, PROBE_SIZE, channels.get(name, num_classes)), jnp.float32)
-            for name in reads]
+    per_image = {"class_logits": (1, num_classes)}  # image-level outputs [B,C]; the others are maps
+    return [jax.ShapeDtypeStruct(per_image.get(name, (1, PROBE_SIZE, PROBE_SIZE, channels.get(name, num_classes))),
+                                 jnp.float32) for name in reads]
 
 
 def check_loss_values(config: ml_collections.ConfigDict) -> None:

@@ -7,19 +7,31 @@ Guided filter of p [B,H,W,C] with colour guide I [B,H,W,3] (intensities 0-255), 
     mu_k, Sigma_k = mean and 3x3 covariance of I in w_k; pbar_k = mean of p in w_k
     a_k = (Sigma_k + eps U)^-1 (mean_k(I p) - mu_k pbar_k)   [3, C];   b_k = pbar_k - a_k^T mu_k   [C]
     q_i = mean_{k: i in w_k}(a_k)^T I_i + mean_{k: i in w_k}(b_k)
-Every mean is a box filter by cumulative sums (O(N) per channel, any radius); the filter is linear in p and
-normalised (it maps 1 to 1), i.e. q = W p with sum_j W_ij = 1. In float32 the cumulative sums lose digits on
-large images (differences of large prefix sums); the guide is centred per image first, which leaves q unchanged.
+Every mean is a box filter by prefix sums (O(N) per channel, any radius; direct window sums for r <= 8); the
+filter is linear in p and normalised (it maps 1 to 1), i.e. q = W p with sum_j W_ij = 1. In float32 the prefix
+sums lose digits on large images (differences of large prefix sums); the guide is centred per image first,
+which leaves q unchanged.
 
 Mean field (reward convention: the unary U is the network's scores, s = -phi):
     Q^0 = softmax(U);  T times:  m = GF_I(Q);  M(l) = sum_l' mu(l, l') m(l');  Q = softmax(U + w M)
 This is the energy form softmax(-phi - w sum_l' (1 - mu(l, l')) m(l')) up to a constant per pixel, so with the
 Potts mu = delta it is the usual "unary minus pairwise penalty" update. Choices the paper leaves open: the
 message includes the pixel itself (j = i; the guided-filter weights as they are, as in the kernel of [7]); the
-compatibility mu [C,C] or per image [B,C,C]; w, r and T (not given by the paper).
+compatibility mu [C,C] or per image [B,C,C]; w, r, T and lambda (not given by the paper).
+
+Content-sensitive compatibility (Eqs. 6-7) from the class guidance scores s_g [B,C] (the network's
+"class_logits", = -phi_g): mu = delta + lambda (s_g(l) + s_g(l')). Because the filter is normalised, the l'-sum
+of the second part is a constant per pixel, so mu acts exactly as the Potts message plus the per-class global
+bias w lambda s_g(l) (SPEC.md 4(c); tested).
+
+Two uses: post-processing of the inference seam (crf_postprocess: the unary is log p of the fused
+probabilities, the class scores the views' mean class_logits) and, our extension (the paper trains piecewise,
+its CRF is never in the training loop), a parameter-free layer on a model's logits in training and inference
+(CRFLayer, config.model.crf_layer; differentiable: T unrolled iterations).
 """
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from collections.abc import Mapping, Sequence
 
@@ -30,22 +42,45 @@ import numpy as np
 
 from semeda_jax.validation import ConfigError, InputError, check_int, check_rank
 
-COMPATIBILITIES = ("potts",)  # config.eval.crf.compatibility values (post-processing is given no class scores)
-# The fields of config.eval.crf (configs/common.py sets the defaults: eps 10 is the paper's; r, T, w are ours).
-CONFIG_FIELDS = ("radius", "eps", "iterations", "weight", "compatibility")
+# config.eval.crf.compatibility values: Potts, or Eqs. 6-7 from the model's "class_logits" (lambda = lam).
+COMPATIBILITIES = ("potts", "content")
+# The fields of config.eval.crf (configs/common.py sets the defaults: eps 10 is the paper's; r, T, w, lam ours).
+CONFIG_FIELDS = ("radius", "eps", "iterations", "weight", "compatibility", "lam")
+
+
+WINDOW_SUM_MAX_RADIUS = 8  # box_sum: radii up to this use a direct window sum, larger ones prefix sums
 
 
 def box_sum(x: jax.Array, radius: int) -> jax.Array:
     """x [B,H,W,...] -> the sum over the (2r+1)^2 window around each pixel clipped to the image, same shape;
-    two cumulative sums (one per spatial axis), O(N) whatever the radius."""
+    per spatial axis a prefix sum (an associative scan: O(N) work; XLA:CPU's cumsum is a reduce_window, ~10x
+    slower here) and the difference of two shifted slices of it, O(N) whatever the radius. For r <= 8
+    (WINDOW_SUM_MAX_RADIUS) the same sums come from a separable zero-padded window sum, O(N r) but several times
+    faster on XLA:CPU at such radii (both exact; tested against each other). Trailing axes are flattened into
+    one first (XLA:CPU scans a [B,H,W,3,C] array several times slower than [B,H,W,3C])."""
+    shape = x.shape
+    x = x.reshape(*shape[:3], -1)
+    if radius <= WINDOW_SUM_MAX_RADIUS:
+        for axis in (1, 2):
+            window, pad = [1] * 4, [(0, 0)] * 4
+            window[axis], pad[axis] = 2 * radius + 1, (radius, radius)
+            x = jax.lax.reduce_window(x, np.zeros((), x.dtype), jax.lax.add, window, (1, 1, 1, 1), pad)
+        return x.reshape(shape)
     for axis in (1, 2):
         n = x.shape[axis]
-        prefix = jnp.cumsum(x, axis=axis)
-        prefix = jnp.concatenate([jnp.zeros_like(jax.lax.slice_in_dim(prefix, 0, 1, axis=axis)), prefix], axis)
-        idx = np.arange(n)
-        hi, lo = np.minimum(idx + radius + 1, n), np.maximum(idx - radius, 0)
-        x = jnp.take(prefix, hi, axis=axis) - jnp.take(prefix, lo, axis=axis)
-    return x
+        prefix = jax.lax.associative_scan(jnp.add, x, axis=axis)
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (0, radius)
+        # S[k] = sum x[:k] for k = 0..n, then S[n] repeated r times: window [i - r, i + r] = S[min(i + r + 1, n)]
+        # - S[max(i - r, 0)]
+        prefix = jnp.pad(jnp.concatenate([jnp.zeros_like(jax.lax.slice_in_dim(prefix, 0, 1, axis=axis)), prefix],
+                                         axis), pad, mode="edge")
+        hi = jax.lax.slice_in_dim(prefix, radius + 1, radius + 1 + n, axis=axis) if radius + 1 <= n \
+            else jnp.repeat(jax.lax.slice_in_dim(prefix, n, n + 1, axis=axis), n, axis=axis)
+        lo = jnp.concatenate([jnp.zeros_like(jax.lax.slice_in_dim(prefix, 0, min(radius, n), axis=axis)),
+                              jax.lax.slice_in_dim(prefix, 0, max(n - radius, 0), axis=axis)], axis)
+        x = hi - lo
+    return x.reshape(shape)
 
 
 def window_counts(height: int, width: int, radius: int) -> np.ndarray:
@@ -135,11 +170,36 @@ def _check_compatibility(compatibility, num_classes: int, batch: int) -> None:
                          f"{shape}")
 
 
-def mean_field_update(q: jax.Array, unary: jax.Array, setup: dict, weight, compatibility: jax.Array) -> jax.Array:
-    """One iteration: Q [B,H,W,C] -> softmax(U + w sum_l' mu(l, l') GF(Q)(l')) (module docstring)."""
+def pairwise_message(q: jax.Array, setup: dict, compatibility: jax.Array) -> jax.Array:
+    """M(l) = sum_l' mu(l, l') GF(Q)(l') [B,H,W,C] of Q [B,H,W,C]; mu [C,C] or [B,C,C]."""
     message = guided_filter_apply(setup, q)
     spec = "lk,bhwk->bhwl" if compatibility.ndim == 2 else "blk,bhwk->bhwl"
-    return jax.nn.softmax(unary + weight * jnp.einsum(spec, compatibility, message), axis=-1)
+    return jnp.einsum(spec, compatibility, message)
+
+
+def mean_field_update(q: jax.Array, unary: jax.Array, setup: dict, weight, compatibility: jax.Array) -> jax.Array:
+    """One iteration: Q [B,H,W,C] -> softmax(U + w sum_l' mu(l, l') GF(Q)(l')) (module docstring)."""
+    return jax.nn.softmax(unary + weight * pairwise_message(q, setup, compatibility), axis=-1)
+
+
+def mean_field_logits(unary: jax.Array, guide: jax.Array, *, radius: int, eps: float = 10.0, iterations: int = 5,
+                      weight=1.0, compatibility: jax.Array | None = None) -> jax.Array:
+    """The guidance CRF's scores after `iterations` updates: U + w M(Q^{T-1}) [B,H,W,C] (U for T = 0), so that
+    softmax of them is mean_field's Q (a stable log Q up to a constant per pixel, for use as logits).
+    Arguments as mean_field's."""
+    _check_pair("unary", unary, guide, radius, eps)
+    check_int("iterations", iterations, minimum=0)
+    unary = unary.astype(jnp.promote_types(unary.dtype, jnp.float32))
+    if compatibility is None:
+        compatibility = potts_compatibility(unary.shape[-1], unary.dtype)
+    _check_compatibility(compatibility, unary.shape[-1], unary.shape[0])
+    setup = guided_filter_setup(guide, radius, eps, unary.dtype)
+    compatibility = jnp.asarray(compatibility, unary.dtype)
+
+    def update(_, scores):
+        return unary + weight * pairwise_message(jax.nn.softmax(scores, axis=-1), setup, compatibility)
+
+    return jax.lax.fori_loop(0, iterations, update, unary)
 
 
 def mean_field(unary: jax.Array, guide: jax.Array, *, radius: int, eps: float = 10.0, iterations: int = 5,
@@ -149,31 +209,77 @@ def mean_field(unary: jax.Array, guide: jax.Array, *, radius: int, eps: float = 
     content_compatibility; None = Potts). Unrolled (a fori_loop of fixed length), so differentiable in U, w, mu
     and the guide: usable as a layer in training (our extension; the paper trains piecewise). Computed in at
     least float32."""
-    _check_pair("unary", unary, guide, radius, eps)
-    check_int("iterations", iterations, minimum=0)
-    unary = unary.astype(jnp.promote_types(unary.dtype, jnp.float32))
-    if compatibility is None:
-        compatibility = potts_compatibility(unary.shape[-1], unary.dtype)
-    _check_compatibility(compatibility, unary.shape[-1], unary.shape[0])
-    setup = guided_filter_setup(guide, radius, eps, unary.dtype)
-    compatibility = jnp.asarray(compatibility, unary.dtype)
-    return jax.lax.fori_loop(0, iterations, lambda _, q: mean_field_update(q, unary, setup, weight, compatibility),
-                             jax.nn.softmax(unary, axis=-1))
+    return jax.nn.softmax(mean_field_logits(unary, guide, radius=radius, eps=eps, iterations=iterations,
+                                            weight=weight, compatibility=compatibility), axis=-1)
 
 
-def crf_postprocess(probabilities: jax.Array, images: jax.Array, *, mean: Sequence[float], std: Sequence[float],
-                    radius: int, eps: float, iterations: int, weight: float) -> jax.Array:
-    """inference.POSTPROCESSORS["guided_crf"]: probabilities [B,H,W,C] and normalised images [B,H,W,3] ->
+def missing_class_scores(where: str) -> ConfigError:
+    """The error of the content-sensitive compatibility on a model without "class_logits" (`where`: its use)."""
+    return ConfigError(f"config.eval.crf.compatibility: 'content' reads the model output 'class_logits', which "
+                       f"the model does not produce ({where}); use 'potts' or a model with the classification "
+                       f"branch")
+
+
+def compatibility_of(name: str, class_scores: jax.Array | None, lam: float, where: str) -> jax.Array | None:
+    """The compatibility `name` ("potts" -> None, i.e. Potts; "content" -> Eqs. 6-7 of class_scores [B,C]);
+    missing_class_scores(where) when "content" has none."""
+    if name == "potts":
+        return None
+    if class_scores is None:
+        raise missing_class_scores(where)
+    return content_compatibility(class_scores.astype(jnp.promote_types(class_scores.dtype, jnp.float32)), lam)
+
+
+def _guide_0_255(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+    """Normalised images [B,H,W,3] -> 0-255 intensities (x std + mean, as config.data normalised them)."""
+    return images * jnp.asarray(std, images.dtype) + jnp.asarray(mean, images.dtype)
+
+
+def crf_postprocess(probabilities: jax.Array, images: jax.Array, class_scores: jax.Array | None = None, *,
+                    mean: Sequence[float], std: Sequence[float], radius: int, eps: float, iterations: int,
+                    weight: float, compatibility: str = "potts", lam: float = 1.0) -> jax.Array:
+    """inference.POSTPROCESSORS["guided_crf"]: probabilities [B,H,W,C], normalised images [B,H,W,3] and the
+    network's class scores [B,C] (its class_logits fused over the views; None for a model without them) ->
     probabilities [B,H,W,C] (same dtype). The unary is log p (softmax(log p) = p, so weight 0 returns p), the
-    guide the images un-normalised to 0-255 (x std + mean, as config.data normalised them), Potts compatibility."""
-    guide = images * jnp.asarray(std, images.dtype) + jnp.asarray(mean, images.dtype)
+    guide the images un-normalised to 0-255, the compatibility Potts or content-sensitive (lambda = lam)."""
     unary = jnp.log(jnp.maximum(probabilities, jnp.finfo(probabilities.dtype).tiny))
-    return mean_field(unary, guide, radius=radius, eps=eps, iterations=iterations, weight=weight)
+    mu = compatibility_of(compatibility, class_scores, lam, "post-processing")
+    return mean_field(unary, _guide_0_255(images, mean, std), radius=radius, eps=eps, iterations=iterations,
+                      weight=weight, compatibility=mu)
+
+
+@dataclasses.dataclass(frozen=True)
+class CRFLayer:
+    """The guidance CRF as a parameter-free layer on a model's outputs (config.model.crf_layer; our extension,
+    the paper trains piecewise): outputs {"logits" [B,h,w,C], ("class_logits" [B,C])}, normalised images
+    [B,H,W,3] -> the outputs with "logits" replaced by mean_field_logits of them. It runs at the logits'
+    resolution (the output stride), the guide being the images resized to it (bilinear, antialiased) and
+    un-normalised to 0-255: T unrolled iterations keep several [B,h,w,3,C] tensors for the backward pass, which
+    at full resolution would cost the network's own memory many times over; every inference mode then sees
+    ordinary stride-OS logits. Settings as config.eval.crf's (the same section serves both uses)."""
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    radius: int
+    eps: float
+    iterations: int
+    weight: float
+    compatibility: str = "potts"
+    lam: float = 1.0
+
+    def __call__(self, outputs: dict, images: jax.Array) -> dict:
+        logits = outputs["logits"]
+        size = (images.shape[0], *logits.shape[1:3], 3)
+        guide = _guide_0_255(jax.image.resize(images.astype(logits.dtype), size, method="bilinear",
+                                              antialias=True), self.mean, self.std)
+        mu = compatibility_of(self.compatibility, outputs.get("class_logits"), self.lam, "config.model.crf_layer")
+        refined = mean_field_logits(logits, guide, radius=self.radius, eps=self.eps, iterations=self.iterations,
+                                    weight=self.weight, compatibility=mu)
+        return {**outputs, "logits": refined.astype(logits.dtype)}
 
 
 def options_from_config(section: Mapping, data: Mapping) -> dict:
-    """config.eval.crf (and config.data's mean/std) -> the keyword options of crf_postprocess, checked:
-    ConfigError names the field (config.eval.crf.<field>) and what is expected."""
+    """config.eval.crf (and config.data's mean/std) -> the keyword options of crf_postprocess / CRFLayer,
+    checked: ConfigError names the field (config.eval.crf.<field>) and what is expected."""
     section = dict(section.to_dict() if isinstance(section, ml_collections.ConfigDict) else section)
     unknown = sorted(set(section) - set(CONFIG_FIELDS))
     if unknown:
@@ -186,7 +292,7 @@ def options_from_config(section: Mapping, data: Mapping) -> dict:
             check_int(name, section[name], minimum=minimum)
         except InputError as error:
             raise ConfigError(f"config.eval.crf.{error}") from None
-    for name, positive in (("eps", True), ("weight", False)):
+    for name, positive in (("eps", True), ("weight", False), ("lam", False)):
         value = section[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) \
                 or (positive and value <= 0):
@@ -194,8 +300,8 @@ def options_from_config(section: Mapping, data: Mapping) -> dict:
                               f"got {value!r}")
     if section["compatibility"] not in COMPATIBILITIES:
         raise ConfigError(f"config.eval.crf.compatibility: unknown {section['compatibility']!r}; valid: "
-                          f"{list(COMPATIBILITIES)} (the content-sensitive one needs class scores, which "
-                          f"post-processing is not given)")
+                          f"{list(COMPATIBILITIES)}")
     return {"mean": tuple(float(v) for v in data["mean"]), "std": tuple(float(v) for v in data["std"]),
             "radius": int(section["radius"]), "eps": float(section["eps"]),
-            "iterations": int(section["iterations"]), "weight": float(section["weight"])}
+            "iterations": int(section["iterations"]), "weight": float(section["weight"]),
+            "compatibility": str(section["compatibility"]), "lam": float(section["lam"])}

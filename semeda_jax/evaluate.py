@@ -31,10 +31,11 @@ PERIODIC = inference.InferenceSpec()  # whole image, one scale, no flip
 
 def evaluators(config: ml_collections.ConfigDict) -> dict[str, tuple[inference.InferenceSpec, int]]:
     """{name: (inference spec, cadence in steps; 0 = at the end of training only)}; "full" only when its
-    inference differs from the periodic one."""
+    inference differs from the periodic one and needs no learned fusion weights (those are fitted after
+    training, by the learn_fusion stage; the eval stage then runs the full inference)."""
     full = inference.spec_for(config)
     named = {"periodic": (PERIODIC, int(config.train.eval_every))}
-    if full != PERIODIC:
+    if full != PERIODIC and full.fusion != "learned":
         named["full"] = (full, 0)
     return named
 

@@ -35,7 +35,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and reports (created if needed).")
-flags.DEFINE_list("stages", None, "Stages to run (edge_pretrain, train, eval, predict); default: config.stages.")
+flags.DEFINE_list("stages", None, "Stages to run (edge_pretrain, train, learn_fusion, eval, predict); default: "
+                  "config.stages.")
 flags.DEFINE_string("images", None, "Folder of images for the predict stage.")
 flags.DEFINE_bool("distributed", False, "Multi-process run: call jax.distributed.initialize first.")
 flags.DEFINE_string("coordinator_address", None, "--distributed: host:port of process 0 (default: from the "
@@ -77,7 +78,7 @@ def run(config, workdir: str, stages, images: str | None) -> None:
             out_dir = os.path.join(workdir, "predictions")
             written, skipped = predict.predict_folder(state, images, out_dir, mean=config.data.mean,
                                                       std=config.data.std, input_scale=config.data.input_scale,
-                                                      log=log, predict_fn=stage_lib.predict_fn(config, state))
+                                                      log=log, predict_fn=stage_lib.predict_fn(config, state, workdir))
             if skipped:
                 names = ", ".join(os.path.basename(p) for p in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
                 raise InputError(f"--images: {len(skipped)} of {len(written) + len(skipped)} files in {images} "

@@ -10,7 +10,8 @@ function in semeda_jax/losses/, one `Term` here, its section in configs/common.p
 `config.loss` (or a phase's `loss`) joins term names with '+'. The objective maps (outputs {name: array},
 labels [B,H,W], frozen {net: params}) to (total scalar, {term name: weighted value}) so the step can log every
 term. The paper settings: PPCE "ce"; SEMEDA "ce+semeda" (Eq. 6); Sobel baseline "ce+sobel"; BAL "bal" (a
-weighted CE, so it replaces "ce"); RelationNet "ohem+scl" (SCL reads "pair_logits").
+weighted CE, so it replaces "ce"); RelationNet "ohem+scl" (SCL reads "pair_logits"); the guidance models'
+optional "ce+multilabel" (reads "class_logits").
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ TERMS = {
     "sobel": Term(losses.sobel_loss),
     "bal": Term(losses.boundary_aware_loss),
     "ohem": Term(losses.ohem_cross_entropy),
-    "scl": Term(losses.spatial_correlation_loss, reads=("pair_logits",)),
+    "scl": Term(losses.spatial_correlation_loss_from_labels, reads=("pair_logits",)),  # labels -> pairs' size
+    "multilabel": Term(losses.multilabel_loss, reads=("class_logits",)),
 }
 
 

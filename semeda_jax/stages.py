@@ -4,7 +4,10 @@
     train          f_theta with the loss mix; runs edge_pretrain first when the loss needs g_phi and neither
                    config.edge_net.checkpoint nor WORKDIR/edge_net holds one
     eval           the best (else latest) checkpoint on the validation split -> WORKDIR/report.{json,md} + plots
+    learn_fusion   per-class view weights of the test-time ensemble on config.eval.learn_fusion.split, network
+                   frozen (fusion.py, guidance paper Eqs. 9-10) -> WORKDIR/fusion_weights.json
     predict        colourised masks and entropy maps for every image of a folder -> WORKDIR/predictions
+Eval and predict with config.eval.inference.fusion = "learned" read WORKDIR/fusion_weights.json.
 """
 from __future__ import annotations
 
@@ -16,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from semeda_jax import (config_checks, edge_pretrain, evaluate, inference, objective, parallel, phases, reporting,
-                        train)
+from semeda_jax import (config_checks, edge_pretrain, evaluate, fusion, inference, objective, parallel, phases,
+                        reporting, train)
 from semeda_jax.checkpointing import Checkpoints, model_fingerprint
 from semeda_jax.data import DATASETS, build_reader, pipeline
 from semeda_jax.losses import init_edge_net
@@ -38,7 +41,7 @@ KNOWN_FIELDS = {
     "optimizer": ("learning_rate", "momentum", "weight_decay", "warmup_steps", "poly_power"),
     "train": ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "grad_accum_steps",
               "log_logit_grad_norms", "init_checkpoint"),
-    "eval": ("trimap_widths", "num_plot_images", "f1_groups", "inference", "crf"),
+    "eval": ("trimap_widths", "num_plot_images", "f1_groups", "inference", "crf", "learn_fusion"),
     "parallel": ("model_parallelism", "param_sharding"),
 }
 
@@ -64,7 +67,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     model = train.build_segmentation_model(config, config.dataset.num_classes)
     check_unused_fields(config)
     phases.check_phases(config)
-    inference.spec_for(config)
+    spec = inference.spec_for(config)
+    if spec.fusion == "learned":
+        fusion.options_from_config(config)
+    if config.model.get("crf_layer") and spec.postprocess == "guided_crf":
+        raise ConfigError("config.eval.inference.postprocess: 'guided_crf' would apply the CRF a second time, "
+                          "config.model.crf_layer already puts it on the model's logits")
     if config.dataset.name not in DATASETS:
         raise ConfigError(f"config.dataset.name: unknown {config.dataset.name!r}; valid: {sorted(DATASETS)}")
     if config.eval.get("f1_groups", "") not in evaluate.F1_GROUPS:
@@ -79,8 +87,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     try:
         outputs = jax.eval_shape(functools.partial(model.init_with_output, train=False),
                                  {"params": key, "dropout": key}, jax.ShapeDtypeStruct((1, 33, 33, 3), jnp.float32))[0]
+    except ConfigError:
+        raise
     except ValueError as error:
         raise ConfigError(f"config.model: {error}") from None
+    inference.check_outputs(spec, outputs)
     for key_name, mix in objective.all_mixes(config).items():
         objective.check_outputs(config, outputs, mix, key_name)
     if not config.data.input_scale > 0:
@@ -171,17 +182,41 @@ def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, log: 
     return state
 
 
-def predict_fn(config: ml_collections.ConfigDict, state):
+def inference_spec(config: ml_collections.ConfigDict, workdir: str) -> inference.InferenceSpec:
+    """config.eval.inference's spec; fusion "learned" with its weights from WORKDIR/fusion_weights.json."""
+    spec = inference.spec_for(config)
+    if spec.fusion != "learned":
+        return spec
+    return fusion.with_learned_weights(spec, workdir, config.dataset.num_classes)
+
+
+def predict_fn(config: ml_collections.ConfigDict, state, workdir: str):
     """The inference of config.eval.inference for `state`'s model: f(variables, images, size) -> probabilities."""
-    return inference.build_predict_fn(inference.spec_for(config), state.apply_fn,
+    return inference.build_predict_fn(inference_spec(config, workdir), state.apply_fn,
                                       output_stride=int(config.model.output_stride))
+
+
+def run_learn_fusion(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> dict:
+    """Fit the learned fusion's view weights on config.eval.learn_fusion.split with the trained network frozen
+    -> WORKDIR/fusion_weights.json (fusion.py); returns the saved record."""
+    options = fusion.options_from_config(config)
+    reader = build_reader(config.dataset, options["split"])
+    pipeline.check_pad_size(reader, config.data.eval_pad_size, name="config.data.eval_pad_size")
+    state = restore_for_inference(config, workdir, log)
+    record = fusion.learn_view_weights(state, reader, config, log)
+    if jax.process_index() == 0:
+        path = fusion.save(record, workdir)
+        log(f"[learn_fusion] cross-entropy {record['loss_avg']:.4f} (avg) -> {record['loss_learned']:.4f} "
+            f"(learned), pixel accuracy {record['accuracy_avg']:.4f} -> {record['accuracy_learned']:.4f}; "
+            f"weights written to {path}")
+    return record
 
 
 def run_eval(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> dict:
     readers = build_readers(config)
     state = restore_for_inference(config, workdir, log)
     report = evaluate.evaluate(state, readers["val"], config, num_samples=config.eval.num_plot_images,
-                               class_names=readers["val"].class_names)
+                               class_names=readers["val"].class_names, spec=inference_spec(config, workdir))
     if jax.process_index() == 0:
         path = reporting.write_report(report, workdir, title=f"{config.model.name}, loss {config.loss}")
         log(f"[eval] mIoU {report['miou']:.4f}  mean F1 {report['mean_f1']:.4f}  E-measure {report['emeasure']:.4f}")
@@ -189,4 +224,5 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, log: Log = print) 
     return report
 
 
-STAGES = {"edge_pretrain": run_edge_pretrain, "train": run_train, "eval": run_eval}
+STAGES = {"edge_pretrain": run_edge_pretrain, "train": run_train, "learn_fusion": run_learn_fusion,
+          "eval": run_eval}

@@ -91,7 +91,8 @@ def load_pretrained_backbone(config: ml_collections.ConfigDict, state: TrainStat
                              log: Callable[[str], None]) -> TrainState:
     """The state with its backbone parameters and BN statistics from config.model.pretrained (a torchvision /
     timm state dict, models/pretrained.py), placed with the state's shardings; a warning when none is set.
-    Only the backbone subtrees move through the host; a file that does not fit is a one-line ConfigError."""
+    Only the loaded subtrees (the backbone; VGG's fc6/fc7 too) move through the host; a file that does not fit
+    is a one-line ConfigError."""
     path = config.model.get("pretrained")
     if not path:
         log("[train] warning: config.model.pretrained is empty: the backbone starts from random weights")
@@ -107,11 +108,12 @@ def load_pretrained_backbone(config: ml_collections.ConfigDict, state: TrainStat
         value = np.asarray(value, like.dtype)
         return jax.make_array_from_callback(like.shape, like.sharding, lambda index: value[index])
 
-    def with_backbone(tree, loaded):
-        return {**tree, "backbone": jax.tree.map(place, loaded["backbone"], tree["backbone"])}
+    def with_loaded(tree, loaded):  # the backbone, and what a VGG file also fills (fc6, fc7, class_branch)
+        return {**tree, **{key: jax.tree.map(place, value, tree[key]) for key, value in loaded.items()
+                           if value is not tree[key]}}
 
-    return state.replace(params=with_backbone(state.params, variables["params"]),
-                         batch_stats=with_backbone(state.batch_stats, variables["batch_stats"]))
+    return state.replace(params=with_loaded(state.params, variables["params"]),
+                         batch_stats=with_loaded(state.batch_stats, variables["batch_stats"]))
 
 
 def load_init_checkpoint(config: ml_collections.ConfigDict, mesh: Mesh, log: Callable[[str], None]) -> dict:

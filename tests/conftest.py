@@ -18,8 +18,9 @@ jax.config.update("jax_enable_x64", True)
 # The slowest test files (training runs, subprocesses), longest first. With `-n 2 --dist loadfile` and
 # --no-loadscope-reorder (pyproject.toml) the workers take files in collection order, so these start first and
 # the many quick files fill in behind them, instead of one slow file ending the run while the other worker idles.
-SLOW_FILES_FIRST = ("test_configs.py", "test_end_to_end.py", "test_multiprocess.py", "test_parallel.py",
-                    "test_models.py", "test_preemption.py", "test_fault_runs.py", "test_protocol.py")
+SLOW_FILES_FIRST = ("test_relationnet.py", "test_configs.py", "test_end_to_end.py", "test_multiprocess.py",
+                    "test_guidance.py", "test_parallel.py", "test_models.py", "test_preemption.py",
+                    "test_fault_runs.py", "test_protocol.py", "test_similarity.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -30,6 +30,23 @@ def test_peer_benchmark_runs_at_tiny_size_without_the_peer(monkeypatch, capsys, 
     assert "SEMEDA term:" in out
 
 
+@pytest.mark.parametrize("with_dense", [False, True])
+def test_crf_benchmark_runs_at_tiny_size(with_dense, monkeypatch, capsys, tmp_path):
+    """benchmarks/crf.py --tiny: one row per size; the dense CRF's columns only with its venv (skipped with a
+    one-line message without it)."""
+    from benchmarks import crf as crf_benchmark
+
+    venv = crf_benchmark.DENSE_VENV if with_dense else tmp_path / "none"
+    if with_dense and not (venv / "bin" / "python").exists():
+        pytest.skip(f"no dense CRF venv at {venv} (python -m benchmarks.crf --setup-dense)")
+    monkeypatch.setattr(sys, "argv", ["crf", "--tiny", "--dense-venv", str(venv)])
+    crf_benchmark.main()
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| tiny")]
+    assert len(rows) == 2 and ("dense CRF skipped: no venv at" in out) != with_dense
+    assert all(("x |" in row) == with_dense for row in rows)
+
+
 def test_the_train_step_builds_without_tensorflow():
     """The GPU suite runs where TensorFlow is not installed: the step, the eval step and the peer benchmark
     import neither TensorFlow nor clu (which imports it); only reading data and writing summaries do."""
@@ -38,3 +55,45 @@ def test_the_train_step_builds_without_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+def test_relationnet_protocol_pairs_its_arms_and_tests_multistep_on_the_relation_run(tmp_path, monkeypatch):
+    """benchmarks/relationnet_protocol.py: every arm's config passes check_config; the loop trains the three
+    trained arms (protocol.run_arm, trained end to end in tests/test_protocol.py) and evaluates `multistep` on
+    the relation arm's run with shifted testing (both replaced here by known scores), then pairs them."""
+    from benchmarks import guidance_protocol, protocol, relationnet_protocol as rn
+    from semeda_jax import stages
+    for arm in rn.ARMS:
+        config = rn.arm_config(arm, 1)
+        stages.check_config(config)
+        assert config.seed == 1 and sum(config.phases[p].steps for p in ("constant", "decay")) == 1200
+    multistep, relation = rn.arm_config("multistep", 0), rn.arm_config("relation", 0)
+    assert multistep.eval.inference.mode == "shifted" and relation.eval.inference.mode == "whole"
+    multistep.eval.inference = relation.eval.inference
+    assert multistep.to_dict() == relation.to_dict()
+    gain = {"ohem": 0.0, "ohem_scl": 0.01, "relation": 0.03, "multistep": 0.04}
+    calls = []
+
+    def known(arm, seed):
+        return dict(scores=dict.fromkeys(protocol.METRICS, 0.4 + gain[arm] + 0.002 * seed))
+
+    def trained(config, workdir, log):
+        arm = next(a for a, (scl, rel) in rn.TRAINED.items()
+                   if (scl, rel) == ("scl" in config.loss, config.model.relation))
+        calls.append(("train", arm, workdir))
+        return known(arm, config.seed)
+
+    def evaluated(config, run_dir, arm_dir, log):
+        calls.append(("eval", config.eval.inference.mode, run_dir))
+        return known("multistep", config.seed)
+
+    monkeypatch.setattr(protocol, "run_arm", trained)
+    monkeypatch.setattr(guidance_protocol, "evaluate_arm", evaluated)
+    result = rn.run(str(tmp_path), seeds=(0, 1, 2), log=lambda line: None)
+    assert [c[:2] for c in calls] == [("train", "ohem"), ("train", "ohem_scl"), ("train", "relation"),
+                                      ("eval", "shifted")] * 3
+    assert calls[3][2] == str(tmp_path / "relation" / "seed0")
+    for (arm, base), delta in zip(rn.COMPARISONS, (0.01, 0.02, 0.01, 0.04)):
+        paired = result["paired"][f"{arm} - {base}"]["miou"]
+        assert paired["mean_delta"] == pytest.approx(delta) and paired["seeds_won"] == 3
+    assert "| multistep - ohem | +4.00 [" in (tmp_path / "relationnet.md").read_text()

@@ -93,6 +93,6 @@ def test_bad_class_weights_and_float_labels():
 def test_registry_names_every_loss_and_rejects_unknown_names():
     from semeda_jax.losses import LOSSES, get_loss
     assert get_loss("semeda") is LOSSES["semeda"]
-    assert set(LOSSES) == {"ce", "semeda", "sobel", "bal", "ohem", "scl"}
+    assert set(LOSSES) == {"ce", "semeda", "sobel", "bal", "ohem", "scl", "multilabel"}
     with pytest.raises(ValueError, match=r"unknown loss 'dice'; valid names: \['bal', 'ce'"):
         get_loss("dice")

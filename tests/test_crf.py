@@ -1,6 +1,8 @@
 """The guided filter and the guidance CRF (semeda_jax/crf.py) against NumPy float64 references with explicit
-windows and an explicit kernel matrix, the compatibility's collapse to a class bias (SPEC.md 4(c)), a gradient
-check of the unrolled layer, and the CRF as the inference seam's post-processing "guided_crf"."""
+windows and an explicit kernel matrix, the compatibility's collapse to a class bias (SPEC.md 4(c)) and its
+effect on a constructed scene, a gradient check of the unrolled layer, the CRF layer on a model's outputs, and
+the CRF as the inference seam's post-processing "guided_crf" (with the views' mean class_logits)."""
+import functools
 import pathlib
 
 import jax
@@ -84,6 +86,19 @@ def reference_mean_field(unary, guide, r, eps, iterations, weight, mu):
             q = softmax(u + weight * (kernel @ q) @ mu[n].T)
         out.append(q.reshape(unary.shape[1:]))
     return np.stack(out)
+
+
+def test_box_sum_is_the_clipped_window_sum_on_both_of_its_paths(rng):
+    """Window sums (r <= WINDOW_SUM_MAX_RADIUS) and prefix sums (larger r) against explicit windows, on a
+    [B,H,W,3,C] array (trailing axes flattened and restored), radii up to beyond the image."""
+    x = rng.random((2, 11, 13, 3, 2))
+    limit = crf.WINDOW_SUM_MAX_RADIUS
+    for radius in (0, 1, limit, limit + 1, 12, 30):
+        want = np.zeros_like(x)
+        for y in range(11):
+            for col in range(13):
+                want[:, y, col] = x[:, window(y, 11, radius), window(col, 13, radius)].sum(axis=(1, 2))
+        np.testing.assert_allclose(np.asarray(crf.box_sum(jnp.asarray(x), radius)), want, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("radius, eps", [(1, 10.0), (3, 10.0), (2, 0.5), (4, 1e4), (12, 10.0)])
@@ -219,6 +234,78 @@ def test_gradients_of_the_unrolled_layer():
     check_grads(layer, args, order=1, modes=("rev", "fwd"), atol=1e-6, rtol=1e-6)
 
 
+def two_class_scene(h=9, w=10):
+    """A flat guide and a unary that slightly prefers class 0 over class 1 everywhere (class 2 unlikely)."""
+    guide = np.full((1, h, w, 3), [90.0, 120.0, 60.0]) + np.random.default_rng(3).normal(size=(1, h, w, 3))
+    unary = np.zeros((1, h, w, 3))
+    unary[..., 0], unary[..., 2] = 0.3, -4.0
+    return unary, guide
+
+
+def test_content_compatibility_moves_the_labels_towards_the_guided_class():
+    """The classification branch says "class 1 is in the image" (s_g = [-1, 2, -1]): with the content-sensitive
+    compatibility the region the unary gives to class 0 by a small margin goes to class 1, with Potts it stays 0,
+    and Q(class 1) grows monotonically with lambda."""
+    unary, guide = two_class_scene()
+    scores = jnp.asarray([[-1.0, 2.0, -1.0]])
+    run = functools.partial(crf.mean_field, jnp.asarray(unary), jnp.asarray(guide), radius=2, iterations=5,
+                            weight=1.0)
+    assert (np.argmax(np.asarray(run()), -1) == 0).all()
+    q1 = [float(np.asarray(run(compatibility=crf.content_compatibility(scores, lam)))[..., 1].mean())
+          for lam in (0.0, 0.1, 0.5)]
+    assert q1[0] < 0.5 < q1[2] and q1[0] < q1[1] < q1[2]
+    content = run(compatibility=crf.content_compatibility(scores, 0.5))
+    assert (np.argmax(np.asarray(content), -1) == 1).all()
+
+
+def test_post_processing_gets_the_views_mean_class_logits(rng):
+    """Through build_predict_fn: the content CRF of the fused probabilities with the mean over the views of
+    the network's class_logits (which differ per view here: they are means of the view's logits)."""
+    kernel = rng.normal(size=(3, 3, 3, 4))
+    conv = conv_apply_fn(kernel)
+
+    def apply_fn(variables, images, train=False):
+        logits = conv(variables, images)["logits"]
+        return {"logits": logits, "class_logits": 3 * jnp.mean(logits, axis=(1, 2))}
+
+    x = jnp.asarray(rng.normal(size=(2, 12, 14, 3)))
+    options = crf.options_from_config({**parse().eval.crf.to_dict(), "compatibility": "content", "lam": 0.7,
+                                       "radius": 2}, parse().data)
+    spec = inference.InferenceSpec(scales=(1.0, 0.5), flip=True, fusion="avg", postprocess="guided_crf",
+                                   postprocess_options=tuple(sorted(options.items())))
+    got = inference.build_predict_fn(spec, apply_fn)(None, x, (12, 14))
+    probs, scores = inference.build_views_fn(spec, apply_fn)(None, x, (12, 14))
+    assert scores.shape == (4, 2, 4) and np.abs(np.asarray(scores[0] - scores[3])).max() > 1e-3
+    want = crf.crf_postprocess(jnp.mean(probs, 0), x, jnp.mean(scores, 0), **options)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-12)
+    potts = crf.crf_postprocess(jnp.mean(probs, 0), x, None, **{**options, "compatibility": "potts"})
+    assert np.abs(np.asarray(got) - np.asarray(potts)).max() > 1e-3
+    with pytest.raises(ConfigError, match="'content' reads the model output 'class_logits'"):
+        inference.build_predict_fn(spec, conv)(None, x, (12, 14))
+
+
+def test_the_crf_layer_refines_the_logits_at_their_resolution(rng):
+    """CRFLayer = mean_field_logits of the logits with the images resized to their grid as the guide; softmax of
+    mean_field_logits is mean_field's Q; the content compatibility reads the outputs' class_logits."""
+    unary, guide = two_class_scene(8, 6)
+    mean, std = (100.0, 110.0, 90.0), (50.0, 60.0, 55.0)
+    images = np.repeat(np.repeat((guide - np.asarray(mean)) / np.asarray(std), 2, 1), 2, 2)  # [1,16,12,3]
+    options = dict(mean=mean, std=std, radius=2, eps=10.0, iterations=3, weight=1.5, lam=0.5)
+    outputs = {"logits": jnp.asarray(unary), "class_logits": jnp.asarray([[-1.0, 2.0, -1.0]])}
+    for compatibility, mu in (("potts", None), ("content", crf.content_compatibility(outputs["class_logits"], 0.5))):
+        got = crf.CRFLayer(compatibility=compatibility, **options)(outputs, jnp.asarray(images))
+        small = jax.image.resize(jnp.asarray(images), (1, 8, 6, 3), "bilinear", antialias=True)
+        want = crf.mean_field_logits(outputs["logits"], small * jnp.asarray(std) + jnp.asarray(mean), radius=2,
+                                     iterations=3, weight=1.5, compatibility=mu)
+        np.testing.assert_allclose(np.asarray(got["logits"]), np.asarray(want), atol=1e-12)
+        assert got["class_logits"] is outputs["class_logits"]
+        np.testing.assert_allclose(np.asarray(jax.nn.softmax(want)), np.asarray(crf.mean_field(
+            outputs["logits"], small * jnp.asarray(std) + jnp.asarray(mean), radius=2, iterations=3, weight=1.5,
+            compatibility=mu)), atol=1e-12)
+    with pytest.raises(ConfigError, match=r"'class_logits'.*\(config.model.crf_layer\)"):
+        crf.CRFLayer(compatibility="content", **options)({"logits": outputs["logits"]}, jnp.asarray(images))
+
+
 def test_postprocess_un_normalises_the_images(rng):
     """The post-processor = mean field on log p with the images x std + mean as the 0-255 guide."""
     p, guide = random_pair(rng)
@@ -268,7 +355,11 @@ def test_guided_crf_post_processing_through_the_config_and_build_predict_fn(rng)
 @pytest.mark.parametrize("override, message", [
     ("--config.eval.crf.eps=0", "config.eval.crf.eps: expected a finite number > 0, got 0.0"),
     ("--config.eval.crf.radius=-2", "config.eval.crf.radius: expected an integer >= 0, got -2"),
-    ("--config.eval.crf.compatibility=content", "config.eval.crf.compatibility: unknown 'content'"),
+    ("--config.eval.crf.compatibility=pairs", "config.eval.crf.compatibility: unknown 'pairs'"),
+    ("--config.eval.crf.lam=nan", "config.eval.crf.lam: expected a finite number, got nan"),
+    ("--config.eval.crf.compatibility=content",
+     "config.eval.crf.compatibility: 'content' reads the model output 'class_logits', which the model does not "
+     r"produce \(post-processing\)"),
 ])
 def test_bad_crf_settings_are_named(override, message):
     config = parse("--config.eval.inference.postprocess=guided_crf", override)

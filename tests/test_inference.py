@@ -1,6 +1,7 @@
 """The inference seam (semeda_jax/inference.py) on tiny hand-made networks whose exact outputs are known:
 sliding windows against the whole image, flip TTA of a flip-equivariant net, the view transforms and their
-inverses, the fusion rules against NumPy float64, shifted multi-step testing against the finer-stride map."""
+inverses, the fusion rules against NumPy float64, shifted multi-step testing against the finer-stride map
+(placed with the whole-image map's alignment)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,7 +42,7 @@ def test_sliding_windows_of_a_pointwise_net_blend_back_to_the_whole_map(blend, r
     """A 1x1 conv gives every window exactly the whole map's values there: any blend of them is that map."""
     apply_fn, x = conv_net(rng.normal(size=(1, 1, 3, C))), images(rng)
     spec = inference.InferenceSpec(mode="sliding", window=(10, 12), stride=(7, 5), blend=blend)
-    got = inference.sliding_logits(apply_fn, None, x, spec.window, spec.stride, spec.blend)
+    got, _ = inference.sliding_logits(apply_fn, None, x, spec.window, spec.stride, spec.blend)
     np.testing.assert_allclose(np.asarray(got), np.asarray(apply_fn(None, x)["logits"]), rtol=1e-10, atol=1e-10)
     assert inference.window_starts(24, 10, 7) == [0, 7, 14] and inference.window_starts(32, 12, 5)[-1] == 20
 
@@ -106,17 +107,46 @@ def test_learned_fusion_is_a_hook_of_build_predict_fn(rng):
     np.testing.assert_allclose(np.asarray(fused), np.asarray(single), rtol=1e-10)
 
 
+def upsample_interleaved_reference(fine, size, n):
+    """NumPy float64: output pixel p of each axis reads the fine grid at (p + 1/2) L / size - n / 2 (L its length:
+    coarse cell i, at (p + 1/2) h / size - 1/2 in resize_bilinear, times n), linearly, clamped (np.interp)."""
+    out = np.asarray(fine, np.float64)
+    for axis, length in ((1, size[0]), (2, size[1])):
+        coords = (np.arange(length) + 0.5) * out.shape[axis] / length - n / 2
+        out = np.apply_along_axis(lambda v: np.interp(coords, np.arange(v.size), v), axis, out)
+    return out
+
+
 def test_shifted_multi_step_gives_the_finer_stride_map(rng):
     """A net at output stride 8 that samples a pointwise map: 4 shifts by 4 px interleave into that map at
-    stride 4 (RelationNet's 4-step testing), 9 shifts (of 8/3 -> 2 px steps, stride 8 / 3 is not whole) fail."""
+    stride 4 (RelationNet's 4-step testing), placed with the stride-8 map's alignment; 9 shifts (of 8/3 -> 2 px
+    steps, stride 8 / 3 is not whole) fail."""
     kernel = rng.normal(size=(1, 1, 3, C))
     x = images(rng, (2, 32, 48, 3))
-    got = inference.shifted_logits(conv_net(kernel, stride=8), None, x, shifts=4, output_stride=8)
+    got, _ = inference.shifted_logits(conv_net(kernel, stride=8), None, x, shifts=4, output_stride=8)
     fine = conv_net(kernel, stride=4)(None, x)["logits"]
-    np.testing.assert_allclose(np.asarray(got), np.asarray(resize_bilinear(fine, (32, 48))), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(got), upsample_interleaved_reference(fine, (32, 48), 2), rtol=1e-10,
+                               atol=1e-10)
     np.testing.assert_array_equal(np.asarray(inference.shift_images(x, 3, 5)[:, :29, :43]), np.asarray(x[:, 3:, 5:]))
     with pytest.raises(ConfigError, match="9 shifts need an output stride divisible by 3"):
         inference.shifted_logits(conv_net(kernel, stride=8), None, x, shifts=9, output_stride=8)
+
+
+@pytest.mark.parametrize("n, coarse, size", [(2, (3, 5), (24, 40)), (4, (3, 4), (21, 37)), (2, (1, 2), (8, 16))])
+def test_interleaved_midpoints_reproduce_whole_image_inference(n, coarse, size, rng):
+    """A fine grid whose cell n i + a is the linear blend of coarse cells i, i + 1 at a / n (the last coarse cell
+    repeated) adds nothing: upsampled, it is resize_bilinear of the coarse grid (the whole-image map), so the
+    interleaved samples sit where the coarse ones do; against the NumPy reference too."""
+    grid = rng.normal(size=(2, *coarse, C))
+    fine = grid
+    for axis in (1, 2):
+        nxt = np.concatenate([np.take(fine, np.arange(1, fine.shape[axis]), axis=axis),
+                              np.take(fine, [-1], axis=axis)], axis=axis)
+        parts = [fine + a / n * (nxt - fine) for a in range(n)]
+        fine = np.stack(parts, axis=axis + 1).reshape(*fine.shape[:axis], -1, *fine.shape[axis + 1:])
+    got = inference.upsample_interleaved(jnp.asarray(fine), size, n)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(resize_bilinear(jnp.asarray(grid), size)), atol=1e-10)
+    np.testing.assert_allclose(np.asarray(got), upsample_interleaved_reference(fine, size, n), atol=1e-10)
 
 
 @pytest.mark.parametrize("section, fragment", [

@@ -13,6 +13,7 @@ import optax
 import pytest
 
 from semeda_jax.models import MODELS, ResNet, build_model, frozen_bn_mask, upsample_logits
+from semeda_jax.models.builder import DEFAULT_DEPTHS
 
 KEY = jax.random.PRNGKey(0)
 TINY = {"depth": 18, "base_width": 8}
@@ -41,6 +42,11 @@ def images(shape=(2, 32, 32, 3), seed=1):
 @pytest.mark.parametrize("output_stride", [8, 16])
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_output_shapes(name, output_stride, depth):
+    backbone = MODELS[name].get("backbone", "resnet")
+    if backbone != "resnet":
+        depth = DEFAULT_DEPTHS[backbone]  # backbones of one depth (VGG-16, ResNet-38): their own test files
+    if backbone == "resnet38" and output_stride != 8:
+        pytest.skip("ResNet-38 has output stride 8 only (its refusal of 16: tests/test_resnet38.py)")
     model = build_model(name, num_classes=5, depth=depth, base_width=8, output_stride=output_stride)
     height, width = 33, 41  # odd, non-square: every stride-2 layer gives ceil(size / 2)
     x = jax.ShapeDtypeStruct((2, height, width, 3), jnp.float32)

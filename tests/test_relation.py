@@ -1,14 +1,16 @@
 """The relation module (models/relation.py): the GRU scan in all four directions against a NumPy float64 GRU
 written out from the equations (and against flax's nn.GRUCell, whose variant it claims), the whole module
 against the NumPy composition for both merges, what holds exactly on a constant image given the h = 0 boundary
-starts, shapes and parameter counts."""
+starts, shapes and parameter counts; the "relation" head (module + classifier) and the "relationnet" model's
+field routing."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from semeda_jax.models.relation import RelationModule, bidirectional_gru
+from semeda_jax.models import build_model
+from semeda_jax.models.relation import RelationHead, RelationModule, bidirectional_gru
 
 
 scan = jax.jit(bidirectional_gru, static_argnums=2)
@@ -168,6 +170,61 @@ def test_initialisation_is_gru_cell_like():
     assert 0.1 < np.std(params["rows"]["input_kernel"]) * np.sqrt(40) < 2.0  # ~1 for lecun-normal, fan-in 40
 
 
+def test_orthonormal_columns_is_the_q_of_a_positive_diagonal_qr(rng):
+    """Against NumPy's float64 QR (LAPACK) with the sign fix, on random and ill-conditioned matrices."""
+    from semeda_jax.models.relation import orthonormal_columns
+    a = rng.normal(size=(3, 7, 7))
+    a[2, :, 6] = a[2, :, 5] + 1e-3 * rng.normal(size=7)  # two nearly parallel columns
+    q, r = np.linalg.qr(a)
+    q = q * np.sign(np.diagonal(r, axis1=-2, axis2=-1))[:, None, :]
+    np.testing.assert_allclose(np.asarray(jax.jit(orthonormal_columns)(jnp.asarray(a))), q, atol=1e-9)
+
+
 def test_unknown_merge_names_the_valid_ones():
     with pytest.raises(ValueError, match=r"relation_merge: unknown 'max'; valid merges are \['concat', 'sum'\]"):
         RelationModule(hidden_size=2, merge="max").init(jax.random.PRNGKey(0), jnp.zeros((1, 2, 2, 3)))
+
+
+def test_head_is_the_module_then_the_classifier_and_shares_its_input(rng):
+    features = {"out": jnp.asarray(rng.normal(size=(2, 3, 4, 6))), "low_level": jnp.zeros((2, 6, 8, 2))}
+    head = RelationHead(num_classes=3, relation_hidden=4, dtype=jnp.float64)
+    shapes = jax.eval_shape(head.init, jax.random.PRNGKey(0), features)["params"]
+    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.5, s.shape)), shapes)
+    logits, shared = jax.jit(head.apply)({"params": params}, features)
+    relation = RelationModule(hidden_size=4, dtype=jnp.float64).apply({"params": params["relation"]}, features["out"])
+    np.testing.assert_allclose(np.asarray(shared["classifier_input"]), np.asarray(relation), rtol=1e-12)
+    expected = np.asarray(relation) @ np.asarray(params["classifier"]["kernel"][0, 0]) + params["classifier"]["bias"]
+    assert logits.shape == (2, 3, 4, 3) and logits.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(logits), expected, rtol=1e-5, atol=1e-6)
+    plain = RelationHead(num_classes=3, relation=False)  # Table I's ResNet-38 rows: the classifier on "out"
+    plain_params = jax.eval_shape(plain.init, jax.random.PRNGKey(0), features)["params"]
+    assert set(plain_params) == {"classifier"} and plain_params["classifier"]["kernel"].shape == (1, 1, 6, 3)
+
+
+@pytest.mark.parametrize("fields,relation_in,classifier_in", [
+    (dict(), 128, 16),                                       # hidden 4 * base_width = 8 per direction, concat
+    (dict(relation_hidden=5, relation_merge="sum"), 128, 5),
+    (dict(relation=False), None, 128),
+])
+def test_relationnet_routes_its_fields_at_an_odd_size(fields, relation_in, classifier_in):
+    model = build_model("relationnet", num_classes=3, base_width=2, aux_heads="similarity", **fields)
+    x = jnp.zeros((2, 33, 35, 3))
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+    outputs = jax.eval_shape(model.apply, variables, x)
+    assert {k: v.shape for k, v in outputs.items()} == {"logits": (2, 5, 5, 3), "pair_logits": (2, 5, 5, 9)}
+    params = variables["params"]
+    assert "offset" in params["backbone"]["b6"]["conv_branch2b1"]  # deformable by default
+    if relation_in is None:
+        assert "relation" not in params
+    else:
+        assert params["relation"]["rows"]["input_kernel"].shape[1] == relation_in
+    assert params["classifier"]["kernel"].shape == (1, 1, classifier_in, 3)
+    # the similarity subnet reads what the classifier reads
+    assert params["aux_heads_0"]["anchor"]["kernel"].shape == (1, 1, classifier_in, 8)
+
+
+def test_a_field_of_an_absent_component_is_an_error():
+    with pytest.raises(ValueError, match=r"unknown argument\(s\) \['similarity_width'\]"):
+        build_model("relationnet", num_classes=3, similarity_width=4)
+    with pytest.raises(ValueError, match=r"unknown argument\(s\) \['relation_hidden'\]"):
+        build_model("deeplab_v3", num_classes=3, relation_hidden=4)

@@ -7,8 +7,10 @@ from semeda_jax.losses.bal import boundary_aware_loss, boundary_kernel, boundary
 from semeda_jax.losses.ce import cross_entropy
 from semeda_jax.losses.common import pixel_cross_entropy, resize_to_labels
 from semeda_jax.losses.edge_net import edge_net_embeddings, edge_net_forward, edge_pretrain_loss, init_edge_net
+from semeda_jax.losses.multilabel import multilabel_loss, present_classes
 from semeda_jax.losses.ohem import ohem_cross_entropy, ohem_kept_mask
-from semeda_jax.losses.scl import downsample_labels_nearest, pair_targets, spatial_correlation_loss
+from semeda_jax.losses.scl import (downsample_labels_nearest, pair_targets, spatial_correlation_loss,
+                                   spatial_correlation_loss_from_labels)
 from semeda_jax.losses.semeda import CITYSCAPES_LAMBDAS, VOC_LAMBDAS, semeda_layer_losses, semeda_loss
 from semeda_jax.losses.sobel import sobel_loss, sobel_responses
 
@@ -19,6 +21,7 @@ LOSSES = {
     "bal": boundary_aware_loss,
     "ohem": ohem_cross_entropy,
     "scl": spatial_correlation_loss,
+    "multilabel": multilabel_loss,
 }
 
 
@@ -32,7 +35,7 @@ def get_loss(name: str):
 __all__ = [
     "CITYSCAPES_LAMBDAS", "LOSSES", "VOC_LAMBDAS", "boundary_aware_loss", "boundary_kernel", "boundary_weight_map",
     "class_boundary_map", "cross_entropy", "downsample_labels_nearest", "edge_net_embeddings", "edge_net_forward",
-    "edge_pretrain_loss", "get_loss", "init_edge_net", "ohem_cross_entropy", "ohem_kept_mask", "pair_targets",
-    "pixel_cross_entropy", "resize_to_labels", "semeda_layer_losses", "semeda_loss", "sobel_loss",
-    "sobel_responses", "spatial_correlation_loss",
+    "edge_pretrain_loss", "get_loss", "init_edge_net", "multilabel_loss", "ohem_cross_entropy", "ohem_kept_mask",
+    "pair_targets", "pixel_cross_entropy", "present_classes", "resize_to_labels", "semeda_layer_losses",
+    "semeda_loss", "sobel_loss", "sobel_responses", "spatial_correlation_loss", "spatial_correlation_loss_from_labels",
 ]

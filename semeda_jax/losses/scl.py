@@ -93,3 +93,12 @@ def downsample_labels_nearest(labels: jax.Array, size: tuple[int, int]) -> jax.A
     rows = (2 * np.arange(out_h) + 1) * height // (2 * out_h)
     cols = (2 * np.arange(out_w) + 1) * width // (2 * out_w)
     return jnp.asarray(labels)[:, rows[:, None], cols[None, :]]
+
+
+def spatial_correlation_loss_from_labels(pair_logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """The "scl" loss term: labels [B,H,W] at any resolution (the crop's) are first brought to pair_logits'
+    [h,w] by `downsample_labels_nearest` (nearest, half-pixel centres, void stays void), then
+    `spatial_correlation_loss(pair_logits [B,h,w,9], labels [B,h,w])`. Equal sizes pass the labels unchanged."""
+    check_rank("pair_logits", pair_logits, 4, "[B,h,w,9]")
+    _check_labels(labels)
+    return spatial_correlation_loss(pair_logits, downsample_labels_nearest(labels, pair_logits.shape[1:3]))

@@ -1,11 +1,12 @@
-"""The DeepLab heads: ASPP-L (v2), ASPP + classifier (v3), ASPP + decoder + classifier (v3+).
+"""The DeepLab heads: ASPP-L (v2), LargeFOV (v1), ASPP + classifier (v3), ASPP + decoder + classifier (v3+).
 
 A head maps the backbone's features {"out": [B,h,w,Cb] at the output stride, "low_level": [B,H/4,W/4,Cl]} to
 logits [B,h',w',num_classes] float32 (h' = ceil(H / output_stride) for v2/v3, ceil(H / 4) for v3+). The model
 builder (models/builder.py) composes a backbone, one head and optional auxiliary heads; heads sit in the model's
-scope, so the parameter tree is {backbone, aspp, classifier, ...} (v2: backbone, aspp; v3+: backbone, aspp,
-decoder_low, decoder_conv1, decoder_conv2, classifier). Classifier 1x1 convs have a bias and N(0, 0.01)
-kernels. Head widths default to the papers' (ASPP/decoder 256, low-level projection 48) scaled by
+scope, so the parameter tree is {backbone, aspp, classifier, ...} (v2: backbone, aspp; LargeFOV: backbone, fc6,
+fc7, classifier; v3+: backbone, aspp, decoder_low, decoder_conv1, decoder_conv2, classifier). Classifier 1x1
+convs have a bias and N(0, 0.01) kernels. Head widths default to the papers' (ASPP/decoder 256, LargeFOV 1024,
+low-level projection 48) scaled by
 base_width / 64, so `base_width=8` builds a CPU-sized model; `head_width` / `low_level_width` override them.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from semeda_jax.models.aspp import ASPP, ASPPL
+from semeda_jax.models.aspp import ASPP, ASPPL, scaled_rates
 from semeda_jax.models.layers import BatchNormed, ConvBNReLU, conv, resize_bilinear
 
 classifier_init = nn.initializers.normal(0.01)
@@ -46,6 +47,33 @@ class ASPPLHead(nn.Module):
         logits = ASPPL(self.num_classes, output_stride=self.output_stride, base_rates=self.aspp_rates,
                        dtype=self.dtype, name="aspp")(features["out"])
         return logits.astype(jnp.float32)
+
+
+class LargeFOVHead(nn.Module):
+    """DeepLab-LargeFOV (the guidance paper's segmentation branch, "two Conv layers with 1024 filters").
+
+    features["out"] [B,h,w,Cb] -> fc6 (3x3, dilation 12 at OS8, scaled like ASPP's rates: 6 at OS16) -> ReLU ->
+    dropout -> fc7 (1x1) -> ReLU -> dropout -> 1x1 classifier -> logits [B,h,w,num_classes] float32. fc6/fc7 have
+    biases and no BN (VGG's); width 1024 scaled by base_width / 64 (`head_width` overrides). Dropout 0.5
+    (DeepLab's) is active only when train=True. Submodules: fc6, fc7, classifier.
+    """
+    num_classes: int
+    output_stride: int = 8
+    base_width: int = 64
+    head_width: int | None = None
+    largefov_rate: int = 12
+    dropout_rate: float = 0.5
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: dict, train: bool = False) -> jax.Array:
+        width = self.head_width or 16 * self.base_width
+        (rate,) = scaled_rates((self.largefov_rate,), 8, self.output_stride)
+        x = conv(width, 3, dilation=rate, use_bias=True, dtype=self.dtype, name="fc6")(features["out"])
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
+        x = conv(width, 1, use_bias=True, dtype=self.dtype, name="fc7")(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(nn.relu(x))
+        return classifier(self.num_classes, self.dtype, x)
 
 
 class ASPPHead(BatchNormed):

@@ -16,11 +16,26 @@ Mapping (the parameter names of models/resnet.py and models/xception.py mirror t
   xception  stem.J.conv / stem.J.bn       -> stemJ/conv, stemJ/bn
             blocks.i.stack.convK.X        -> blocki/convK/X      (X = conv_dw, bn_dw, conv_pw, bn_pw)
             blocks.i.shortcut.conv / .bn  -> blocki/shortcut/conv, shortcut/bn
+  vgg16     features.0, 2, 5, ..., 28     -> conv1_1, conv1_2, conv2_1, ..., conv5_3 (torchvision vgg16)
+            classifier.0 / .3 (fc6 / fc7) -> outside the backbone, where the model has a counterpart
+                                             (vgg_head_weights): the LargeFOV head's fc6 / fc7 by DeepLab's
+                                             decimation (fc6 [4096,512*7*7] -> every 4th filter, taps 0, 3, 6 of
+                                             the 7x7 -> [3,3,512,1024]; fc7 every 4th filter and input), and the
+                                             classification branch's fc6 / fc7 as they are (the 7x7x512 pool
+                                             flattened in torch's channel-major order, permuted to ours)
+  resnet38  conv1a, bn7                   -> conv1a, bn7 (the torch layout of the PSA / SEAM repositories'
+            bB[_i].conv_branchK / bn_...  -> bB[_i]/conv_branchK, bB[_i]/bn_branchK    resnet38d.py, i.e. the
+                                             MXNet ilsvrc-cls_rna-a1_cls1000_ep-0001.params after their
+                                             convert_mxnet_to_torch, saved as .safetensors / .npz); the
+                                             deformable offsets of B6/B7 (deformable=True) are not in such
+                                             files and start at zero (the plain convolution, DCN's init)
   leaves    conv .weight [O,I,kh,kw]      -> kernel [kh,kw,I,O] (transpose (2, 3, 1, 0); depthwise [C,1,kh,kw]
                                              -> [kh,kw,1,C], flax's feature_group_count=C layout)
+            conv .bias                    -> bias (VGG's convs)
             BN .weight / .bias            -> params scale / bias
             BN .running_mean / _var       -> batch_stats mean / var
-Ignored (named in the log line): *.num_batches_tracked and the ImageNet classifier (fc.*, head.fc.*).
+Ignored (named in the log line): *.num_batches_tracked and the ImageNet classifier (fc.*, head.fc.*,
+classifier.6.*; VGG's classifier.0/.3 too when the model has no fc6 / fc7 to fill: fc6/fc7 then stay random).
 Everything else must match exactly: missing and unexpected names are listed, and the first shape mismatch (in
 natural name order) is named with both shapes and the file. ResNet-D files (timm resnet*d: avg-pool shortcut
 downsample.1/.2) have no counterpart in our ResNet and are rejected.
@@ -36,8 +51,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from semeda_jax.models.builder import BACKBONES
+from semeda_jax.models.vgg import VGG16_FEATURES, vgg16_conv_names
 
-IGNORED = re.compile(r"(^|\.)num_batches_tracked$|^fc\.|^head\.fc\.")
+IGNORED = re.compile(r"(^|\.)num_batches_tracked$|^fc\.|^head\.fc\.|^classifier\.6\.")
+VGG_CLASSIFIER = re.compile(r"^classifier\.[03]\.(weight|bias)$")  # fc6 / fc7 of torchvision's VGG
 _RESNET_RULES = (
     (r"conv1", "stem_conv"),
     (r"bn1", "stem_bn"),
@@ -54,8 +71,13 @@ _XCEPTION_RULES = (
     (r"blocks\.(\d+)\.stack\.(conv\d)\.(conv_dw|bn_dw|conv_pw|bn_pw)", r"block\1/\2/\3"),
     (r"blocks\.(\d+)\.shortcut\.(conv|bn)", r"block\1/shortcut/\2"),
 )
+_VGG_RULES = tuple((rf"features\.{index}", name) for index, name in zip(VGG16_FEATURES, vgg16_conv_names()))
+_RESNET38_RULES = (
+    (r"(conv1a|bn7)", r"\1"),
+    (r"(b\d(?:_\d)?)\.((?:conv|bn)_branch\w+)", r"\1/\2"),
+)
 _LEAVES = {  # torch leaf -> (collection, flax leaf) for conv modules and for BN modules
-    "conv": {"weight": ("params", "kernel")},
+    "conv": {"weight": ("params", "kernel"), "bias": ("params", "bias")},
     "bn": {"weight": ("params", "scale"), "bias": ("params", "bias"),
            "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")},
 }
@@ -76,7 +98,11 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
 
 
 def detect_backbone(names) -> str | None:
-    """'resnet' or 'xception' by the state dict's module names, None if neither."""
+    """'resnet', 'xception' or 'vgg16' by the state dict's module names, None if none of them."""
+    if any(name.startswith("features.") for name in names):
+        return "vgg16"
+    if any(name.startswith(("conv1a.", "b2.")) for name in names):
+        return "resnet38"
     if any(name.startswith(("blocks.", "stem.")) for name in names):
         return "xception"
     if any(name.startswith("layer1.") for name in names):
@@ -90,7 +116,8 @@ def flax_path(name: str, backbone: str, deep_stem: bool = False) -> tuple[str, t
     E.g. ("layer3.4.conv2.weight", "resnet") -> ("params", ("layer3_block4", "conv2", "kernel")).
     """
     module, _, leaf = name.rpartition(".")
-    rules = _XCEPTION_RULES if backbone == "xception" else (_DEEP_STEM_RULES if deep_stem else ()) + _RESNET_RULES
+    rules = {"xception": _XCEPTION_RULES, "vgg16": _VGG_RULES, "resnet38": _RESNET38_RULES}.get(
+        backbone, (_DEEP_STEM_RULES if deep_stem else ()) + _RESNET_RULES)
     for pattern, replacement in rules:
         match = re.fullmatch(pattern, module)
         if match:
@@ -127,11 +154,17 @@ def _listing(names: list[str], limit: int = 8) -> str:
     return f"{len(names)}: {shown}" + (", ..." if len(names) > limit else "")
 
 
+def _is_offset(path: tuple[str, ...]) -> bool:
+    """A deformable convolution's offset conv (models/deformable.py): in no ImageNet file, starts at zero."""
+    return "offset" in path
+
+
 def _check_names(path: str, names, backbone: str, targets: dict, deep_stem: bool) -> None:
     """ValueError for a wrong-backbone file, an unsupported variant, or missing / unexpected names."""
     found = detect_backbone(names)
     if found is None:
-        raise ValueError(f"{path}: not a ResNet or Xception state dict (first names: {sorted(names)[:5]})")
+        raise ValueError(f"{path}: not a ResNet, ResNet-38, Xception or VGG state dict (first names: "
+                         f"{sorted(names)[:5]})")
     if found != backbone:
         raise ValueError(f"{path}: holds {found} weights but backbone={backbone!r}; load it into a "
                          f"backbone={found!r} model")
@@ -147,7 +180,7 @@ def _check_names(path: str, names, backbone: str, targets: dict, deep_stem: bool
     unexpected = sorted((n for n, p in mapped.items() if p not in targets), key=_natural_key)
     covered = set(mapped.values())
     missing = sorted(("/".join(("backbone",) + p)
-                      for c, p in targets if (c, p) not in covered), key=_natural_key)
+                      for c, p in targets if (c, p) not in covered and not _is_offset(p)), key=_natural_key)
     if unexpected or missing:
         parts = [f"unexpected names in the file ({_listing(unexpected)})"] if unexpected else []
         parts += [f"model parameters missing from the file ({_listing(missing)})"] if missing else []
@@ -167,7 +200,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], params: Mapping, ba
     targets = {("params", p): leaf for p, leaf in _leaves(params).items()}
     targets.update({("batch_stats", p): leaf for p, leaf in _leaves(batch_stats).items()})
     ignored = sorted((n for n in state_dict if IGNORED.search(n)), key=_natural_key)
-    names = [n for n in state_dict if not IGNORED.search(n)]
+    names = [n for n in state_dict if not IGNORED.search(n) and not VGG_CLASSIFIER.match(n)]
     deep_stem = "conv1.0.weight" in state_dict
     _check_names(source, names, backbone, targets, deep_stem)
 
@@ -185,9 +218,66 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], params: Mapping, ba
 
     def rebuild(tree: Mapping, collection: str, prefix: tuple = ()) -> dict:
         return {key: rebuild(value, collection, prefix + (key,)) if isinstance(value, Mapping)
+                else jnp.zeros(value.shape, value.dtype) if _is_offset(prefix + (key,))
                 else filled[collection, prefix + (key,)] for key, value in tree.items()}
 
     return rebuild(params, "params"), rebuild(batch_stats, "batch_stats"), ignored
+
+
+def _fc_layers(state_dict: Mapping[str, np.ndarray], source: str) -> tuple[np.ndarray, ...] | None:
+    """(fc6 weight [F,C*49], fc6 bias [F], fc7 weight [F,F], fc7 bias [F]) of a torchvision VGG state dict,
+    None when it holds none of them; ValueError when only some are there."""
+    names = ("classifier.0.weight", "classifier.0.bias", "classifier.3.weight", "classifier.3.bias")
+    present = [name for name in names if name in state_dict]
+    if not present:
+        return None
+    if len(present) < len(names):
+        raise ValueError(f"{source}: has {present} but not all of {list(names)} (VGG's fc6 and fc7)")
+    return tuple(np.asarray(state_dict[name]) for name in names)
+
+
+def _filled(target: Mapping, source: str, where: str, **leaves: np.ndarray) -> dict:
+    """{leaf: jnp array in the target's dtype} after checking every shape against `target` (a params subtree)."""
+    for leaf, value in leaves.items():
+        if value.shape != tuple(target[leaf].shape):
+            raise ValueError(f"{source}: VGG's fc6/fc7 give {where}/{leaf} the shape {_shape(value.shape)} but "
+                             f"the model has {_shape(target[leaf].shape)}")
+    return {leaf: jnp.asarray(value, dtype=target[leaf].dtype) for leaf, value in leaves.items()}
+
+
+def vgg_head_weights(state_dict: Mapping[str, np.ndarray], params: Mapping, *,
+                     source: str = "state dict") -> tuple[dict, list[str]]:
+    """torchvision VGG's fc6 / fc7 (classifier.0 / .3) -> {top-level params key: filled subtree} for the parts
+    of the model's `params` that take them, and the names of the classifier tensors nothing took.
+
+    LargeFOV head (params "fc6" kernel [3,3,C,F'], "fc7" [1,1,F',F']): DeepLab's decimation, filters and fc7
+    inputs every (F / F')-th (4096 -> 1024), fc6 taps 0, 3, 6 of the 7x7 in both directions.
+    Classification branch (params "class_branch" fc6 kernel [7*7*C,F], fc7 [F,F]): the weights as they are;
+    torch flattens the pooled [C,7,7] channel-major, our dense layer reads the NHWC [7,7,C] pool row-major.
+    ValueError (naming `source`) for a shape neither reading gives.
+    """
+    layers = _fc_layers(state_dict, source)
+    if layers is None:
+        return {}, []
+    w6, b6, w7, b7 = layers
+    width, flat = w6.shape
+    channels = flat // 49
+    filled = {}
+    if "fc6" in params and np.ndim(params["fc6"]["kernel"]) == 4:  # the LargeFOV head
+        step = max(1, width // params["fc6"]["kernel"].shape[-1])
+        kernel6 = w6.reshape(width, channels, 7, 7)[::step, :, ::3, ::3].transpose(2, 3, 1, 0)
+        filled["fc6"] = _filled(params["fc6"], source, "fc6", kernel=kernel6, bias=b6[::step])
+        filled["fc7"] = _filled(params["fc7"], source, "fc7", kernel=w7[::step, ::step].T[None, None],
+                                bias=b7[::step])
+    if "class_branch" in params:
+        branch = params["class_branch"]
+        kernel6 = w6.reshape(width, channels, 7, 7).transpose(2, 3, 1, 0).reshape(flat, width)
+        filled["class_branch"] = {
+            **branch,
+            "fc6": _filled(branch["fc6"], source, "class_branch/fc6", kernel=kernel6, bias=b6),
+            "fc7": _filled(branch["fc7"], source, "class_branch/fc7", kernel=w7.T, bias=b7)}
+    unused = [] if filled else sorted((n for n in state_dict if VGG_CLASSIFIER.match(n)), key=_natural_key)
+    return filled, unused
 
 
 def _summarise_ignored(ignored: list[str]) -> str:
@@ -199,9 +289,11 @@ def _summarise_ignored(ignored: list[str]) -> str:
 
 def load_backbone_weights(variables: Mapping, path: str, *, backbone: str,
                           log: Callable[[str], None] = print) -> Mapping:
-    """A copy of `variables` ({"params", "batch_stats"} of a DeepLab) with the backbone read from `path`.
+    """A copy of `variables` ({"params", "batch_stats"} of a DeepLab) with the backbone read from `path` (for
+    vgg16 also the head's / classification branch's fc6 and fc7, vgg_head_weights).
 
-    Pure: `variables` is not modified; every other subtree (heads, ...) is passed through unchanged. FrozenDict
+    Pure: `variables` is not modified; every other subtree (heads, ...) is passed through unchanged (the same
+    objects, so a caller can tell which subtrees were loaded). FrozenDict
     in, FrozenDict out. Raises ValueError (naming `path`) for an unknown extension, a file of the other backbone,
     missing or unexpected names, or the first shape mismatch; logs one line with what was loaded and ignored.
     """
@@ -213,9 +305,13 @@ def load_backbone_weights(variables: Mapping, path: str, *, backbone: str,
     params, batch_stats, ignored = convert_state_dict(
         state_dict, variables["params"]["backbone"], variables.get("batch_stats", {}).get("backbone", {}),
         backbone=backbone, source=path)
-    variables["params"] = {**variables["params"], "backbone": params}
+    heads, unused = {}, []
+    if backbone == "vgg16":
+        heads, unused = vgg_head_weights(state_dict, variables["params"], source=path)
+    variables["params"] = {**variables["params"], "backbone": params, **heads}
     if batch_stats:
         variables["batch_stats"] = {**variables["batch_stats"], "backbone": batch_stats}
-    log(f"[pretrained] {path}: loaded {len(state_dict) - len(ignored)} {backbone} tensors into the backbone; "
-        f"ignored {_summarise_ignored(ignored)}")
+    into = ", ".join(["the backbone", *heads])
+    log(f"[pretrained] {path}: loaded {len(state_dict) - len(ignored) - len(unused)} {backbone} tensors into "
+        f"{into}; ignored {_summarise_ignored(sorted(ignored + unused, key=_natural_key))}")
     return flax.core.freeze(variables) if frozen else variables

@@ -1,5 +1,6 @@
 """RelationNet's relation module (RelationNet §II-A-2, Eq. 1, SPEC.md 3(c)): a left-right bidirectional GRU over
-the rows of the backbone features, followed by an up-down bidirectional GRU over the columns of its output.
+the rows of the backbone features, followed by an up-down bidirectional GRU over the columns of its output;
+and RelationNet's head (RelationHead, HEADS["relation"]): the module, then the classifier.
 
 GRU variant: flax's nn.GRUCell (gate order r, z, n; only the candidate's recurrent term has its own bias):
     r  = sigmoid(x W_ir + b_ir + h W_hr)
@@ -37,17 +38,35 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
+
+from semeda_jax.models.deeplab import classifier
 
 RELATION_MERGES = ("concat", "sum")
 
 
+def orthonormal_columns(a: jax.Array) -> jax.Array:
+    """a [N,h,h] -> Q [N,h,h]: Gram-Schmidt (twice per column) on a's columns, i.e. the Q of a = QR with a
+    positive diagonal of R. Matmuls only: XLA:CPU's LAPACK QR call hangs inside a large init program."""
+    size = a.shape[-1]
+
+    def column(j, q):
+        prev = q * (jnp.arange(size) < j)  # the columns done so far, the others zeroed
+        v = lax.dynamic_index_in_dim(a, j, axis=2, keepdims=False)
+        for _ in range(2):  # re-orthogonalise once: float32 rounding
+            v = v - jnp.einsum("nij,nj->ni", prev, jnp.einsum("nij,ni->nj", prev, v))
+        v = v / jnp.linalg.norm(v, axis=-1, keepdims=True)
+        return lax.dynamic_update_index_in_dim(q, v, j, axis=2)
+
+    return lax.fori_loop(0, size, column, jnp.zeros_like(a))
+
+
 def _recurrent_init(key, shape, dtype=jnp.float32):
     """[2, h, 3h]: an orthogonal [h, h] matrix per direction and gate (nn.GRUCell's recurrent initialisation),
-    from one batched QR of Gaussian matrices with the sign fix that makes the distribution uniform."""
+    the Q of the QR of a Gaussian matrix with R's diagonal positive (uniformly distributed orthogonal matrices)."""
     directions, hidden, _ = shape
-    q, r = jnp.linalg.qr(jax.random.normal(key, (directions, 3, hidden, hidden), dtype))
-    q = q * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[..., None, :]
-    return q.transpose(0, 2, 1, 3).reshape(shape)
+    q = orthonormal_columns(jax.random.normal(key, (directions * 3, hidden, hidden), dtype))
+    return q.reshape(directions, 3, hidden, hidden).transpose(0, 2, 1, 3).reshape(shape)
 
 
 def bidirectional_gru(x: jax.Array, params: dict, axis: int) -> jax.Array:
@@ -133,3 +152,30 @@ class RelationModule(nn.Module):
         rows = merge_directions(rows, self.merge).astype(self.dtype)
         columns = BidirectionalGRU(self.hidden_size, axis=1, dtype=self.dtype, name="columns")(rows)
         return merge_directions(columns, self.merge).astype(self.dtype)
+
+
+class RelationHead(nn.Module):
+    """RelationNet's classification subnet (Fig. 2): the relation module on the backbone's "out" features
+    (skipped with relation=False: ResNet-38 + classifier, Table I's baseline rows), then a 1x1 classifier with
+    bias (models/deeplab.classifier; the paper names no further layer).
+
+    features {"out": [B,h,w,C], ...} -> (logits [B,h,w,num_classes] float32, {"classifier_input": [B,h,w,D]}):
+    the second item is the features the classifier read (D = 2 hidden "concat", hidden "sum", C without the
+    relation module), shared with the auxiliary heads (the similarity subnet reads the relation module's output,
+    RelationNet §II-A-3). hidden = relation_hidden, or 4 * base_width (256 at the paper's width) when None.
+    Params: {"relation": {"rows", "columns"}, "classifier"} at the model's top level (the head shares its scope).
+    """
+    num_classes: int
+    base_width: int = 64
+    relation: bool = True
+    relation_hidden: int | None = None
+    relation_merge: str = "concat"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: dict, train: bool = False) -> tuple[jax.Array, dict]:
+        x = features["out"]
+        if self.relation:
+            x = RelationModule(self.relation_hidden or 4 * self.base_width, self.relation_merge, dtype=self.dtype,
+                               name="relation")(x)
+        return classifier(self.num_classes, self.dtype, x), {"classifier_input": x}

@@ -1,0 +1,98 @@
+"""RelationNet's parts on the synthetic data: OHEM vs OHEM + SCL vs + relation module vs + multi-step testing
+(RelationNet Table I's steps), paired seeds, pre-registered in README.md ("RelationNet on the synthetic data").
+
+    python -m benchmarks.relationnet_protocol --workdir=/tmp/relationnet      # the registered run, seeds 0, 1, 2
+    python -m benchmarks.relationnet_protocol --workdir=/tmp/r --tiny --arms=relation,multistep   # CI smoke
+
+Trained arms, each from random initialisation on configs/demo.py's data (600 train / 100 val images of 96x128,
+8 classes) with the RelationNet model at 1/8 of the paper's width (ResNet-38 with DCN in blocks 6-7, output
+stride 8, trained BN): `ohem` (OHEM t = 0.6), `ohem_scl` (+ the similarity subnet, 0.1 SCL), `relation`
+(+ the relation module). RelationNet's stage-1 schedule scaled to the demo budget: 1200 steps of batch 8 (96x96
+crops, flips, scales 0.75-1.25), lr 0.02 (the demo's, for training from scratch) for 700 steps, then linear to
+2e-4 over 500 (the paper's 35 / 25 epochs and 100x decay). The evaluation-only arm `multistep` is the relation
+arm's final checkpoint tested with 4 shifted copies interleaved (config.eval.inference mode "shifted"). Seed s
+fixes initialisation, data order, augmentation and dropout of every arm (paired). Finished arms are reused
+(WORKDIR/<arm>/seed<s>/arm.json). Writes WORKDIR/relationnet.json and WORKDIR/relationnet.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import jax
+import ml_collections
+
+from benchmarks import guidance_protocol, pac_bal, protocol
+
+TRAINED = {"ohem": (False, False), "ohem_scl": (True, False), "relation": (True, True)}  # arm -> (SCL, relation)
+EVALUATED = {"multistep": "relation"}  # evaluation-only arm -> the trained arm whose checkpoint it tests
+ARMS = (*TRAINED, *EVALUATED)
+# (arm, baseline): what SCL adds, what the relation module adds, what multi-step testing adds, all of them
+COMPARISONS = (("ohem_scl", "ohem"), ("relation", "ohem_scl"), ("multistep", "relation"), ("multistep", "ohem"))
+REGISTERED_SEEDS = (0, 1, 2)
+WIDTH = 8  # ResNet-38 base width (the paper's: 64)
+LEARNING_RATE = 0.02
+PHASE_STEPS = {"constant": 700, "decay": 500}  # tiny: 1 step each
+
+
+def arm_config(arm: str, seed: int, tiny: bool = False) -> ml_collections.ConfigDict:
+    """The demo data with the RelationNet model, loss and stage-1-shaped schedule of `arm`, seed `seed`."""
+    config = protocol.base_config(tiny)
+    scl, relation = TRAINED[EVALUATED.get(arm, arm)]
+    config.seed = seed
+    config.model.update(name="relationnet", backbone="resnet38", depth=38, stem="standard", output_stride=8,
+                        base_width=4 if tiny else WIDTH, bn_mode="train", deformable=True, relation=relation,
+                        aux_heads="similarity" if scl else "")
+    config.loss = "ohem+scl" if scl else "ohem"
+    config.losses.ohem.update(threshold=0.6, min_kept=0)
+    config.losses.scl.weight = 0.1
+    config.optimizer.update(learning_rate=LEARNING_RATE, warmup_steps=0)
+    steps = {name: 1 if tiny else n for name, n in PHASE_STEPS.items()}
+    config.phases = ml_collections.ConfigDict(dict(
+        order="constant,decay", constant=dict(steps=steps["constant"], schedule="constant"),
+        decay=dict(steps=steps["decay"], schedule="linear", end_learning_rate=LEARNING_RATE / 100)))
+    config.train.update(eval_every=sum(steps.values()), checkpoint_every=sum(steps.values()),
+                        log_every=1 if tiny else 50)  # the final checkpoint is evaluated once
+    if arm == "multistep":
+        config.eval.inference.update(mode="shifted", shifts=4)
+    return config
+
+
+def run(workdir: str, seeds, arms=ARMS, tiny: bool = False, log=print) -> dict:
+    """Every arm x seed (seed-major, so a partial run has whole pairs) -> result dict, written as it comes."""
+    result = dict(seeds=list(seeds), tiny=tiny, arms={arm: [] for arm in arms}, paired={})
+    comparisons = [(a, b) for a, b in COMPARISONS if a in arms and b in arms]
+    for seed in seeds:
+        for arm in arms:
+            arm_dir = os.path.join(workdir, arm, f"seed{seed}")
+            log(f"== {arm}, seed {seed} -> {arm_dir}")
+            config = arm_config(arm, seed, tiny)
+            out = protocol.run_arm(config, arm_dir, log) if arm in TRAINED else guidance_protocol.evaluate_arm(
+                config, os.path.join(workdir, EVALUATED[arm], f"seed{seed}"), arm_dir, log)
+            result["arms"][arm].append(dict(seed=seed, **out))
+            pac_bal.write(result, workdir, "relationnet", comparisons)
+    log(pac_bal.format_tables(result))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="/tmp/semeda_relationnet")
+    parser.add_argument("--seeds", default=",".join(map(str, REGISTERED_SEEDS)))
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {list(ARMS)}")
+    parser.add_argument("--tiny", action="store_true", help="smoke-sized data and network (CI)")
+    args = parser.parse_args()
+    arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
+    missing = [a for a in arms if a not in ARMS] + [EVALUATED[a] for a in arms if a in EVALUATED
+                                                     and EVALUATED[a] not in arms]
+    if missing:
+        parser.error(f"--arms: unknown or missing {missing}; valid: {list(ARMS)} (an evaluation-only arm needs "
+                     f"its trained arm: {EVALUATED})")
+    os.makedirs(args.workdir, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", os.path.join(args.workdir, "xla_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    run(args.workdir, [int(s) for s in args.seeds.split(",")], arms, tiny=args.tiny)
+
+
+if __name__ == "__main__":
+    main()
