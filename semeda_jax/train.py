@@ -334,7 +334,9 @@ def _train_and_evaluate(config, workdir, readers, frozen, log, stop_after, init_
         log(f"[train] resumed from {checkpoints.root}/latest at step {int(state.step)} (phase {phase.name})")
     else:
         backbone = config.model.get("backbone", "resnet")
-        log(f"[train] {config.model.name} ({backbone}{config.model.depth}, "
+        depth = str(config.model.depth)
+        backbone = backbone if backbone.endswith(depth) else backbone + depth  # "resnet" + 101, "resnet38"
+        log(f"[train] {config.model.name} ({backbone}, "
             f"width {config.model.base_width}): {count_params(state.params) / 1e6:.2f}M parameters; "
             f"loss {config.loss}; global batch {batch_size} on {mesh.shape[parallel.DATA_AXIS]} data-parallel "
             f"devices, {jax.process_count()} process(es)")

@@ -47,6 +47,17 @@ def test_crf_benchmark_runs_at_tiny_size(with_dense, monkeypatch, capsys, tmp_pa
     assert all(("x |" in row) == with_dense for row in rows)
 
 
+def test_xla_flags_sweep_runs_at_tiny_size_and_reports_rejected_flags():
+    """benchmarks/xla_flags.py --tiny: the default and one candidate, each in its own worker process; a flag this
+    jaxlib does not know is reported in the table, not raised."""
+    command = [sys.executable, "-m", "benchmarks.xla_flags", "--tiny", "--flags=--xla_cpu_no_such_flag=true"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| `")]
+    assert rows[0].startswith("| `default` |") and "| 1.00 | 0.0e+00 | 0.0e+00 |" in rows[0]
+    assert rows[1].startswith("| `--xla_cpu_no_such_flag=true` | rejected: ")
+
+
 def test_the_train_step_builds_without_tensorflow():
     """The GPU suite runs where TensorFlow is not installed: the step, the eval step and the peer benchmark
     import neither TensorFlow nor clu (which imports it); only reading data and writing summaries do."""

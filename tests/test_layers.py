@@ -1,11 +1,12 @@
-"""models/layers.py: the matmul form of 1x1 convs against flax's nn.Conv and a NumPy float64 reference."""
+"""models/layers.py: the matmul form of 1x1 convs and the dead-tap-skipping k x k conv against flax's nn.Conv
+and a NumPy float64 reference."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from semeda_jax.models.layers import PointwiseConv, conv, conv_init
+from semeda_jax.models.layers import PointwiseConv, SpatialConv, conv, conv_init, live_taps
 
 
 def nn_conv_1x1(features, strides, use_bias):
@@ -52,3 +53,75 @@ def test_pointwise_conv_computes_in_its_dtype_with_float32_parameters(rng):
     params = module.init(jax.random.PRNGKey(0), x)
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
     assert module.apply(params, x).dtype == jnp.bfloat16
+
+
+def numpy_conv(x, kernel, strides, dilation):
+    """Direct float64 conv, symmetric padding dilation * (k - 1) // 2, every tap summed (dead ones included)."""
+    k = kernel.shape[0]
+    pad = dilation * (k - 1) // 2
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    h_out, w_out = -(-x.shape[1] // strides), -(-x.shape[2] // strides)
+    y = np.zeros((x.shape[0], h_out, w_out, kernel.shape[-1]))
+    for i in range(k):
+        for j in range(k):
+            window = xp[:, i * dilation::strides, j * dilation::strides][:, :h_out, :w_out]
+            y += np.einsum("bhwi,io->bhwo", window, kernel[i, j])
+    return y
+
+
+@pytest.mark.parametrize("size, kernel_size, strides, dilation, use_bias", [
+    ((12, 12), 3, 1, 18, False),  # every off-centre tap dead: a 1x1 matmul
+    ((12, 12), 3, 1, 6, True),    # all live
+    ((6, 8), 3, 1, 6, False),     # rows dead, columns live
+    ((5, 7), 3, 1, 1, True),
+    ((9, 4), 5, 1, 2, False),     # 5x5: two taps each side of the centre, one of them dead along W
+    ((12, 12), 3, 2, 18, False),  # strided: never pruned
+    ((11, 9), 7, 2, 1, True),     # the ResNet stem's shape of conv
+])
+def test_spatial_conv_matches_nn_conv_and_numpy(rng, size, kernel_size, strides, dilation, use_bias):
+    x = jnp.asarray(rng.standard_normal((2, *size, 5)))
+    ours = conv(4, kernel_size, strides=strides, dilation=dilation, use_bias=use_bias, dtype=jnp.float64)
+    assert isinstance(ours, SpatialConv)
+    pad = dilation * (kernel_size - 1) // 2
+    reference = nn.Conv(4, (kernel_size, kernel_size), strides=(strides, strides), padding=((pad, pad), (pad, pad)),
+                        kernel_dilation=(dilation, dilation), use_bias=use_bias, dtype=jnp.float64,
+                        param_dtype=jnp.float32, kernel_init=conv_init)
+    key = jax.random.PRNGKey(5)
+    params = ours.init(key, x)
+    reference_params = reference.init(key, x)
+    assert jax.tree.structure(params) == jax.tree.structure(reference_params)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference_params)):
+        np.testing.assert_array_equal(a, b)
+    params = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape)), params)  # bias non-zero too
+    y = ours.apply(params, x)
+    expected = numpy_conv(np.asarray(x), np.asarray(params["params"]["kernel"], np.float64), strides, dilation)
+    if use_bias:
+        expected = expected + np.asarray(params["params"]["bias"], np.float64)
+    assert y.shape == expected.shape
+    np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(y, reference.apply(params, x), rtol=1e-10, atol=1e-10)
+
+    def loss(module, variables, x):
+        return jnp.sum(jnp.sin(module.apply(variables, x)))
+
+    grads = jax.grad(lambda v, x: loss(ours, v, x), argnums=(0, 1))(params, x)
+    reference_grads = jax.grad(lambda v, x: loss(reference, v, x), argnums=(0, 1))(params, x)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(reference_grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_dead_taps_are_skipped():
+    assert [live_taps(n, 3, 18) for n in (12, 18, 19, 33)] == [0, 0, 1, 1]
+    assert live_taps(9, 5, 2) == 2 and live_taps(4, 5, 2) == 1
+    x = jnp.zeros((1, 12, 12, 8))
+    module = conv(4, 3, dilation=12)
+    params = module.init(jax.random.PRNGKey(0), x)
+    jaxpr = str(jax.make_jaxpr(lambda p: module.apply(p, x))(params))
+    assert "conv_general_dilated" not in jaxpr and "dot_general" in jaxpr
+    jaxpr = str(jax.make_jaxpr(lambda p: module.apply(p, jnp.zeros((1, 13, 13, 8))))(params))
+    assert "conv_general_dilated" in jaxpr
+
+
+def test_even_kernels_are_refused():
+    with pytest.raises(ValueError, match="kernel_size must be odd"):
+        conv(4, 2).init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 3)))

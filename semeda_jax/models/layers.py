@@ -32,6 +32,7 @@ size H gives ceil(H / stride) outputs at every stride (513 -> 257 -> 129 -> 65 -
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -128,16 +129,107 @@ class PointwiseConv(nn.Module):
         return y
 
 
+def live_taps(size: int, kernel_size: int, dilation: int) -> int:
+    """Taps each side of the centre of a stride-1 conv (odd k, symmetric padding dilation * (k - 1) // 2) that
+    read at least one real pixel of an axis of `size` pixels: tap t reads offset t * dilation, which is padding
+    for every output position once t * dilation >= size."""
+    return min(kernel_size // 2, (size - 1) // dilation)
+
+
+def _conv_nhwc(x: jax.Array, kernel: jax.Array, dilation: int) -> jax.Array:
+    """Stride-1 conv, x [B,H,W,Cin], kernel [kh,kw,Cin,Cout] (odd sizes), padding dilation * (k - 1) // 2."""
+    pads = [(dilation * (k // 2),) * 2 for k in kernel.shape[:2]]
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), pads, rhs_dilation=(dilation, dilation),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_tapwise_vjp(x: jax.Array, kernel: jax.Array, dilation: int) -> jax.Array:
+    """_conv_nhwc, whose gradients are computed tap by tap as matmuls: for each of the kh*kw taps, the kernel
+    gradient is shifted(x)^T dy and the input gradient dy W_tap^T added into the shifted window.
+
+    Why: XLA:CPU's kernel gradient of a 3x3 conv runs at 2-3x its forward's time, and its input gradient first
+    copies a transposed, flipped kernel; the tapwise matmuls avoid both (DeepLab v3+ R-101 train step: see
+    README "Our step against the PyTorch peer"). The forward is the plain conv; results equal to float rounding.
+    """
+    return _conv_nhwc(x, kernel, dilation)
+
+
+def _conv_tapwise_fwd(x, kernel, dilation):
+    return _conv_nhwc(x, kernel, dilation), (x, kernel)
+
+
+def _conv_tapwise_bwd(dilation, residuals, dy):
+    x, kernel = residuals
+    (kh, kw), (h, w) = kernel.shape[:2], x.shape[1:3]
+    ph, pw = dilation * (kh // 2), dilation * (kw // 2)
+    padded = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    dx_padded = jnp.zeros(padded.shape, dy.dtype)
+    dkernel = []
+    for i in range(kh):
+        for j in range(kw):
+            window = (slice(None), slice(i * dilation, i * dilation + h), slice(j * dilation, j * dilation + w))
+            dkernel.append(jnp.einsum("bhwi,bhwo->io", padded[window], dy))
+            dx_padded = dx_padded.at[window].add(jnp.einsum("bhwo,io->bhwi", dy, kernel[i, j]))
+    dkernel = jnp.stack(dkernel).reshape(kernel.shape)
+    return dx_padded[:, ph:ph + h, pw:pw + w].astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+conv_tapwise_vjp.defvjp(_conv_tapwise_fwd, _conv_tapwise_bwd)
+
+
+class SpatialConv(nn.Module):
+    """A k x k conv (odd k) with torchvision-style symmetric padding dilation * (k - 1) // 2 (module docstring):
+    nn.Conv's parameters ({"kernel" [k,k,Cin,Cout] float32, "bias" [Cout]}, same names, shapes and
+    initialisation) and outputs.
+
+    At stride 1 the taps that only ever read padding are skipped (their products are exact zeros): DeepLab's
+    ASPP at rates 12 and 18 on a 12x12 feature map (192 px crops at output stride 16) is then a 1x1 conv, and
+    the rate-6 branch on the demo's 6x6 maps too. Their kernel entries get a zero gradient, as with nn.Conv.
+    At the papers' sizes (33x33 and larger at OS 16) every tap is live and the conv is nn.Conv's.
+    x [B,H,W,Cin] -> [B,ceil(H/s),ceil(W/s),Cout] in `dtype`.
+    """
+    features: int
+    kernel_size: int = 3
+    strides: int = 1
+    dilation: int = 1
+    use_bias: bool = False
+    dtype: Any = jnp.float32
+    kernel_init: Any = conv_init
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, d = self.kernel_size, self.dilation
+        if k % 2 == 0:
+            raise ValueError(f"SpatialConv {self.name}: kernel_size must be odd (symmetric padding), got {k}")
+        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
+        if self.strides == 1:
+            live = [live_taps(n, k, d) for n in x.shape[1:3]]
+        else:
+            live = [k // 2, k // 2]
+        kernel = kernel[k // 2 - live[0]:k // 2 + live[0] + 1, k // 2 - live[1]:k // 2 + live[1] + 1]
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        if live == [0, 0]:
+            y = jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0])
+        elif self.strides == 1:
+            y = conv_tapwise_vjp(x, kernel, d)
+        else:
+            y = jax.lax.conv_general_dilated(
+                x, kernel, (self.strides, self.strides), [(r * d, r * d) for r in live], rhs_dilation=(d, d),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
+        return y
+
+
 def conv(features: int, kernel_size: int, *, strides: int = 1, dilation: int = 1, use_bias: bool = False,
          dtype: Any = jnp.float32, kernel_init=conv_init, name: str | None = None) -> nn.Module:
-    """A k x k conv with torchvision-style symmetric padding dilation * (k - 1) // 2 (see module docstring);
-    1x1 convs are PointwiseConv (the same parameters and outputs, computed as a matmul)."""
+    """A k x k conv with torchvision-style symmetric padding dilation * (k - 1) // 2 (see module docstring):
+    1x1 convs are PointwiseConv (a matmul), larger ones SpatialConv (dead taps skipped); both have nn.Conv's
+    parameters and outputs."""
     if kernel_size == 1:
         return PointwiseConv(features, strides, use_bias, dtype, kernel_init, name=name)
-    pad = dilation * (kernel_size - 1) // 2
-    return nn.Conv(features, (kernel_size, kernel_size), strides=(strides, strides), padding=((pad, pad), (pad, pad)),
-                   kernel_dilation=(dilation, dilation), use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                   kernel_init=kernel_init, name=name)
+    return SpatialConv(features, kernel_size, strides, dilation, use_bias, dtype, kernel_init, name=name)
 
 
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
