@@ -77,7 +77,7 @@ def test_relationnet_protocol_pairs_its_arms_and_tests_multistep_on_the_relation
     for arm in rn.ARMS:
         config = rn.arm_config(arm, 1)
         stages.check_config(config)
-        assert config.seed == 1 and sum(config.phases[p].steps for p in ("constant", "decay")) == 1200
+        assert config.seed == 1 and sum(config.phases[p].steps for p in ("constant", "decay")) == 500
     multistep, relation = rn.arm_config("multistep", 0), rn.arm_config("relation", 0)
     assert multistep.eval.inference.mode == "shifted" and relation.eval.inference.mode == "whole"
     multistep.eval.inference = relation.eval.inference
