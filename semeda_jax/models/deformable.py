@@ -16,13 +16,11 @@ past 256 to better than one pixel.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from semeda_jax.models.layers import conv, conv_init
+from semeda_jax.models.layers import KernelConv, conv
 
 
 def output_size(size: int, kernel_size: int, stride: int, dilation: int) -> int:
@@ -71,7 +69,7 @@ def deformable_conv(x: jax.Array, offsets: jax.Array, kernel: jax.Array, *, stri
     return jnp.einsum("bhwi,io->bhwo", sampled, kernel.reshape(k * k * channels, -1).astype(x.dtype))
 
 
-class DeformableConv(nn.Module):
+class DeformableConv(KernelConv):
     """A deformable k x k convolution whose offsets come from a k x k conv of the same input, stride and
     dilation (DCN v1: "the same spatial resolution and dilation as those of the current convolutional layer"),
     zero-initialised so that the layer starts as the plain convolution and learns its offsets from there
@@ -80,13 +78,6 @@ class DeformableConv(nn.Module):
     Params: {"offset": {"kernel" [k,k,Cin,2*k*k], "bias" [2*k*k]}, "kernel" [k,k,Cin,features],
     ("bias" [features])}, float32. x [B,H,W,Cin] -> [B,ceil(H/strides),ceil(W/strides),features] in `dtype`.
     """
-    features: int
-    kernel_size: int = 3
-    strides: int = 1
-    dilation: int = 1
-    use_bias: bool = False
-    dtype: Any = jnp.float32
-    kernel_init: Any = conv_init
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -178,7 +178,18 @@ def _conv_tapwise_bwd(dilation, residuals, dy):
 conv_tapwise_vjp.defvjp(_conv_tapwise_fwd, _conv_tapwise_bwd)
 
 
-class SpatialConv(nn.Module):
+class KernelConv(nn.Module):
+    """The fields of a k x k convolution module (SpatialConv, models.deformable.DeformableConv)."""
+    features: int
+    kernel_size: int = 3
+    strides: int = 1
+    dilation: int = 1
+    use_bias: bool = False
+    dtype: Any = jnp.float32
+    kernel_init: Any = conv_init
+
+
+class SpatialConv(KernelConv):
     """A k x k conv (odd k) with torchvision-style symmetric padding dilation * (k - 1) // 2 (module docstring):
     nn.Conv's parameters ({"kernel" [k,k,Cin,Cout] float32, "bias" [Cout]}, same names, shapes and
     initialisation) and outputs.
@@ -189,13 +200,6 @@ class SpatialConv(nn.Module):
     At the papers' sizes (33x33 and larger at OS 16) every tap is live and the conv is nn.Conv's.
     x [B,H,W,Cin] -> [B,ceil(H/s),ceil(W/s),Cout] in `dtype`.
     """
-    features: int
-    kernel_size: int = 3
-    strides: int = 1
-    dilation: int = 1
-    use_bias: bool = False
-    dtype: Any = jnp.float32
-    kernel_init: Any = conv_init
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
