@@ -197,7 +197,8 @@ class SpatialConv(KernelConv):
     At stride 1 the taps that only ever read padding are skipped (their products are exact zeros): DeepLab's
     ASPP at rates 12 and 18 on a 12x12 feature map (192 px crops at output stride 16) is then a 1x1 conv, and
     the rate-6 branch on the demo's 6x6 maps too. Their kernel entries get a zero gradient, as with nn.Conv.
-    At the papers' sizes (33x33 and larger at OS 16) every tap is live and the conv is nn.Conv's.
+    At the papers' sizes (33x33 and larger at OS 16) every tap is live. Stride-1 convolutions take their
+    gradients from conv_tapwise_vjp (tap-by-tap matmuls); strided ones are XLA's conv throughout.
     x [B,H,W,Cin] -> [B,ceil(H/s),ceil(W/s),Cout] in `dtype`.
     """
 
