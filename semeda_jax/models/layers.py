@@ -136,10 +136,10 @@ def live_taps(size: int, kernel_size: int, dilation: int) -> int:
     return min(kernel_size // 2, (size - 1) // dilation)
 
 
-def _conv_nhwc(x: jax.Array, kernel: jax.Array, dilation: int) -> jax.Array:
-    """Stride-1 conv, x [B,H,W,Cin], kernel [kh,kw,Cin,Cout] (odd sizes), padding dilation * (k - 1) // 2."""
+def _conv_nhwc(x: jax.Array, kernel: jax.Array, dilation: int, strides: int = 1) -> jax.Array:
+    """XLA's conv, x [B,H,W,Cin], kernel [kh,kw,Cin,Cout] (odd sizes), padding dilation * (k - 1) // 2."""
     pads = [(dilation * (k // 2),) * 2 for k in kernel.shape[:2]]
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), pads, rhs_dilation=(dilation, dilation),
+    return jax.lax.conv_general_dilated(x, kernel, (strides, strides), pads, rhs_dilation=(dilation, dilation),
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
@@ -208,20 +208,16 @@ class SpatialConv(KernelConv):
         if k % 2 == 0:
             raise ValueError(f"SpatialConv {self.name}: kernel_size must be odd (symmetric padding), got {k}")
         kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
-        if self.strides == 1:
-            live = [live_taps(n, k, d) for n in x.shape[1:3]]
-        else:
-            live = [k // 2, k // 2]
-        kernel = kernel[k // 2 - live[0]:k // 2 + live[0] + 1, k // 2 - live[1]:k // 2 + live[1] + 1]
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        if live == [0, 0]:
-            y = jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0])
-        elif self.strides == 1:
-            y = conv_tapwise_vjp(x, kernel, d)
+        if self.strides > 1:
+            y = _conv_nhwc(x, kernel, d, self.strides)
         else:
-            y = jax.lax.conv_general_dilated(
-                x, kernel, (self.strides, self.strides), [(r * d, r * d) for r in live], rhs_dilation=(d, d),
-                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            live = [live_taps(n, k, d) for n in x.shape[1:3]]
+            kernel = kernel[k // 2 - live[0]:k // 2 + live[0] + 1, k // 2 - live[1]:k // 2 + live[1] + 1]
+            if live == [0, 0]:
+                y = jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0])
+            else:
+                y = conv_tapwise_vjp(x, kernel, d)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
         return y
