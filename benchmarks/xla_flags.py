@@ -2,6 +2,8 @@
 
     python -m benchmarks.xla_flags                        # DeepLab v3+ R-101 OS 16, batch 2 of 192x192, CE
     python -m benchmarks.xla_flags --crop 321 --rounds 2 --flags=--xla_cpu_use_onednn=true
+    python -m benchmarks.xla_flags --rounds 3 --flags xla_cpu_use_onednn=true "xla_cpu_use_onednn=true xla_cpu_prefer_vector_width=512"
+    python -m benchmarks.xla_flags --config demo --rounds 3  # configs/demo.py's step (CE + SEMEDA)
     python -m benchmarks.xla_flags --tiny                 # seconds: the script's own check
 
 XLA reads XLA_FLAGS once, when the backend starts, so every candidate runs `--rounds` times in a fresh worker
@@ -40,9 +42,10 @@ def worker(args) -> None:
     import jax
 
     from benchmarks.peer import our_config
-    from benchmarks.train_step import compile_step, time_steps
+    from benchmarks.train_step import compile_step, load_config, time_steps
 
-    config = our_config(args.model, args.stride, "ce", "fp32", args.batch, args.crop)
+    config = (load_config(args.config) if args.config
+              else our_config(args.model, args.stride, "ce", "fp32", args.batch, args.crop))
     compiled = compile_step(config)
     state, batch, frozen = compiled["args"]
     state, metrics = compiled["step"](state, batch, frozen)  # warm-up (donates the initial state)
@@ -55,7 +58,7 @@ def worker(args) -> None:
 def run_worker(flags: str, args) -> dict:
     env = {**os.environ, "XLA_FLAGS": " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), flags]))}
     command = [sys.executable, "-m", "benchmarks.xla_flags", "--worker", "--model", args.model, "--stride",
-               str(args.stride), "--batch", str(args.batch), "--crop", str(args.crop), "--steps", str(args.steps)]
+               str(args.stride), "--batch", str(args.batch), "--crop", str(args.crop), "--steps", str(args.steps), "--config", args.config]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode:
         return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1][:80]}
@@ -65,22 +68,29 @@ def run_worker(flags: str, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--flags", nargs="+", default=list(CANDIDATES),
-                        help="candidate XLA_FLAGS strings (a single one: --flags=--xla_...)")
+                        help="candidate XLA_FLAGS strings; the leading -- of each flag may be left out, "
+                             "which several candidates need (one: --flags=--xla_...)")
     parser.add_argument("--model", default="resnet101")
     parser.add_argument("--stride", type=int, default=16)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--crop", type=int, default=192)
+    parser.add_argument("--config", default="",
+                        help="time this config's own step instead (e.g. demo, voc:ppce; model options ignored)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per worker")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--tiny", action="store_true", help="tiny model and crop, one candidate")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.flags = [" ".join(flag if flag.startswith("--") else "--" + flag for flag in candidate.split())
+                  for candidate in args.flags]
     if args.tiny:
         args.model, args.crop, args.steps, args.rounds, args.flags = "tiny", 32, 1, 1, args.flags[:1]
     if args.worker:
         worker(args)
         return
-    print(f"{args.model} OS {args.stride}, batch {args.batch}x{args.crop}x{args.crop}, CE, fp32; {os.cpu_count()} "
+    row = (f"configs/{args.config}'s step" if args.config
+           else f"{args.model} OS {args.stride}, batch {args.batch}x{args.crop}x{args.crop}, CE, fp32")
+    print(f"{row}; {os.cpu_count()} "
           f"CPU core(s); base XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; {args.rounds} round(s) of "
           f"{args.steps} steps per candidate")
     runs: dict[str, list[dict]] = {flags: [] for flags in ["", *args.flags]}

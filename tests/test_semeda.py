@@ -61,6 +61,27 @@ def test_semeda_matches_reference(rng, reduction, normalize, num_classes, shape,
                                            normalize=normalize), np.dot(lambdas, want), rtol=1e-9)
 
 
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("lambdas", [(2.0, 4.0, 0.0), (3.0, 0.0, 0.0), (0.0, 1.5, 0.0), (0.0, 0.0, 0.0)])
+def test_trailing_zero_lambdas_skip_layers_without_changing_value_or_gradient(rng, lambdas, normalize):
+    """semeda_loss runs g_phi only up to the last non-zero lambda: value against the NumPy reference, gradient
+    against the weighted sum of all three layer losses (and the same with the lambdas traced, which run all)."""
+    params = random_edge_net(4)
+    labels = ref.random_labels(rng, (2, 9, 10), 4)
+    logits = jnp.asarray(rng.normal(size=(2, 9, 10, 4)) * 2)
+    want = np.dot(lambdas, ref.semeda_layer_losses(np.asarray(logits), labels, params, "mean", normalize))
+    loss = lambda x, weights: semeda_loss(x, labels, params, lambdas=weights, reduction="mean", normalize=normalize)
+    full = lambda x: jnp.dot(jnp.asarray(lambdas), semeda_layer_losses(x, labels, params, reduction="mean",
+                                                                        normalize=normalize))
+    np.testing.assert_allclose(loss(logits, lambdas), want, rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(jax.grad(loss)(logits, lambdas), jax.grad(full)(logits), rtol=1e-9, atol=1e-15)
+    traced = jax.jit(lambda x, weights: jax.value_and_grad(loss)(x, tuple(weights)))
+    value, grad = traced(logits, jnp.asarray(lambdas))
+    np.testing.assert_allclose(value, want, rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(grad, jax.grad(full)(logits), rtol=1e-9, atol=1e-15)
+    assert len(semeda_layer_losses(logits, labels, params, depth=2)) == 2
+
+
 def test_normalized_is_independent_of_reduction_and_of_the_edge_net_scale(rng):
     params = random_edge_net(4)
     labels = ref.random_labels(rng, (2, 9, 10), 4)
@@ -167,5 +188,7 @@ def test_bad_input_is_named():
         semeda_loss(np.zeros((1, 4, 4, 4)), labels, params, lambdas=(1.0, 2.0))
     with pytest.raises(InputError, match=r"labels: values \{7\}"):
         edge_pretrain_loss(params, np.full((1, 4, 4), 7, np.int32), 4)
+    with pytest.raises(InputError, match="edge net depth: expected 1, 2 or 3 layers, got 4"):
+        semeda_layer_losses(np.zeros((1, 4, 4, 4)), labels, params, depth=4)
     with pytest.raises(InputError, match="missing layers"):
         semeda_loss(np.zeros((1, 4, 4, 4)), labels, {"conv1": params["conv1"]})

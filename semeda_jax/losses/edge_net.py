@@ -54,10 +54,17 @@ def edge_net_forward(params: EdgeNetParams, masks: jax.Array) -> tuple[jax.Array
     return psi_1, psi_2, _conv(psi_2, params["conv3"])
 
 
-def edge_net_embeddings(params: EdgeNetParams, masks: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """masks [B,H,W,C] -> (psi_1, psi_2, psi_3): the layer embeddings SEMEDA matches (Eq. 5)."""
-    psi_1, psi_2, logits = edge_net_forward(params, masks)
-    return psi_1, psi_2, jax.nn.softmax(logits, axis=-1)
+def edge_net_embeddings(params: EdgeNetParams, masks: jax.Array, depth: int = 3) -> tuple[jax.Array, ...]:
+    """masks [B,H,W,C] -> (psi_1, psi_2, psi_3): the layer embeddings SEMEDA matches (Eq. 5), or the first
+    `depth` of them (a loss whose later lambdas are zero need not run the later layers)."""
+    if depth not in (1, 2, 3):
+        raise InputError(f"edge net depth: expected 1, 2 or 3 layers, got {depth!r}")
+    embeddings = [jax.nn.relu(_conv(masks, params["conv1"]))]
+    if depth >= 2:
+        embeddings.append(jax.nn.relu(_conv(embeddings[0], params["conv2"])))
+    if depth == 3:
+        embeddings.append(jax.nn.softmax(_conv(embeddings[1], params["conv3"]), axis=-1))
+    return tuple(embeddings)
 
 
 def check_edge_net_params(params: EdgeNetParams, num_classes: int) -> None:
