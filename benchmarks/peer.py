@@ -39,9 +39,9 @@ import jax.numpy as jnp
 from benchmarks.train_step import compile_step, load_config, time_steps
 
 PEER_VENV = Path("~/.cache/semeda_jax/peer-venv").expanduser()
-# torch 2.13.0 is the CPU wheel this project's machines carry; timm 1.0.20 is the newest timm that imports
-# without torchvision (the registry's torchvision is a CUDA build that fails beside the CPU torch).
-PEER_PACKAGES = ("torch==2.13.0", "segmentation-models-pytorch==0.6.0", "timm==1.0.20")
+# The registry's torch 2.14.1 (a CUDA 13 build, which also runs on CPU) with its own torchvision: timm imports
+# torchvision, and the registry has no torchvision that loads beside the local CPU-only torch 2.13.0 wheel.
+PEER_PACKAGES = ("torch==2.14.1", "torchvision==0.29.1", "segmentation-models-pytorch==0.6.0", "timm==1.0.20")
 WORKER = Path(__file__).with_name("peer_torch.py")
 
 # model name -> (our config, the peer's encoder)
@@ -167,6 +167,7 @@ def run_group(args, model: str, stride: int, precision: str, peer_python: Path |
                         classes=21, amp=precision == "bf16", compile=mode == "compile", channels_last=True,
                         threads=args.threads, device="cuda" if device.platform == "gpu" else "cpu")
             peers[mode] = Peer(peer_python, spec)
+            print(f"peer {mode}: {peers[mode].setup['versions']}")
     for _ in range(args.rounds):
         for loss in args.losses:
             ours[loss]["times"] += time_steps(ours[loss], args.steps)

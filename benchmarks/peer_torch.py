@@ -6,7 +6,7 @@ can alternate (ours, peer, ours, peer ...) with both steps kept warm.
 
     {"cmd": "setup", "encoder": "resnet101", "output_stride": 16, "batch": 2, "crop": 192, "classes": 21,
      "amp": false, "compile": false, "channels_last": true, "threads": 2, "device": "cpu"}
-        -> {"warmup_s": ..., "gflop_per_step": ..., "parameters_m": ...}
+        -> {"warmup_s": ..., "gflop_per_step": ..., "versions": ..., "parameters_m": ...}
     {"cmd": "time", "steps": 5} -> {"step_s": [...], "peak_memory_mib": ..., "memory_kind": "peak RSS" | ...}
     {"cmd": "quit"}
 
@@ -20,6 +20,14 @@ import json
 import resource
 import sys
 import time
+
+
+def versions() -> str:
+    import segmentation_models_pytorch as smp
+    import timm
+    import torch
+
+    return f"torch {torch.__version__}, smp {smp.__version__}, timm {timm.__version__}"
 
 
 def build(spec: dict):
@@ -94,6 +102,7 @@ def main() -> None:
             synchronize(device)
             state = dict(step=compiled, device=device)
             reply = {"warmup_s": time.perf_counter() - start, "gflop_per_step": flops / 1e9,
+                     "versions": versions(),
                      "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6}
         else:
             times = []
