@@ -105,7 +105,7 @@ def main() -> None:
     for spec in args.configs:
         row = measure(spec, args.repeats, args.batch or None)
         first = first or row
-        timed = (f"{row['step_s']:>9.2f}{row['step_s'] / first['step_s']:>8.2f}" if args.repeats
+        timed = (f"{row['step_s']:>9.3f}{row['step_s'] / first['step_s']:>8.2f}" if args.repeats
                  else f"{'-':>9}{'-':>8}")
         print(f"{row['config']:<22}{row['model']:<30}{row['loss']:<11}{row['batch']:<12}{timed}"
               f"{row['memory_mib']:>14.0f}"

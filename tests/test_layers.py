@@ -125,3 +125,18 @@ def test_dead_taps_are_skipped():
 def test_even_kernels_are_refused():
     with pytest.raises(ValueError, match="kernel_size must be odd"):
         conv(4, 2).init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 3)))
+
+
+def test_stride1_gradients_are_tapwise_on_cpu_and_xla_convolutions_elsewhere():
+    """conv_stride1 picks its gradients at lowering time: the CPU module computes the backward as per-tap dots
+    (one convolution, the forward), a CUDA module (exported without a GPU) as XLA's convolutions, no dots."""
+    module = conv(4, 3, dilation=2)
+    x = jnp.zeros((2, 9, 9, 3))
+    params = module.init(jax.random.PRNGKey(0), x)
+    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(module.apply(p, x) ** 2), argnums=(0, 1)))
+    counts = {}
+    for platform in ("cpu", "cuda"):
+        text = jax.export.export(grad, platforms=[platform])(params, x).mlir_module()
+        counts[platform] = (text.count("stablehlo.convolution"), text.count("stablehlo.dot_general"))
+    assert counts["cpu"] == (1, 18), counts  # 9 taps x (kernel gradient, input gradient)
+    assert counts["cuda"] == (3, 0), counts  # forward, input gradient, kernel gradient
