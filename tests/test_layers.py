@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from semeda_jax.models.layers import PointwiseConv, SpatialConv, conv, conv_init, live_taps
+from semeda_jax.models.layers import DepthwiseConv, PointwiseConv, SpatialConv, conv, conv_init, live_taps
 
 
 def nn_conv_1x1(features, strides, use_bias):
@@ -140,3 +140,47 @@ def test_stride1_gradients_are_tapwise_on_cpu_and_xla_convolutions_elsewhere():
         counts[platform] = (text.count("stablehlo.convolution"), text.count("stablehlo.dot_general"))
     assert counts["cpu"] == (1, 18), counts  # 9 taps x (kernel gradient, input gradient)
     assert counts["cuda"] == (3, 0), counts  # forward, input gradient, kernel gradient
+
+
+@pytest.mark.parametrize("size, kernel_size, strides, dilation", [
+    ((7, 9), 3, 1, 1), ((8, 8), 3, 2, 1), ((9, 6), 3, 2, 1), ((12, 12), 3, 1, 2), ((6, 5), 3, 1, 4), ((9, 9), 5, 1, 1),
+])
+def test_depthwise_conv_matches_grouped_nn_conv_and_numpy(rng, size, kernel_size, strides, dilation):
+    """DepthwiseConv (shifted windows on CPU): nn.Conv(feature_group_count=C)'s parameter, outputs against a
+    float64 per-channel NumPy conv, and gradients (input and kernel) against nn.Conv's."""
+    channels = 6
+    x = jnp.asarray(rng.standard_normal((2, *size, channels)))
+    ours = DepthwiseConv(kernel_size, strides, dilation, jnp.float64)
+    pad = dilation * (kernel_size - 1) // 2
+    reference = nn.Conv(channels, (kernel_size, kernel_size), strides=(strides, strides),
+                        padding=((pad, pad), (pad, pad)), kernel_dilation=(dilation, dilation),
+                        feature_group_count=channels, use_bias=False, dtype=jnp.float64, param_dtype=jnp.float32,
+                        kernel_init=conv_init)
+    params = ours.init(jax.random.PRNGKey(3), x)
+    reference_params = reference.init(jax.random.PRNGKey(3), x)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, reference_params)
+    params = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape)), params)
+    kernel = np.asarray(params["params"]["kernel"], np.float64)
+    expected = np.stack([numpy_conv(np.asarray(x)[..., c:c + 1], kernel[..., c:c + 1], strides, dilation)[..., 0]
+                         for c in range(channels)], axis=-1)
+    y = ours.apply(params, x)
+    assert y.shape == expected.shape
+    np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-10)
+
+    def loss(module, variables, x):
+        return jnp.sum(jnp.sin(module.apply(variables, x)))
+
+    grads = jax.grad(lambda v, x: loss(ours, v, x), argnums=(0, 1))(params, x)
+    reference_grads = jax.grad(lambda v, x: loss(reference, v, x), argnums=(0, 1))(params, x)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(reference_grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_depthwise_conv_is_shifted_windows_on_cpu_and_a_grouped_convolution_elsewhere():
+    module = DepthwiseConv(3, 2, 1)
+    x = jnp.zeros((2, 9, 9, 4))
+    params = module.init(jax.random.PRNGKey(0), x)
+    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(module.apply(p, x) ** 2), argnums=(0, 1)))
+    cpu, cuda = (jax.export.export(grad, platforms=[platform])(params, x).mlir_module() for platform in ("cpu", "cuda"))
+    assert "stablehlo.convolution" not in cpu
+    assert cuda.count("stablehlo.convolution") == 3 and "feature_group_count = 4" in cuda

@@ -41,7 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from semeda_jax.models.layers import BatchNormed, ConvBNReLU, check_bn_mode, conv
+from semeda_jax.models.layers import BatchNormed, ConvBNReLU, DepthwiseConv, check_bn_mode, conv
 
 XCEPTION_BN_EPSILON = 1e-3
 OUTPUT_STRIDES = (8, 16, 32)
@@ -94,10 +94,7 @@ class SeparableConv(BatchNormed):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        channels, pad = x.shape[-1], self.dilation
-        x = nn.Conv(channels, (3, 3), strides=(self.strides, self.strides), padding=((pad, pad), (pad, pad)),
-                    kernel_dilation=(self.dilation, self.dilation), feature_group_count=channels, use_bias=False,
-                    dtype=self.dtype, param_dtype=jnp.float32, kernel_init=depthwise_init, name="conv_dw")(x)
+        x = DepthwiseConv(3, self.strides, self.dilation, self.dtype, depthwise_init, name="conv_dw")(x)
         x = self.batch_norm(train, "bn_dw")(x)
         if self.relu:
             x = nn.relu(x)
