@@ -69,6 +69,17 @@ def numpy_conv(x, kernel, strides, dilation):
     return y
 
 
+def assert_same_gradients(ours, reference, params, x):
+    """Gradients of sum(sin(module(x))) with respect to the parameters and x agree between two modules."""
+    def loss(module, variables, x):
+        return jnp.sum(jnp.sin(module.apply(variables, x)))
+
+    grads = jax.grad(lambda v, x: loss(ours, v, x), argnums=(0, 1))(params, x)
+    reference_grads = jax.grad(lambda v, x: loss(reference, v, x), argnums=(0, 1))(params, x)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(reference_grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("size, kernel_size, strides, dilation, use_bias", [
     ((12, 12), 3, 1, 18, False),  # every off-centre tap dead: a 1x1 matmul
     ((12, 12), 3, 1, 6, True),    # all live
@@ -100,14 +111,7 @@ def test_spatial_conv_matches_nn_conv_and_numpy(rng, size, kernel_size, strides,
     assert y.shape == expected.shape
     np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(y, reference.apply(params, x), rtol=1e-10, atol=1e-10)
-
-    def loss(module, variables, x):
-        return jnp.sum(jnp.sin(module.apply(variables, x)))
-
-    grads = jax.grad(lambda v, x: loss(ours, v, x), argnums=(0, 1))(params, x)
-    reference_grads = jax.grad(lambda v, x: loss(reference, v, x), argnums=(0, 1))(params, x)
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(reference_grads)):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+    assert_same_gradients(ours, reference, params, x)
 
 
 def test_dead_taps_are_skipped():
@@ -166,14 +170,7 @@ def test_depthwise_conv_matches_grouped_nn_conv_and_numpy(rng, size, kernel_size
     y = ours.apply(params, x)
     assert y.shape == expected.shape
     np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-10)
-
-    def loss(module, variables, x):
-        return jnp.sum(jnp.sin(module.apply(variables, x)))
-
-    grads = jax.grad(lambda v, x: loss(ours, v, x), argnums=(0, 1))(params, x)
-    reference_grads = jax.grad(lambda v, x: loss(reference, v, x), argnums=(0, 1))(params, x)
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(reference_grads)):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+    assert_same_gradients(ours, reference, params, x)
 
 
 def test_depthwise_conv_is_shifted_windows_on_cpu_and_a_grouped_convolution_elsewhere():
