@@ -1,5 +1,10 @@
 """Shared building blocks of the segmentation models: conv, batch norm (frozen or train), conv-BN-ReLU, resize.
 
+Convolutions: `conv()` gives a PointwiseConv (1x1, a matmul) or a SpatialConv (k x k), DepthwiseConv is one filter
+per channel; all keep nn.Conv's parameters. Where XLA:CPU's own convolution is slow they compute it otherwise:
+1x1 convs are matmuls on every platform; k x k gradients (per-tap matmuls) and depthwise convs (shifted windows)
+differ only in the CPU lowering, other platforms compile XLA's convolutions (`lax.platform_dependent`).
+
 All tensors are NHWC, batch first. Parameters are always float32; `dtype` is the compute dtype.
 
 Batch-norm modes (`bn_mode`, one value for a whole model):
