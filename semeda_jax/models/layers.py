@@ -185,7 +185,7 @@ conv_tapwise_vjp.defvjp(_conv_tapwise_fwd, _conv_tapwise_bwd)
 
 def conv_stride1(x: jax.Array, kernel: jax.Array, dilation: int) -> jax.Array:
     """_conv_nhwc at stride 1 with the gradients of the platform it is compiled for: conv_tapwise_vjp on CPU
-    (1.1-1.3x faster R-101 steps, but its saved inputs cost 25-46% more step memory), XLA's own conv gradients
+    (1.1-1.3x faster R-101 steps, but 25-60% more step memory), XLA's own conv gradients
     elsewhere (cuDNN's on GPU). The choice is made at lowering time (lax.platform_dependent)."""
     return jax.lax.platform_dependent(x, kernel, cpu=lambda x, k: conv_tapwise_vjp(x, k, dilation),
                                       default=lambda x, k: _conv_nhwc(x, k, dilation))
