@@ -2,7 +2,8 @@
 
     python -m benchmarks.xla_flags                        # DeepLab v3+ R-101 OS 16, batch 2 of 192x192, CE
     python -m benchmarks.xla_flags --crop 321 --rounds 2 --flags=--xla_cpu_use_onednn=true
-    python -m benchmarks.xla_flags --rounds 3 --flags xla_cpu_use_onednn=true "xla_cpu_use_onednn=true xla_cpu_prefer_vector_width=512"
+    python -m benchmarks.xla_flags --rounds 3 --flags xla_cpu_use_onednn=true \
+        "xla_cpu_use_onednn=true xla_cpu_prefer_vector_width=512"   # several; one with two flags
     python -m benchmarks.xla_flags --config demo --rounds 3  # configs/demo.py's step (CE + SEMEDA)
     python -m benchmarks.xla_flags --tiny                 # seconds: the script's own check
 
@@ -58,7 +59,8 @@ def worker(args) -> None:
 def run_worker(flags: str, args) -> dict:
     env = {**os.environ, "XLA_FLAGS": " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), flags]))}
     command = [sys.executable, "-m", "benchmarks.xla_flags", "--worker", "--model", args.model, "--stride",
-               str(args.stride), "--batch", str(args.batch), "--crop", str(args.crop), "--steps", str(args.steps), "--config", args.config]
+               str(args.stride), "--batch", str(args.batch), "--crop", str(args.crop), "--steps", str(args.steps),
+               "--config", args.config]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode:
         return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1][:80]}
