@@ -2,8 +2,7 @@
 
     python -m benchmarks.xla_flags                        # DeepLab v3+ R-101 OS 16, batch 2 of 192x192, CE
     python -m benchmarks.xla_flags --crop 321 --rounds 2 --flags=--xla_cpu_use_onednn=true
-    python -m benchmarks.xla_flags --rounds 3 --flags xla_cpu_use_onednn=true \
-        "xla_cpu_use_onednn=true xla_cpu_prefer_vector_width=512"   # several; one with two flags
+    python -m benchmarks.xla_flags --flags xla_cpu_use_xnnpack=true "xla_cpu_use_onednn=true xla_cpu_use_xnnpack=true"
     python -m benchmarks.xla_flags --config demo --rounds 3  # configs/demo.py's step (CE + SEMEDA)
     python -m benchmarks.xla_flags --tiny                 # seconds: the script's own check
 
