@@ -47,10 +47,18 @@ def _conv(x: jax.Array, layer: Mapping[str, jax.Array]) -> jax.Array:
     return y + layer["bias"].astype(x.dtype)
 
 
+def _relu_layers(params: EdgeNetParams, masks: jax.Array, depth: int) -> list[jax.Array]:
+    """masks [B,H,W,C] -> [psi_1, ..., psi_depth] of the ReLU layers (depth 1 or 2)."""
+    embeddings, x = [], masks
+    for name in LAYER_NAMES[:depth]:
+        x = jax.nn.relu(_conv(x, params[name]))
+        embeddings.append(x)
+    return embeddings
+
+
 def edge_net_forward(params: EdgeNetParams, masks: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """masks [B,H,W,C] -> (psi_1 [B,H,W,16], psi_2 [B,H,W,32], edge logits [B,H,W,2] before the softmax)."""
-    psi_1 = jax.nn.relu(_conv(masks, params["conv1"]))
-    psi_2 = jax.nn.relu(_conv(psi_1, params["conv2"]))
+    psi_1, psi_2 = _relu_layers(params, masks, 2)
     return psi_1, psi_2, _conv(psi_2, params["conv3"])
 
 
@@ -59,9 +67,7 @@ def edge_net_embeddings(params: EdgeNetParams, masks: jax.Array, depth: int = 3)
     `depth` of them (a loss whose later lambdas are zero need not run the later layers)."""
     if depth not in (1, 2, 3):
         raise InputError(f"edge net depth: expected 1, 2 or 3 layers, got {depth!r}")
-    embeddings = [jax.nn.relu(_conv(masks, params["conv1"]))]
-    if depth >= 2:
-        embeddings.append(jax.nn.relu(_conv(embeddings[0], params["conv2"])))
+    embeddings = _relu_layers(params, masks, min(depth, 2))
     if depth == 3:
         embeddings.append(jax.nn.softmax(_conv(embeddings[1], params["conv3"]), axis=-1))
     return tuple(embeddings)

@@ -141,11 +141,11 @@ def live_taps(size: int, kernel_size: int, dilation: int) -> int:
     return min(kernel_size // 2, (size - 1) // dilation)
 
 
-def _conv_nhwc(x: jax.Array, kernel: jax.Array, dilation: int, strides: int = 1) -> jax.Array:
-    """XLA's conv, x [B,H,W,Cin], kernel [kh,kw,Cin,Cout] (odd sizes), padding dilation * (k - 1) // 2."""
+def _conv_nhwc(x: jax.Array, kernel: jax.Array, dilation: int, strides: int = 1, groups: int = 1) -> jax.Array:
+    """XLA's conv, x [B,H,W,Cin], kernel [kh,kw,Cin/groups,Cout] (odd sizes), padding dilation * (k - 1) // 2."""
     pads = [(dilation * (k // 2),) * 2 for k in kernel.shape[:2]]
     return jax.lax.conv_general_dilated(x, kernel, (strides, strides), pads, rhs_dilation=(dilation, dilation),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -237,14 +237,6 @@ class SpatialConv(KernelConv):
         return y
 
 
-def _depthwise_xla(x: jax.Array, kernel: jax.Array, strides: int, dilation: int) -> jax.Array:
-    """XLA's grouped conv, one group per channel: x [B,H,W,C], kernel [k,k,1,C], padding dilation * (k - 1) // 2."""
-    pads = [(dilation * (k // 2),) * 2 for k in kernel.shape[:2]]
-    return jax.lax.conv_general_dilated(x, kernel, (strides, strides), pads, rhs_dilation=(dilation, dilation),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        feature_group_count=x.shape[-1])
-
-
 @functools.partial(jax.checkpoint, static_argnums=(2, 3))
 def _depthwise_shifted(x: jax.Array, kernel: jax.Array, strides: int, dilation: int) -> jax.Array:
     """The same conv as k*k shifted, strided windows of the padded input times their per-channel weights, summed
@@ -268,7 +260,7 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: int = 1, dilation: 
     dilation * (k - 1) // 2. On CPU the shifted-window form (XLA:CPU's grouped convolution and its gradients
     made Xception-71's step 6x slower than torch's on the same cores), elsewhere XLA's grouped conv."""
     return jax.lax.platform_dependent(x, kernel, cpu=lambda x, k: _depthwise_shifted(x, k, strides, dilation),
-                                      default=lambda x, k: _depthwise_xla(x, k, strides, dilation))
+                                      default=lambda x, k: _conv_nhwc(x, k, dilation, strides, x.shape[-1]))
 
 
 class DepthwiseConv(nn.Module):
