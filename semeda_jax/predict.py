@@ -143,7 +143,9 @@ def predict_folder(state, folder: str, out_dir: str, *, mean, std, input_scale: 
     warning naming it; SIGTERM raises Preempted before the next image."""
     paths = list_images(folder)
     os.makedirs(os.path.join(out_dir, ENTROPY_FOLDER), exist_ok=True)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    # One image at a time runs on one device: the first local copy of the (replicated) checkpoint, also on a mesh.
+    variables = jax.tree_util.tree_map(lambda x: x.addressable_data(0),
+                                       {"params": state.params, "batch_stats": state.batch_stats})
     infer = build_infer(predict_fn or inference.build_predict_fn(inference.InferenceSpec(), state.apply_fn))
     colormap = matplotlib.colormaps["magma"]
     written, skipped = [], []
