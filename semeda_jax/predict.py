@@ -15,15 +15,15 @@ holds 32-bit integer / float pixels (no fixed range), is skipped with a warning 
 folder is predicted, and `predict_folder` reports the skipped files so the command can end with an error.
 
 Size buckets: the network sees each image padded bottom / right to its bucket (`bucket_size`: each side
-rounded up to a multiple of max(64, 2^(floor(log2 n) - 3)): less than 64 px or 1/8 of the side is padding),
+rounded up to a multiple of max(64, 2^(floor(log2 n) - 3)): the padding is under max(64 px, 1/8 of the side)),
 exactly as eval pads to config.data.eval_pad_size: the normalised image padded with 0 (the mean colour), the
 probabilities made at the padded size and cropped back to the image. A mask therefore equals the eval stage's
 prediction of the same image when eval_pad_size is the image's bucket (at input_scale 1; predict resizes with
 Pillow, eval with TensorFlow). One compilation per bucket, the weights an argument: a folder of mixed sizes
-compiles once per distinct bucket (8 buckets per side per octave above 512 px), not once per size.
+compiles once per distinct bucket (8 sides up to 512 px, then 8 per octave), not once per size.
 
-SIGTERM (under preemption.StopSignal) stops the folder before the next image with `Preempted`: the masks
-written so far stay, and rerunning the command predicts the whole folder again (the masks are rewritten).
+SIGTERM stops the folder before the next image (predict_folder holds a preemption.StopSignal) with `Preempted`:
+the masks written so far stay, and rerunning the command predicts the whole folder again (the masks are rewritten).
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ from semeda_jax.validation import InputError
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 ENTROPY_FOLDER = "entropy"
-MIN_BUCKET_STEP = 64  # bucket step of sides below 512 px; above, 1/8 of the side's power of two
+MIN_BUCKET_STEP = 64  # bucket step of the sides below 1024 px; from 1024 on, 2^(floor(log2 n) - 3)
 
 
 def list_images(folder: str) -> list[str]:
