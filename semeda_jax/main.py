@@ -53,36 +53,26 @@ def run(config, workdir: str, stages, images: str | None) -> None:
     tf.config.set_visible_devices([], "GPU")  # tf.data runs on the host: TensorFlow must not take GPU memory
     import jax
 
-    from semeda_jax import parallel, predict, stages as stage_lib
+    from semeda_jax import parallel, stages as stage_lib
     from semeda_jax import workdir as workdir_lib
-    from semeda_jax.validation import ConfigError, InputError
+    from semeda_jax.validation import ConfigError
 
     if FLAGS.distributed:  # before anything touches a device
         parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     logging.set_verbosity(logging.WARNING)  # orbax and clu log every checkpoint save at INFO
     log = print if jax.process_index() == 0 else (lambda line: None)  # progress from process 0 only
-    unknown = [stage for stage in stages if stage not in (*stage_lib.STAGES, "predict")]
+    unknown = [stage for stage in stages if stage not in stage_lib.STAGES]
     if unknown:
-        raise ConfigError(f"--stages: unknown stage(s) {unknown}; valid: {[*stage_lib.STAGES, 'predict']}")
+        raise ConfigError(f"--stages: unknown stage(s) {unknown}; valid: {list(stage_lib.STAGES)}")
     if "predict" in stages and not images:
         raise ConfigError("--images: the predict stage needs a folder of images")
     stage_lib.check_config(config)
     workdir = workdir_lib.prepare(workdir)
+    options = {"predict": {"images": images}}  # the stages' own flags
     with workdir_lib.WorkdirLock(workdir, jax.process_index()):
         for stage in stages:
             preemption.check_stage_boundary(stage)
-            if stage != "predict":
-                stage_lib.STAGES[stage](config, workdir, log=log)
-                continue
-            state = stage_lib.restore_for_inference(config, workdir, log)
-            out_dir = os.path.join(workdir, "predictions")
-            written, skipped = predict.predict_folder(state, images, out_dir, mean=config.data.mean,
-                                                      std=config.data.std, input_scale=config.data.input_scale,
-                                                      log=log, predict_fn=stage_lib.predict_fn(config, state, workdir))
-            if skipped:
-                names = ", ".join(os.path.basename(p) for p in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
-                raise InputError(f"--images: {len(skipped)} of {len(written) + len(skipped)} files in {images} "
-                                 f"could not be read and were skipped ({names}); the other masks are in {out_dir}")
+            stage_lib.STAGES[stage](config, workdir, log=log, **options.get(stage, {}))
 
 
 def user_error_message(error: BaseException, config=None) -> str | None:

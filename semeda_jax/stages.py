@@ -6,7 +6,8 @@
     eval           the best (else latest) checkpoint on the validation split -> WORKDIR/report.{json,md} + plots
     learn_fusion   per-class view weights of the test-time ensemble on config.eval.learn_fusion.split, network
                    frozen (fusion.py, guidance paper Eqs. 9-10) -> WORKDIR/fusion_weights.json
-    predict        colourised masks and entropy maps for every image of a folder -> WORKDIR/predictions
+    predict        colourised masks and entropy maps for every file Pillow reads in the folder `images=`
+                   (--images), each image padded to its size bucket as eval pads (predict.py) -> WORKDIR/predictions
 Eval and predict with config.eval.inference.fusion = "learned" read WORKDIR/fusion_weights.json.
 """
 from __future__ import annotations
@@ -20,11 +21,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from semeda_jax import (config_checks, edge_pretrain, evaluate, fusion, inference, objective, parallel, phases,
-                        reporting, train)
+                        predict, reporting, train)
 from semeda_jax.checkpointing import Checkpoints, model_fingerprint
 from semeda_jax.data import DATASETS, build_reader, pipeline
 from semeda_jax.losses import init_edge_net
-from semeda_jax.validation import ConfigError
+from semeda_jax.validation import ConfigError, InputError
 
 Log = Callable[[str], None]
 
@@ -224,5 +225,23 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, log: Log = print) 
     return report
 
 
+def run_predict(config: ml_collections.ConfigDict, workdir: str, log: Log = print, *, images: str) -> list[str]:
+    """Masks and entropy maps of every image of the folder `images` with the inference of config.eval.inference
+    -> WORKDIR/predictions (predict.predict_folder); returns the mask paths. A missing or empty folder fails
+    before the checkpoint loads; files Pillow cannot read end it, after the others are predicted, with an
+    InputError naming them; SIGTERM stops it before the next image (predict.Preempted)."""
+    predict.list_images(images)
+    state = restore_for_inference(config, workdir, log)
+    out_dir = os.path.join(workdir, "predictions")
+    written, skipped = predict.predict_folder(state, images, out_dir, mean=config.data.mean, std=config.data.std,
+                                              input_scale=config.data.input_scale, log=log,
+                                              predict_fn=predict_fn(config, state, workdir))
+    if skipped:
+        names = ", ".join(os.path.basename(p) for p in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        raise InputError(f"--images: {len(skipped)} of {len(written) + len(skipped)} files in {images} "
+                         f"could not be read and were skipped ({names}); the other masks are in {out_dir}")
+    return written
+
+
 STAGES = {"edge_pretrain": run_edge_pretrain, "train": run_train, "learn_fusion": run_learn_fusion,
-          "eval": run_eval}
+          "eval": run_eval, "predict": run_predict}

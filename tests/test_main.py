@@ -4,9 +4,11 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from semeda_jax.data import read_label_png, write_synthetic_voc, write_label_png
+from semeda_jax.data import generate_scene, read_label_png, write_synthetic_voc, write_label_png
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,6 +77,8 @@ def test_label_values_out_of_range(dataset, tmp_path):
     ("--config.loss=ce+dice", "config.loss: unknown term 'dice'"),
     ("--config.model.name=unet", "config.model: unknown model 'unet'"),
     ("--stages=train,fly", "--stages: unknown stage(s) ['fly']"),
+    ("--stages=predict", "--images: the predict stage needs a folder of images"),
+    ("--images=/no/such/photos", "--images: /no/such/photos is not a folder"),
 ])
 def test_bad_config_is_named(tmp_path, flag, fragment):
     assert_one_line_error(run_main(tmp_path / "run", flag), fragment)
@@ -102,3 +106,22 @@ def test_read_only_workdir(tmp_path):
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)
     assert_one_line_error(result, f"--workdir: {folder}/run is not a writable folder (Read-only file system)")
+
+
+def test_train_then_predict_stage(dataset, tmp_path):
+    """--stages=train,predict runs predict through the stage loop: every file Pillow reads is predicted (TIFF,
+    WebP, upper-case suffixes), then one line names the files it could not read, exit status 2."""
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name, size in (("a.tif", (40, 48)), ("b.webp", (33, 57)), ("C.JPG", (64, 40))):
+        Image.fromarray(generate_scene(rng, size, 8)[0]).save(images / name)
+    (images / "notes.txt").write_text("not an image")
+    result = run_main(tmp_path / "run", *as_voc(dataset), "--stages=train,predict", f"--images={images}",
+                      "--config.train.steps=2", "--config.train.eval_every=2", "--config.train.checkpoint_every=2")
+    assert_one_line_error(result, f"--images: 1 of 4 files in {images} could not be read and were skipped "
+                                  f"(notes.txt); the other masks are in {tmp_path}/run/predictions")
+    predictions = tmp_path / "run" / "predictions"
+    assert sorted(os.listdir(predictions)) == ["C.JPG.png", "a.tif.png", "b.webp.png", "entropy"]
+    with Image.open(predictions / "b.webp.png") as mask:
+        assert mask.mode == "P" and mask.size == (57, 33)

@@ -1,7 +1,10 @@
-"""Predict on a folder: every image mode read as displayed (16-bit, palette, grey + alpha, CMYK, EXIF
-orientation), one mask and one entropy map per input file with no name collisions, unreadable files skipped
-and reported. The model is a fixed per-pixel colour classifier, so a mis-read image gives another mask."""
+"""Predict on a folder: every format and mode Pillow reads, read as displayed (16-bit, palette, grey + alpha,
+CMYK, EXIF orientation), one mask and one entropy map per input file with no name collisions, unreadable files
+skipped and reported, one compilation per size bucket with eval's padding, a clean stop on SIGTERM. The model
+is a fixed per-pixel colour classifier, so a mis-read image gives another mask; the padding tests use one that
+also sees the image mean at half resolution, so a different padding gives another mask too."""
 import os
+import signal
 import struct
 import types
 import zlib
@@ -11,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from semeda_jax import predict
+from semeda_jax import evaluate, inference, preemption, predict
+from semeda_jax.data import VOCSegmentation, pipeline
 from semeda_jax.validation import InputError
 
 MEAN, STD = (127.5,) * 3, (127.5,) * 3
@@ -26,6 +30,19 @@ def colour_classifier():
 
     return types.SimpleNamespace(apply_fn=apply_fn, params={"w": weights, "b": jnp.asarray([0.0, 0.5, 0.2, 1.0])},
                                  batch_stats={})
+
+
+def context_classifier():
+    """colour_classifier's weights, logits [B,ceil(H/2),ceil(W/2),4] of every other pixel (a stride-2 network)
+    plus 3 x a linear function of the image mean: every logit depends on the padding."""
+    state = colour_classifier()
+
+    def apply_fn(variables, images, train):
+        w, b = variables["params"]["w"], variables["params"]["b"]
+        context = jnp.mean(images, axis=(1, 2), keepdims=True) @ w[::-1]
+        return {"logits": images[:, ::2, ::2] @ w + b + 3 * context}
+
+    return types.SimpleNamespace(apply_fn=apply_fn, params=state.params, batch_stats={})
 
 
 def scene(rng, size=(12, 17)):
@@ -52,9 +69,17 @@ def write_png16(path, rgb16: np.ndarray):
         f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
-def run(folder, out, **kwargs):
-    return predict.predict_folder(colour_classifier(), str(folder), str(out), mean=MEAN, std=STD,
+def run(folder, out, state=None, **kwargs):
+    return predict.predict_folder(state or colour_classifier(), str(folder), str(out), mean=MEAN, std=STD,
                                   log=lambda line: None, **kwargs)
+
+
+def variables_of(state):
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def normalised(rgb):
+    return (rgb.astype(np.float32) - np.float32(MEAN)) / np.float32(STD)
 
 
 def mask_of(path):
@@ -153,3 +178,139 @@ def test_unreadable_files_are_skipped_and_reported(rng, tmp_path):
     warnings = [line for line in lines if "warning" in line]
     assert len(warnings) == 3 and all(str(folder) in w for w in warnings)
     assert "b.jpg" in warnings[0] and "2 masks written" in lines[-1] and "3 unreadable" in lines[-1]
+
+
+def test_every_format_pillow_reads(rng, tmp_path):
+    """TIFF, WebP and upper-case suffixes are predicted; a text file and a corrupt JPEG are named as skipped;
+    hidden files are left alone."""
+    rgb = scene(rng)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(rgb).save(folder / "a.png")
+    Image.fromarray(rgb).save(folder / "b.tif")
+    Image.fromarray(rgb).save(folder / "c.tiff", compression="tiff_lzw")
+    Image.fromarray(rgb).save(folder / "d.webp", lossless=True)
+    Image.fromarray(rgb).save(folder / "E.PNG")
+    Image.fromarray(rgb).save(folder / "F.TIF")
+    Image.fromarray(rgb).save(folder / "G.JPG", quality=95)
+    (folder / "notes.txt").write_text("shot on a phone\n")
+    (folder / "corrupt.jpg").write_bytes(rng.integers(0, 256, 600, dtype=np.uint8).tobytes())
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    written, skipped = run(folder, tmp_path / "out")
+    assert sorted(os.path.basename(p) for p in written) == sorted(
+        f"{n}.png" for n in ("a.png", "b.tif", "c.tiff", "d.webp", "E.PNG", "F.TIF", "G.JPG"))
+    assert [os.path.basename(p) for p in skipped] == ["corrupt.jpg", "notes.txt"]
+    expected = mask_of(tmp_path / "out" / "a.png.png")
+    for name in ("b.tif", "c.tiff", "d.webp", "E.PNG", "F.TIF"):  # lossless: the same pixels, the same mask
+        np.testing.assert_array_equal(mask_of(tmp_path / "out" / f"{name}.png"), expected, err_msg=name)
+    assert mask_of(tmp_path / "out" / "G.JPG.png").shape == expected.shape
+
+
+def test_bucket_size():
+    assert predict.bucket_size((1, 40)) == (64, 64)
+    assert predict.bucket_size((64, 65)) == (64, 128)
+    assert predict.bucket_size((500, 513)) == (512, 576)
+    assert predict.bucket_size((1080, 1920)) == (1152, 1920)
+    assert predict.bucket_size((3024, 4032)) == (3072, 4096)
+    for n in range(1, 5000):
+        padded = predict.bucket_size((n, n))[0]
+        assert 0 <= padded - n < max(64, n / 8), n
+
+
+def test_mixed_sizes_compile_once_per_bucket(rng, tmp_path):
+    """10 images of 10 sizes: the inference is traced (compiled) once per distinct bucket, and every mask has
+    its image's size."""
+    sizes = [(20, 30), (33, 41), (50, 64), (64, 20), (70, 90), (100, 65), (120, 128), (129, 40), (140, 150),
+             (200, 190)]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, size in enumerate(sizes):
+        Image.fromarray(scene(rng, size)).save(folder / f"{i}.png")
+    state = context_classifier()
+    base = inference.build_predict_fn(inference.InferenceSpec(), state.apply_fn)
+    traced = []
+
+    def counting_predict_fn(variables, images, size):
+        traced.append(tuple(size))  # runs once per trace, i.e. per compilation
+        return base(variables, images, size)
+
+    written, skipped = run(folder, tmp_path / "out", state, predict_fn=counting_predict_fn)
+    buckets = {predict.bucket_size(size) for size in sizes}
+    assert not skipped and len(traced) == len(buckets) == 5 < len(sizes)
+    assert sorted(traced) == sorted(buckets)
+    for i, size in enumerate(sizes):
+        assert mask_of(written[i]).shape == size
+        with Image.open(tmp_path / "out" / "entropy" / f"{i}.png.png") as entropy:
+            assert entropy.size == size[::-1]
+
+
+@pytest.mark.parametrize("input_scale", [1.0, 0.5])
+def test_bucketed_path_equals_unpadded_at_bucket_size(rng, tmp_path, input_scale):
+    """An image whose size is its bucket is not padded: its mask is the argmax of the inference on the image
+    itself (resized by input_scale, Pillow bilinear), at the image's size."""
+    rgb = scene(rng, (64, 128))
+    assert predict.bucket_size(rgb.shape[:2]) == rgb.shape[:2]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(rgb).save(folder / "a.png")
+    state = context_classifier()
+    written, _ = run(folder, tmp_path / "out", state, input_scale=input_scale)
+    seen = np.asarray(Image.fromarray(rgb).resize(pipeline.scaled_size((64, 128), input_scale)[::-1],
+                                                  Image.BILINEAR))
+    probs = inference.build_predict_fn(inference.InferenceSpec(), state.apply_fn)(
+        variables_of(state), jnp.asarray(normalised(seen)[None]), (64, 128))
+    assert len(np.unique(mask_of(written[0]))) > 1
+    np.testing.assert_array_equal(mask_of(written[0]), np.asarray(probs[0].argmax(-1)))
+
+
+def test_mask_equals_eval_prediction_at_the_bucket(synth_root, tmp_path):
+    """Eval with eval_pad_size = the bucket (48x64 -> 64x64) predicts, on its valid region, the mask predict
+    writes for the same file; another pad size changes the mask (so the padding is what makes them agree)."""
+    reader = VOCSegmentation(synth_root, "val", 6)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for image_id in reader.ids:
+        os.link(reader.image_path(image_id), folder / os.path.basename(reader.image_path(image_id)))
+    state = context_classifier()
+    written, _ = run(folder, tmp_path / "out", state)
+    predict_fn = inference.build_predict_fn(inference.InferenceSpec(), state.apply_fn)
+
+    def eval_masks(pad_size):
+        batch = next(pipeline.eval_dataset(reader, pad_size=pad_size, batch_size=len(reader.ids), mean=MEAN,
+                                           std=STD).as_numpy_iterator())
+        out = evaluate.eval_counts(variables_of(state), {k: batch[k] for k in ("image", "label", "mask")},
+                                   predict_fn=predict_fn, num_classes=6, widths=(1,))
+        return [np.asarray(out["predictions"][i, :h, :w]) for i, (h, w) in enumerate(zip(batch["height"],
+                                                                                         batch["width"]))]
+
+    assert predict.bucket_size((48, 64)) == (64, 64)
+    for mask_path, eval_mask in zip(written, eval_masks((64, 64))):
+        np.testing.assert_array_equal(mask_of(mask_path), eval_mask, err_msg=mask_path)
+    assert any(not np.array_equal(mask_of(p), m) for p, m in zip(written, eval_masks((96, 96))))
+
+
+def test_sigterm_stops_before_the_next_image(rng, tmp_path, monkeypatch):
+    """SIGTERM while the second of five images is read: that image is finished, the stage stops with
+    preemption.Preempted, the two masks stay; the rerun predicts the whole folder."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in "abcde":
+        Image.fromarray(scene(rng)).save(folder / f"{name}.png")
+    read_rgb = predict.read_rgb
+
+    def read_then_signal(path):
+        if path.endswith("b.png"):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return read_rgb(path)
+
+    monkeypatch.setattr(predict, "read_rgb", read_then_signal)
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(preemption.Preempted) as stopped:
+        run(folder, tmp_path / "out")
+    assert stopped.value.stage == "predict" and "after 2 of 5 files" in str(stopped.value)
+    assert sorted(n for n in os.listdir(tmp_path / "out") if n != "entropy") == ["a.png.png", "b.png.png"]
+    assert sorted(os.listdir(tmp_path / "out" / "entropy")) == ["a.png.png", "b.png.png"]
+    assert signal.getsignal(signal.SIGTERM) == handler and not preemption.received()
+    monkeypatch.setattr(predict, "read_rgb", read_rgb)
+    written, _ = run(folder, tmp_path / "out")
+    assert [os.path.basename(p) for p in written] == [f"{n}.png.png" for n in "abcde"]
