@@ -8,17 +8,18 @@ as smp), per class c:
     I_c = sum p_c g_c,  P_c = sum p_c  (sum p_c^2 with `squared`, V-Net's form),  G_c = sum g_c
     FP_c = sum p_c (1 - g_c) = P_c - I_c,   FN_c = sum (1 - p_c) g_c = G_c - I_c
     Dice_c    = 1 - (2 I_c + smooth) / max(P_c + G_c + smooth, eps)
-    Tversky_c = 1 - (I_c + smooth) / max(I_c + alpha FP_c + beta FN_c + smooth, eps)   (alpha=beta=1/2: Dice)
+    Tversky_c = 1 - (I_c + smooth) / max(I_c + alpha FP_c + beta FN_c + smooth, eps)
+                (alpha = beta = 1/2 is Dice_c with 2 smooth in place of smooth)
     GDL       = 1 - (2 sum_c w_c I_c + smooth) / max(sum_c w_c (P_c + G_c) + smooth, eps),  w_c = 1 / G_c^2
 
 Dice and Tversky average the per-class losses over the classes (weighted by `class_weights` w_c: sum w_c L_c /
-sum w_c), then over the images with `per_image`; `absent` says what a class with no truth pixel (G_c = 0) in the image/batch does:
-"zero" (smp): its loss is 0 but it still counts in the mean (it gets no gradient, so predicting it is never
-penalised); "exclude": it leaves the mean; "include": its loss is computed as for any class, 1 - smooth /
-max(P_c + smooth, eps), which penalises predicting it when smooth > 0 (and is the constant 1 when smooth = 0).
-GDL is one ratio per image/batch (averaged over the images); an absent class gets the largest w_c of the present classes (Sudre's NiftyNet
-code), and class weights multiply w_c. With `per_image`, an image without counted pixels leaves the mean
-over images; no counted pixel at all gives 0 with zero gradient.
+sum w_c), then over the images with `per_image`. `absent` says what a class with no truth pixel (G_c = 0) in
+the image (batch) does: "zero" (smp): its loss is 0 but it still counts in the mean (it gets no gradient, so
+predicting it is never penalised); "exclude": it leaves the mean; "include": its loss is computed as for any
+class, 1 - smooth / max(P_c + smooth, eps), which penalises predicting it when smooth > 0 (and is the constant
+1 when smooth = 0). GDL is one ratio per image (batch), averaged over the images; an absent class gets the
+largest w_c of the present classes (Sudre's NiftyNet code), and class weights multiply w_c. With `per_image`,
+an image without counted pixels leaves the mean over images; no counted pixel at all gives 0, zero gradient.
 """
 from __future__ import annotations
 
@@ -121,7 +122,7 @@ def tversky_loss(logits: jax.Array, labels: jax.Array, *, alpha: float = 0.3, be
 
     mean over (image or batch, class) of 1 - (I_c + smooth) / max(I_c + alpha FP_c + beta FN_c + smooth, eps);
     alpha weighs false positives, beta false negatives (defaults: Salehi et al.'s best, 0.3 / 0.7; 0.5 / 0.5 is
-    Dice with half the smoothing). Class weights, absent classes and `pixel_mask` as in `dice_loss`.
+    Dice with the smoothing doubled). Class weights, absent classes and `pixel_mask` as in `dice_loss`.
     """
     _check(logits, labels, class_weights, pixel_mask, smooth, eps, per_image, absent, alpha=alpha, beta=beta)
     return _tversky(logits, labels, class_weights, pixel_mask, float(alpha), float(beta), float(smooth), float(eps),

@@ -53,7 +53,10 @@ def _lovasz_softmax(logits, labels, class_weights, pixel_mask, per_image, classe
     truth = one_hot_labels(labels, num_classes, probs.dtype) * counted
     errors = jnp.where(counted, jnp.abs(truth - probs), 0.0)
     rows = probs.shape[0] if per_image else 1
-    to_rows = lambda x: jnp.moveaxis(x.reshape(rows, -1, num_classes), -1, 1).reshape(rows * num_classes, -1)  # noqa: E731
+
+    def to_rows(x):  # [B,H,W,C] -> [rows * C, pixels of a row]
+        return jnp.moveaxis(x.reshape(rows, -1, num_classes), -1, 1).reshape(rows * num_classes, -1)
+
     losses = lovasz_extension(to_rows(errors), to_rows(truth)).reshape(rows, num_classes)
     present = jnp.sum(truth.reshape(rows, -1, num_classes), axis=1) > 0
     nonempty = jnp.any(counted.reshape(rows, -1), axis=1)

@@ -7,9 +7,10 @@ in `pixel_mask`), w = class_weights (1 by default) and phi_c the signed distance
 G_c = {y == c} in each image (Kervadec's one_hot2dist, Euclidean, in pixels):
 
     phi_c(q) = d(q, G_c)                 q outside G_c  (>= 1)
-    phi_c(q) = -(d(q, ~G_c) - 1)         q inside G_c   (<= 0; 0 on the inner boundary, the pixels of G_c that
-                                                         touch ~G_c)
-    phi_c = 0 everywhere when G_c is empty (the class is absent) or is the whole image (it has no boundary).
+    phi_c(q) = -(d(q, ~G_c) - 1)         q inside G_c   (<= 0; 0 on the inner boundary, the pixels of G_c
+                                                         with a 4-neighbour outside G_c)
+    phi_c = 0 everywhere when G_c is empty (the class is absent: one_hot2dist's `if posmask.any()`) or is the
+    whole image (no boundary; one_hot2dist is ill-defined there, scipy's EDT having no background pixel).
 
 Void pixels belong to no class (a region's boundary runs along void too) and are left out of the sum. The
 authors' code takes the mean over the classes it sums as well (1/C of this sum over classes) and usually
@@ -18,10 +19,13 @@ inside): Kervadec et al. pair it with a regional loss (Dice, CE) and ramp its we
 
 The maps need an exact Euclidean distance transform. `signed_distance_maps` computes it on device, jit-able
 and exact: the squared distance is separable, d^2(i,j) = min_k [ f(i,k) + (j-k)^2 ] with f(i,k) the squared
-distance to the nearest region pixel in column k (two cumulative max/min scans). The row pass is a brute-force
-min over k, O(B C H W^2) integer operations, affordable for crops up to ~512 x 512 on an accelerator; for
-larger ones compute the maps in the input pipeline (e.g. the same function, or scipy.ndimage's
-distance_transform_edt, on the host) and pass them as `distance_maps`.
+distance to the nearest region pixel in column k (exact, from two cumulative max/min scans down the columns).
+The row pass is a brute-force min over the offsets j - k (a loop of shifted minima, no [..,W,W] temporary):
+O(B C H W^2) integer operations for 2C maps (distances to each class and to its complement), tolerable for
+small crops; `max_distance` R bounds the offsets to |j - k| <= R, which gives exactly min(d, R) (a nearest
+pixel within R is found; beyond R the result is clipped) at O(B C H W R). For large crops without truncation,
+compute the maps in the input pipeline (this function on the host CPU, or Kervadec's one_hot2dist with
+scipy.ndimage.distance_transform_edt, which this module reproduces) and pass them as `distance_maps`.
 """
 from __future__ import annotations
 
@@ -110,8 +114,9 @@ def surface_loss(logits: jax.Array, labels: jax.Array, distance_maps: jax.Array 
     """Boundary loss: logits [B,h,w,C] float, labels [B,H,W] int (void 255) -> scalar (module docstring).
 
     `distance_maps` [B,H,W,C] are phi (`signed_distance_maps(labels, C)`, e.g. from the input pipeline); None
-    computes them here, on device (`max_distance` as in signed_distance_maps). `class_weights` [C] scale each class's term; `pixel_mask` [B,H,W] bool
-    restricts the counted pixels. 0 with zero gradient when no pixel counts.
+    computes them here, on device, with `max_distance` as in signed_distance_maps (ignored when maps are given).
+    `class_weights` [C] scale each class's term; `pixel_mask` [B,H,W] bool restricts the counted pixels. 0 with
+    zero gradient when no pixel counts. The maps carry no gradient.
     """
     num_classes = check_logits_labels(logits, labels)
     if distance_maps is not None and tuple(distance_maps.shape) != tuple(labels.shape) + (num_classes,):
