@@ -10,8 +10,9 @@ from semeda_jax.losses.surface import signed_distance_maps, surface_loss
 from semeda_jax.validation import InputError
 
 
-def test_maps_match_brute_force_with_void_absent_and_whole_image_classes(rng):
-    labels = ref.random_labels(rng, (3, 7, 9), 4, void_fraction=0.15)
+@pytest.mark.parametrize("height,width", [(7, 9), (10, 6)])  # the brute-force pass runs along the shorter side
+def test_maps_match_brute_force_with_void_absent_and_whole_image_classes(rng, height, width):
+    labels = ref.random_labels(rng, (3, height, width), 4, void_fraction=0.15)
     labels[0] = np.where(labels[0] == 3, 0, labels[0])  # class 3 absent from image 0
     labels[1] = 2  # image 1: class 2 everywhere (no boundary), the others absent
     labels[2, 0, 0] = 255
@@ -29,8 +30,9 @@ def test_maps_follow_kervadecs_one_hot2dist_on_larger_maps(rng):
         np.testing.assert_allclose(got[b, ..., c], expected, rtol=1e-6)
 
 
-def test_truncated_maps_are_the_clipped_exact_maps(rng):
-    labels = ref.random_labels(rng, (2, 20, 24), 3)
+@pytest.mark.parametrize("shape", [(2, 20, 24), (2, 24, 17)])
+def test_truncated_maps_are_the_clipped_exact_maps(rng, shape):
+    labels = ref.random_labels(rng, shape, 3)
     labels[0, :, :12] = 0
     exact = np.asarray(signed_distance_maps(labels, 3))
     for radius in (1, 3, 7):

@@ -20,10 +20,10 @@ inside): Kervadec et al. pair it with a regional loss (Dice, CE) and ramp its we
 The maps need an exact Euclidean distance transform. `signed_distance_maps` computes it on device, jit-able
 and exact: the squared distance is separable, d^2(i,j) = min_k [ f(i,k) + (j-k)^2 ] with f(i,k) the squared
 distance to the nearest region pixel in column k (exact, from two cumulative max/min scans down the columns).
-The row pass is a brute-force min over the offsets j - k (a loop of shifted minima, no [..,W,W] temporary):
-O(B C H W^2) integer operations for 2C maps (distances to each class and to its complement), tolerable for
-small crops; `max_distance` R bounds the offsets to |j - k| <= R, which gives exactly min(d, R) (a nearest
-pixel within R is found; beyond R the result is clipped) at O(B C H W R). For large crops without truncation,
+The row pass is a brute-force min over the offsets j - k (a loop of shifted minima, no [..,W,W] temporary)
+along the shorter side: O(B C H W min(H, W)) integer operations for 2C maps (distances to each class and to
+its complement), tolerable for small crops; `max_distance` R bounds the offsets to |j - k| <= R, which gives
+exactly min(d, R) (a nearest pixel within R is found; beyond R the result is clipped) at O(B C H W R). For large crops without truncation,
 compute the maps in the input pipeline (this function on the host CPU, or Kervadec's one_hot2dist with
 scipy.ndimage.distance_transform_edt, which this module reproduces) and pass them as `distance_maps`.
 """
@@ -45,6 +45,8 @@ def _squared_distances(region: jax.Array, max_distance: int | None = None) -> ja
     same map (0 on the region), exact up to `max_distance` and min(d, max_distance)^2 beyond it; at least
     (H + W)^2 where the map has no True pixel (and max_distance is None)."""
     _, height, width = region.shape
+    if width > height:  # the brute-force pass runs along the shorter side: O(H W min(H, W))
+        return jnp.swapaxes(_squared_distances(jnp.swapaxes(region, 1, 2), max_distance), 1, 2)
     far = height + width
     rows = jnp.arange(height, dtype=jnp.int32)[None, :, None]
     before = lax.cummax(jnp.where(region, rows, -far), axis=1)
