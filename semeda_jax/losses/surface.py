@@ -60,7 +60,7 @@ def _squared_distances(region: jax.Array, max_distance: int | None = None) -> ja
         right = lax.dynamic_slice_in_dim(padded, reach + offset, width, axis=2)
         return jnp.minimum(best, jnp.minimum(left, right) + offset ** 2)
 
-    best = lax.fori_loop(1, reach + 1, nearer, column)
+    best = lax.fori_loop(1, reach + 1, nearer, column, unroll=8)
     return best if max_distance is None else jnp.minimum(best, max_distance ** 2)
 
 
