@@ -109,3 +109,179 @@ def semeda_layer_losses(logits: np.ndarray, labels: np.ndarray, params: dict, re
             value /= max(reduce(np.abs(psi_star).sum(-1)[valid]), 1e-6)
         out.append(value)
     return np.array(out)
+
+
+# ---- The loss zoo (dice, focal, Lovasz, surface): per-class loops over explicit pixel lists, from the papers.
+
+def label_probs(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """softmax of the logits bilinearly resized to the labels: [B,H,W,C]."""
+    if logits.shape[1:3] != labels.shape[1:]:
+        logits = bilinear_upsample(logits, *labels.shape[1:])
+    return softmax(logits)
+
+
+def counted(labels: np.ndarray, pixel_mask: np.ndarray | None = None) -> np.ndarray:
+    keep = labels != VOID
+    return keep if pixel_mask is None else keep & pixel_mask
+
+
+def numeric_grad(fn, x: np.ndarray, step: float = 1e-6) -> np.ndarray:
+    """Central finite differences of a float64 scalar function of x."""
+    grad = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        plus, minus = x.copy(), x.copy()
+        plus[index] += step
+        minus[index] -= step
+        grad[index] = (fn(plus) - fn(minus)) / (2 * step)
+    return grad
+
+
+def mean_of_class_means(per_row: list[dict], class_weights=None) -> float:
+    """per_row: for each image (or the batch) {class: loss} of the classes that count -> mean over rows with a
+    counted class of sum w_c L_c / sum w_c."""
+    means = []
+    for row in per_row:
+        weights = {c: 1.0 if class_weights is None else class_weights[c] for c in row}
+        if sum(weights.values()) > 0:
+            means.append(sum(weights[c] * row[c] for c in row) / sum(weights.values()))
+    return float(np.mean(means)) if means else 0.0
+
+
+def overlap_rows(logits, labels, pixel_mask=None, per_image=False):
+    """[(pixel list of probabilities [N,C], their labels [N])] per image, or one for the batch."""
+    probs, keep = label_probs(logits, labels), counted(labels, pixel_mask)
+    if per_image:
+        return [(probs[b][keep[b]], labels[b][keep[b]]) for b in range(labels.shape[0])]
+    return [(probs[keep], labels[keep])]
+
+
+def tversky_family(logits, labels, kind, alpha=0.3, beta=0.7, smooth=0.0, eps=1e-7, per_image=False,
+                   absent="zero", squared=False, class_weights=None, pixel_mask=None) -> float:
+    """Dice (kind "dice": 1 - (2 TP + s) / (sum p + sum g + s)) or Tversky (1 - (TP + s) / (TP + a FP + b FN + s))."""
+    num_classes = logits.shape[-1]
+    per_row = []
+    for p, y in overlap_rows(logits, labels, pixel_mask, per_image):
+        if len(y) == 0:
+            continue
+        row = {}
+        for c in range(num_classes):
+            g = (y == c).astype(float)
+            tp, fp, fn = np.sum(p[:, c] * g), np.sum(p[:, c] * (1 - g)), np.sum((1 - p[:, c]) * g)
+            if kind == "dice":
+                denominator = (np.sum(p[:, c] ** 2) if squared else np.sum(p[:, c])) + np.sum(g) + smooth
+                loss = 1 - (2 * tp + smooth) / max(denominator, eps)
+            else:
+                loss = 1 - (tp + smooth) / max(tp + alpha * fp + beta * fn + smooth, eps)
+            if g.sum() > 0 or absent == "include":
+                row[c] = loss
+            elif absent == "zero":
+                row[c] = 0.0
+        per_row.append(row)
+    return mean_of_class_means(per_row, class_weights)
+
+
+def generalized_dice(logits, labels, smooth=0.0, eps=1e-7, per_image=False, class_weights=None,
+                     pixel_mask=None) -> float:
+    """Sudre et al. Eq. 2 with w_c = 1 / (sum_n r_cn)^2; an absent class takes the largest present weight."""
+    num_classes = logits.shape[-1]
+    losses = []
+    for p, y in overlap_rows(logits, labels, pixel_mask, per_image):
+        if len(y) == 0:
+            continue
+        volumes = np.array([np.sum(y == c) for c in range(num_classes)], float)
+        weights = np.array([1 / v ** 2 if v else 0.0 for v in volumes])
+        weights[volumes == 0] = weights.max()
+        if class_weights is not None:
+            weights = weights * np.asarray(class_weights)
+        numerator, denominator = smooth, smooth
+        for c in range(num_classes):
+            r = (y == c).astype(float)
+            numerator += 2 * weights[c] * np.sum(r * p[:, c])
+            denominator += weights[c] * np.sum(r + p[:, c])
+        losses.append(1 - numerator / max(denominator, eps))
+    return float(np.mean(losses)) if losses else 0.0
+
+
+def focal(logits, labels, gamma=2.0, alpha=None, class_weights=None, pixel_mask=None) -> float:
+    """sum_i w_y alpha_y (1 - p_t)^gamma (-log p_t) / sum_i w_y over counted pixels (Lin et al. Eq. 5)."""
+    probs, keep = label_probs(logits, labels), counted(labels, pixel_mask)
+    total, weight_sum = 0.0, 0.0
+    for index in zip(*np.nonzero(keep)):
+        y = labels[index]
+        p_t = probs[index + (y,)]
+        w = 1.0 if class_weights is None else class_weights[y]
+        a = 1.0 if alpha is None else alpha[y]
+        total += w * a * (1 - p_t) ** gamma * -np.log(p_t)
+        weight_sum += w
+    return total / weight_sum if weight_sum else 0.0
+
+
+def jaccard_set_loss(mistakes: set, truth: set) -> float:
+    """Delta_J(M) = 1 - |truth minus M| / |truth union M| = |M| / |truth union M| (0 for two empty sets)."""
+    union = truth | mistakes
+    return len(mistakes) / len(union) if union else 0.0
+
+
+def lovasz_extension_by_levels(errors: np.ndarray, truth: np.ndarray) -> float:
+    """The Lovasz extension of Delta_J at errors >= 0 as the Choquet integral int_0^inf Delta_J({m >= t}) dt: a
+    sum over the distinct error levels t_1 > t_2 > ... of (t_k - t_{k+1}) Delta_J({i : m_i >= t_k}), t_{K+1} = 0
+    (no sorting of pixels, no cumulative sums)."""
+    truth_set = set(np.flatnonzero(truth).tolist())
+    levels = sorted(set(errors.tolist()), reverse=True) + [0.0]
+    return sum((levels[k] - levels[k + 1]) * jaccard_set_loss(set(np.flatnonzero(errors >= levels[k]).tolist()),
+                                                              truth_set)
+               for k in range(len(levels) - 1))
+
+
+def lovasz_softmax(logits, labels, per_image=False, classes="present", class_weights=None,
+                   pixel_mask=None) -> float:
+    num_classes = logits.shape[-1]
+    per_row = []
+    for p, y in overlap_rows(logits, labels, pixel_mask, per_image):
+        if len(y) == 0:
+            continue
+        row = {}
+        for c in range(num_classes):
+            g = (y == c).astype(float)
+            if classes == "all" or g.sum() > 0:
+                row[c] = lovasz_extension_by_levels(np.abs(g - p[:, c]), g)
+        per_row.append(row)
+    return mean_of_class_means(per_row, class_weights)
+
+
+def signed_distance_maps(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Kervadec's phi by brute force over all pixel pairs: outside class c the distance to the nearest class-c
+    pixel, inside minus (the distance to the nearest other pixel, void included) plus 1; 0 for a class that is
+    absent or covers the image. [B,H,W] -> [B,H,W,C] float64."""
+    batch, height, width = labels.shape
+    coords = np.stack(np.meshgrid(np.arange(height), np.arange(width), indexing="ij"), -1).reshape(-1, 2)
+    out = np.zeros(labels.shape + (num_classes,))
+    for b in range(batch):
+        flat = labels[b].reshape(-1)
+        for c in range(num_classes):
+            inside = flat == c
+            if inside.all() or not inside.any():
+                continue
+            for q in range(flat.size):
+                others = coords[~inside] if inside[q] else coords[inside]
+                nearest = np.sqrt(((others - coords[q]) ** 2).sum(-1)).min()
+                out[b, q // width, q % width, c] = 1 - nearest if inside[q] else nearest
+    return out
+
+
+def surface(logits, labels, distance_maps, class_weights=None, pixel_mask=None) -> float:
+    """(1/N) sum over counted pixels q and classes c of w_c s_c(q) phi_c(q)."""
+    probs, keep = label_probs(logits, labels), counted(labels, pixel_mask)
+    weights = np.ones(logits.shape[-1]) if class_weights is None else np.asarray(class_weights, float)
+    total = sum(float(np.sum(weights * probs[index] * distance_maps[index])) for index in zip(*np.nonzero(keep)))
+    return total / max(keep.sum(), 1)
+
+
+def loss_case(rng: np.random.Generator, num_classes: int, shape=(2, 6, 7), logits_hw=None, absent=(),
+              void_fraction: float = 0.2, scale: float = 2.0):
+    """(logits [B,h,w,C], labels [B,H,W], pixel_mask [B,H,W] bool) for the loss zoo tests: blocky labels with
+    void, the classes in `absent` relabelled 0, logits at `logits_hw` (default: the labels' size)."""
+    labels = random_labels(rng, shape, num_classes, void_fraction)
+    labels = np.where(np.isin(labels, absent), 0, labels).astype(np.int32)
+    logits = rng.normal(scale=scale, size=(shape[0],) + (logits_hw or shape[1:]) + (num_classes,))
+    return logits, labels, rng.random(shape) < 0.6

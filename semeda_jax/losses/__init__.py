@@ -13,6 +13,11 @@ from semeda_jax.losses.scl import (downsample_labels_nearest, pair_targets, spat
                                    spatial_correlation_loss_from_labels)
 from semeda_jax.losses.semeda import CITYSCAPES_LAMBDAS, VOC_LAMBDAS, semeda_layer_losses, semeda_loss
 from semeda_jax.losses.sobel import sobel_loss, sobel_responses
+# The loss zoo: overlap (Dice, generalised Dice, Tversky), focal, Lovasz-softmax, boundary (surface) losses.
+from semeda_jax.losses.dice import dice_loss, generalized_dice_loss, tversky_loss
+from semeda_jax.losses.focal import focal_loss
+from semeda_jax.losses.lovasz import lovasz_extension, lovasz_softmax_loss
+from semeda_jax.losses.surface import signed_distance_maps, surface_loss
 
 LOSSES = {
     "ce": cross_entropy,
@@ -38,4 +43,8 @@ __all__ = [
     "edge_pretrain_loss", "get_loss", "init_edge_net", "multilabel_loss", "ohem_cross_entropy", "ohem_kept_mask",
     "pair_targets", "pixel_cross_entropy", "present_classes", "resize_to_labels", "semeda_layer_losses",
     "semeda_loss", "sobel_loss", "sobel_responses", "spatial_correlation_loss", "spatial_correlation_loss_from_labels",
+]
+__all__ += [  # the loss zoo
+    "dice_loss", "focal_loss", "generalized_dice_loss", "lovasz_extension", "lovasz_softmax_loss",
+    "signed_distance_maps", "surface_loss", "tversky_loss",
 ]

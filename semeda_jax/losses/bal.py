@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from semeda_jax.losses.common import (masked_mean, one_hot_labels, pixel_cross_entropy, resize_to_labels,
-                                      valid_mask, void_out_of_range)
+from semeda_jax.losses.common import (check_pixel_mask, counted_pixels, masked_mean, one_hot_labels,
+                                      pixel_cross_entropy, resize_to_labels, valid_mask, void_out_of_range)
 from semeda_jax.validation import InputError, check_int, check_labels, check_logits_labels, check_rank
 
 KERNELS = ("gaussian", "linear")
@@ -109,21 +109,24 @@ def boundary_weight_map(labels: jax.Array, num_classes: int, *, kernel: str = "g
 
 
 @functools.partial(jax.jit, static_argnames=("kernel", "size", "sigma", "beta", "down"))
-def _boundary_aware_loss(logits, labels, kernel, size, sigma, beta, down):
+def _boundary_aware_loss(logits, labels, pixel_mask, kernel, size, sigma, beta, down):
     labels = void_out_of_range(labels, logits.shape[-1])
     ce = pixel_cross_entropy(resize_to_labels(logits, labels), labels)
     weights = _weight_map(labels, logits.shape[-1], kernel, size, sigma, beta, down, ce.dtype)
-    return masked_mean(weights * ce, valid_mask(labels))
+    return masked_mean(weights * ce, counted_pixels(labels, pixel_mask))
 
 
 def boundary_aware_loss(logits: jax.Array, labels: jax.Array, *, kernel: str = "gaussian", size: int = 35,
-                        sigma: float = 3.0, beta: float = 0.5, down: int = 4) -> jax.Array:
+                        sigma: float = 3.0, beta: float = 0.5, down: int = 4,
+                        pixel_mask: jax.Array | None = None) -> jax.Array:
     """BAL (PAC Eq. 4): logits [B,h,w,C] float, labels [B,H,W] int -> scalar of the logits' dtype.
 
     (1/n) sum over valid pixels of E_G * CE, CE = -log softmax(logits)[label] with the logits resized
     bilinearly to H x W, n the number of valid (non-void) pixels in the batch; 0 for an all-void batch. E_G is
-    `boundary_weight_map(labels, C, kernel=..., size=..., sigma=..., beta=..., down=...)`.
+    `boundary_weight_map(labels, C, kernel=..., size=..., sigma=..., beta=..., down=...)`. `pixel_mask` [B,H,W]
+    bool (e.g. `ohem_kept_mask`) restricts the sum and n to the pixels it marks (E_G still sees all labels).
     """
     check_logits_labels(logits, labels)
     _check_filter(kernel, size, sigma, down)
-    return _boundary_aware_loss(logits, labels, kernel, size, float(sigma), float(beta), down)
+    check_pixel_mask(pixel_mask, labels)
+    return _boundary_aware_loss(logits, labels, pixel_mask, kernel, size, float(sigma), float(beta), down)

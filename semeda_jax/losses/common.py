@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from semeda_jax.validation import IGNORE_LABEL, InputError
 
@@ -104,3 +105,80 @@ def masked_l1(a: jax.Array, b: jax.Array, valid: jax.Array, reduction: str) -> j
     if reduction == "mean":
         return total / (num_valid * a.shape[-1])
     return total / a.shape[0]
+
+
+# ---- Shared by the loss zoo (dice.py, focal.py, lovasz.py, surface.py) and cross_entropy: which pixels count
+# (`pixel_mask`, e.g. an OHEM sampler's hard pixels), per-class weights, and the eager hyperparameter checks.
+
+def check_class_weights(name: str, class_weights, num_classes: int) -> None:
+    """Raise InputError unless `class_weights` is None or C finite numbers >= 0 (checked when concrete)."""
+    if class_weights is None:
+        return
+    if np.shape(class_weights) != (num_classes,):
+        raise InputError(f"{name}: expected shape ({num_classes},), got {np.shape(class_weights)}")
+    if not isinstance(class_weights, jax.core.Tracer):
+        values = np.asarray(class_weights, np.float64)
+        if not (np.all(np.isfinite(values)) and np.all(values >= 0)):
+            raise InputError(f"{name}: expected finite weights >= 0, got {values.tolist()}")
+
+
+def check_pixel_mask(pixel_mask, labels) -> None:
+    """Raise InputError unless `pixel_mask` is None or a bool array shaped like the labels [B,H,W]."""
+    if pixel_mask is None:
+        return
+    dtype = pixel_mask.dtype if hasattr(pixel_mask, "dtype") else np.asarray(pixel_mask).dtype
+    if np.shape(pixel_mask) != np.shape(labels) or dtype != np.bool_:
+        raise InputError(f"pixel_mask: expected a bool array of the labels' shape {tuple(np.shape(labels))}, got "
+                         f"{dtype} {tuple(np.shape(pixel_mask))}")
+
+
+def check_number(name: str, value, *, minimum: float = 0.0, strict: bool = False) -> None:
+    """Raise InputError unless `value` is a real number >= `minimum` (> if `strict`)."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not ok or not np.isfinite(value) or value < minimum or (strict and value == minimum):
+        raise InputError(f"{name}: expected a number {'>' if strict else '>='} {minimum}, got {value!r}")
+
+
+def check_choice(name: str, value, choices: tuple) -> None:
+    """Raise InputError unless `value` is one of `choices` (bools must be real bools)."""
+    if not any(value is c if isinstance(c, bool) else (type(value) is type(c) and value == c) for c in choices):
+        raise InputError(f"{name}: expected one of {choices}, got {value!r}")
+
+
+def counted_pixels(labels: jax.Array, pixel_mask: jax.Array | None,
+                   ignore_label: int = IGNORE_LABEL) -> jax.Array:
+    """bool [B,H,W]: non-void pixels, ANDed with `pixel_mask` (None: all of them)."""
+    valid = valid_mask(labels, ignore_label)
+    return valid if pixel_mask is None else valid & pixel_mask
+
+
+def weighted_pixel_mean(values: jax.Array, labels: jax.Array, counted: jax.Array, class_weights) -> jax.Array:
+    """sum_i w[y_i] v_i / sum_i w[y_i] over counted pixels i (w = 1 without class weights: a plain masked mean);
+    values [B,H,W] float, labels [B,H,W] int, counted bool [B,H,W] -> scalar, 0 with zero gradient when no
+    counted pixel (or all their weights are 0). The convention of torch's CrossEntropyLoss(weight=w)."""
+    if class_weights is None:
+        weights = counted.astype(values.dtype)
+    else:
+        class_weights = jnp.asarray(class_weights, values.dtype)
+        weights = jnp.where(counted, class_weights[jnp.where(counted, labels, 0)], 0.0)
+    total = jnp.sum(weights)
+    return jnp.sum(weights * values) / jnp.where(total > 0, total, 1.0)
+
+
+def class_weighted_mean(losses: jax.Array, included: jax.Array, class_weights) -> jax.Array:
+    """losses, included [K,C] -> scalar: the mean over rows k of sum_c w_c L_kc / sum_c w_c (included c only).
+
+    A row is an image (per-image losses) or the batch (K = 1); w = 1 without class weights. Rows with no
+    included class (or zero total weight) leave the mean; 0 with zero gradient when none is left."""
+    weights = included.astype(losses.dtype)
+    if class_weights is not None:
+        weights = weights * jnp.asarray(class_weights, losses.dtype)
+    totals = jnp.sum(weights, axis=-1)
+    rows = jnp.sum(weights * jnp.where(included, losses, 0.0), axis=-1) / jnp.where(totals > 0, totals, 1.0)
+    return masked_mean(rows, totals > 0)
+
+
+def probabilities_at_labels(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """softmax over classes of the logits resized to the labels: [B,h,w,C] -> [B,H,W,C] in at least float32."""
+    compute_dtype = jnp.promote_types(logits.dtype, jnp.float32)
+    return jax.nn.softmax(resize_to_labels(logits, labels).astype(compute_dtype), axis=-1)

@@ -50,10 +50,13 @@ def _ohem_cross_entropy(logits, labels, threshold, min_kept):
 
 def ohem_kept_mask(logits: jax.Array, labels: jax.Array, *, threshold: float = 0.6,
                    min_kept: int = 0) -> jax.Array:
-    """The pixels OHEM keeps: logits [B,h,w,C] float, labels [B,H,W] int -> bool [B,H,W] (for tests, logging).
+    """The pixels OHEM keeps: logits [B,h,w,C] float, labels [B,H,W] int -> bool [B,H,W], no gradient.
 
     True at valid pixels whose true-class probability (softmax of the logits resized to H x W) is below
     `threshold`, and at the `min_kept` valid pixels of the batch with the lowest true-class probability.
+    This is OHEM as a pixel sampler (mmseg's OHEMPixelSampler design): pass it as `pixel_mask` to any loss that
+    takes one (cross_entropy, the Dice family, focal, Lovasz, surface, BAL); `ohem_cross_entropy(...)` equals
+    `cross_entropy(logits, labels, pixel_mask=ohem_kept_mask(logits, labels, ...))`.
     """
     _check_args(logits, labels, min_kept)
     return _ohem_kept_mask(logits, labels, threshold, int(min_kept))
