@@ -1,0 +1,233 @@
+"""Boundary IoU (Cheng et al., CVPR 2021) and boundary F-score (DAVIS, Perazzi et al., CVPR 2016) per class.
+
+Masks. For class c of one image, G_c = {truth == c} and P_c = {prediction == c and truth != void}: a pixel whose
+truth is void is in no mask of either map (as DAVIS multiplies both masks by "not void"), so a prediction that
+is right on every valid pixel scores 1, whatever it says under void. Pixels outside the image (beyond
+`sizes`, e.g. eval padding, or beyond the array) are in no mask either.
+
+Boundary IoU, band width d >= 1 pixels. The inner band of a mask M is M minus its erosion by a 3x3 square
+applied d times: the pixels of M within chessboard distance <= d of a pixel not in M, where the pixels just
+outside the image count as "not in M". This is Cheng et al.'s `mask_to_boundary`, which pads the mask with one
+ring of zeros before eroding "so mask truncated by the image border is also considered as boundary"; the
+band is inside M by construction, so it is already "G_d intersected with G". Per class,
+    BIoU_c = |band(G_c) & band(P_c)| / |band(G_c) | band(P_c)|.
+Default d = max(1, round(0.02 * diagonal)) of the unpadded image, Cheng et al.'s dilation_ratio and rounding
+(`boundary_band_width`, computed on the host in float64 so that it equals their Python expression).
+
+Boundary F-score, tolerance t >= 0 pixels. The contour of M is the set of pixels of M with an 8-neighbour in
+the image that is not in M (mask minus its 3x3 erosion, i.e. the d = 1 band, except that the image frame is
+not a contour, as DAVIS's `seg2bmap`). We take contours inside the mask, not seg2bmap's half-pixel-shifted
+ones, so that each contour pixel has exactly one class (its own label). A predicted contour pixel of class c
+is matched if a truth contour pixel of class c lies within Euclidean distance <= t (DAVIS dilates with
+`disk(t)`, the same set), and a truth contour pixel is matched by the symmetric rule. Default
+t = ceil(0.008 * diagonal) of the unpadded image, DAVIS's bound_th and rounding (`boundary_tolerance`).
+
+Accumulation. `boundary_counts` returns exact int32 counts per class for a batch; add them over the split
+(on the host in int64, like the confusion matrix). Per class, BIoU = sum of intersections / sum of unions,
+precision = matched predicted / predicted contour pixels, recall = matched truth / truth contour pixels, and
+F = 2PR / (P + R), i.e. dataset-level ratios, not means of per-image scores. A class enters the mean if its
+union (BIoU) or its contour count in either map (F) is non-zero over the split; F is 0 when one side has no
+contour pixel of the class (DAVIS's convention) and NaN when neither has.
+
+Cost. Bands and contours are computed on the label maps themselves, without one-hot masks: a pixel of class c
+is within chessboard distance r of a pixel not in M_c iff the (2r+1)^2 window around it holds another label or
+leaves the image, so d steps of a 3x3 running min and max over int32 [2B,H,W] give every band (work
+O(d B H W), independent of C). Matching loops over classes (`lax.map`), each an exact Euclidean distance
+transform capped at t (a column scan, then t shifted minima along rows): work O(C t B H W), memory about
+40 bytes x B H W whatever C. Both loop counts are the batch maxima of d and t, traced, so per-image widths
+do not recompile.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from semeda_jax.metrics.confusion import _nanmean, _ratio, check_label_prediction_pair
+from semeda_jax.validation import IGNORE_LABEL, InputError, check_int, check_integer_map, check_rank
+
+BAND_RATIO = 0.02  # Cheng et al.'s dilation_ratio
+TOLERANCE_RATIO = 0.008  # DAVIS's bound_th
+COUNT_KEYS = ("iou_intersection", "iou_union", "pred_matched", "pred_contour", "truth_matched", "truth_contour")
+
+
+def _diagonals(sizes) -> np.ndarray:
+    sizes = np.asarray(sizes, dtype=np.float64)
+    if sizes.ndim != 2 or sizes.shape[1] != 2:
+        raise InputError(f"sizes: expected [B,2] (height, width) pairs, got shape {sizes.shape}")
+    return np.hypot(sizes[:, 0], sizes[:, 1])
+
+
+def boundary_band_width(sizes, ratio: float = BAND_RATIO) -> np.ndarray:
+    """sizes [B,2] (height, width) -> int32 [B]: max(1, round(ratio * diagonal)), Cheng et al.'s d (host, float64)."""
+    return np.maximum(1, np.round(ratio * _diagonals(sizes))).astype(np.int32)
+
+
+def boundary_tolerance(sizes, ratio: float = TOLERANCE_RATIO) -> np.ndarray:
+    """sizes [B,2] (height, width) -> int32 [B]: ceil(ratio * diagonal), DAVIS's tolerance (host, float64)."""
+    return np.ceil(ratio * _diagonals(sizes)).astype(np.int32)
+
+
+def _window3(x: jax.Array, fill: int, reduce) -> jax.Array:
+    """3x3 min or max (`reduce` = lax.min / lax.max) of int32 [N,H,W]; the pixels around the array hold `fill`."""
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1)), constant_values=fill)
+    identity = jnp.iinfo(jnp.int32).max if reduce is jax.lax.min else jnp.iinfo(jnp.int32).min
+    return jax.lax.reduce_window(x, jnp.int32(identity), reduce, (1, 3, 3), (1, 1, 1), "VALID")
+
+
+def _uniform_depth(keys: jax.Array, inside: jax.Array, steps, frame_is_boundary: bool, above: int) -> jax.Array:
+    """keys int32 [N,H,W] in [0, above), inside bool [N,H,W] -> int32 [N,H,W]: the largest r <= steps such that
+    every pixel within chessboard distance r carries the pixel's key.
+
+    With `frame_is_boundary` a pixel outside the image (not `inside`, or beyond the array) differs from every
+    key; without it, it is ignored. Window extremes grow by one 3x3 step per radius (squares compose).
+    """
+    low_fill, high_fill = (-1, above) if frame_is_boundary else (above, -1)
+    low, high = jnp.where(inside, keys, low_fill), jnp.where(inside, keys, high_fill)
+
+    def step(_, carry):
+        low, high, depth = carry
+        low, high = _window3(low, low_fill, jax.lax.min), _window3(high, high_fill, jax.lax.max)
+        return low, high, depth + ((low == keys) & (high == keys))
+
+    return jax.lax.fori_loop(0, steps, step, (low, high, jnp.zeros(keys.shape, jnp.int32)))[2]
+
+
+def _within_tolerance(points: jax.Array, tolerance: jax.Array, max_tolerance) -> jax.Array:
+    """points bool [N,B,H,W], tolerance int32 [B] -> bool [N,B,H,W]: a point lies within Euclidean distance
+    <= tolerance[b] of the pixel (in the same [n, b] plane).
+
+    Exact squared distance transform capped at max_tolerance + 1: the distance to the nearest point of each
+    column (two cumulative scans), then the minimum of dx^2 + column^2 over |dx| <= max_tolerance.
+    """
+    cap = max_tolerance + 1
+    rows = jnp.arange(points.shape[2], dtype=jnp.int32)[:, None]
+    far = jnp.int32(1 << 24)
+    above = jax.lax.cummax(jnp.where(points, rows, -far), axis=2)
+    below = jax.lax.cummin(jnp.where(points, rows, far), axis=2, reverse=True)
+    column = jnp.minimum(jnp.minimum(rows - above, below - rows), cap) ** 2
+    beyond = cap * cap
+
+    def step(dx, carry):
+        left, right, best = carry  # column distances shifted by dx - 1 to the right / left
+        left = jnp.pad(left[..., :-1], ((0, 0),) * 3 + ((1, 0),), constant_values=beyond)
+        right = jnp.pad(right[..., 1:], ((0, 0),) * 3 + ((0, 1),), constant_values=beyond)
+        return left, right, jnp.minimum(best, dx * dx + jnp.minimum(left, right))
+
+    best = jax.lax.fori_loop(1, max_tolerance + 1, step, (column, column, column))[2]
+    return best <= (tolerance * tolerance)[:, None, None]
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "ignore_label"))
+def _boundary_counts(labels, predictions, band_width, tolerance, sizes, num_classes, ignore_label):
+    batch, height, width = labels.shape
+    inside = ((jnp.arange(height)[:, None] < sizes[:, 0, None, None])
+              & (jnp.arange(width) < sizes[:, 1, None, None]))
+    valid = inside & (labels != ignore_label)
+    # Void and outside pixels get key `num_classes` (no class): in no mask, and different from every class.
+    keys = jnp.stack([jnp.where(valid, labels, num_classes),
+                      jnp.where(valid, predictions, num_classes)]).astype(jnp.int32)  # [2,B,H,W]
+    classes = keys.reshape(2 * batch, height, width)
+    above, masked = num_classes + 1, (keys < num_classes)
+    count = lambda x, where: jnp.bincount(jnp.where(where, x, 0).reshape(-1), where.reshape(-1).astype(jnp.int32),
+                                          length=num_classes)
+
+    inside2 = jnp.tile(inside, (2, 1, 1))
+    depth = _uniform_depth(classes, inside2, jnp.max(band_width), True, above)
+    band = masked & (depth.reshape(keys.shape) < band_width[None, :, None, None])
+    truth_band, pred_band = count(keys[0], band[0]), count(keys[1], band[1])
+    both = count(keys[0], band[0] & band[1] & (keys[0] == keys[1]))
+
+    outer = _uniform_depth(classes, inside2, 1, False, above).reshape(keys.shape)
+    contour = masked & (outer == 0)
+    max_tolerance = jnp.max(tolerance)
+
+    def matched(c):  # matched predicted and matched truth contour pixels of class c
+        points = contour & (keys == c)
+        near = _within_tolerance(points, tolerance, max_tolerance)
+        return jnp.stack([jnp.sum(points[1] & near[0], dtype=jnp.int32),
+                          jnp.sum(points[0] & near[1], dtype=jnp.int32)])
+
+    matches = jax.lax.map(matched, jnp.arange(num_classes))
+    return {"iou_intersection": both, "iou_union": truth_band + pred_band - both,
+            "pred_matched": matches[:, 0], "pred_contour": count(keys[1], contour[1]),
+            "truth_matched": matches[:, 1], "truth_contour": count(keys[0], contour[0])}
+
+
+def _per_image(name: str, value, batch: int, minimum: int):
+    """An int (same for every image) or an int [B] array -> int32 [B]."""
+    if np.ndim(value) == 0 and not isinstance(value, jax.Array):
+        check_int(name, value, minimum=minimum)
+        return jnp.full((batch,), value, jnp.int32)
+    check_rank(name, value, 1, "[B]")
+    check_integer_map(name, value)
+    if np.shape(value)[0] != batch:
+        raise InputError(f"{name}: expected one value per image ({batch}), got shape {tuple(np.shape(value))}")
+    if not isinstance(value, jax.core.Tracer) and np.any(np.asarray(value) < minimum):
+        raise InputError(f"{name}: expected values >= {minimum}, got {np.asarray(value).tolist()}")
+    return jnp.asarray(value, jnp.int32)
+
+
+def boundary_counts(labels, predictions, num_classes: int, *, band_width=None, tolerance=None, sizes=None,
+                    ignore_label: int = IGNORE_LABEL) -> dict[str, jax.Array]:
+    """labels, predictions [B,H,W] int -> {key: int32 [C]} for the keys of COUNT_KEYS (see the module docstring).
+
+    sizes: int [B,2], each image's (height, width), the valid top-left region (None: the whole array).
+    band_width (>= 1) and tolerance (>= 0) in pixels: an int for every image or an int [B] array; None takes
+    the defaults from the image sizes on the host (`boundary_band_width`, `boundary_tolerance`), which needs
+    concrete sizes (under jit, pass the arrays). Exact while the batch has fewer than 2^31 pixels.
+    """
+    check_label_prediction_pair(labels, predictions, num_classes, ignore_label)
+    batch, height, width = np.shape(labels)
+    if sizes is None:
+        sizes = np.tile(np.array([[height, width]], np.int32), (batch, 1))
+    check_rank("sizes", sizes, 2, "[B,2]")
+    check_integer_map("sizes", sizes)
+    if np.shape(sizes) != (batch, 2):
+        raise InputError(f"sizes: expected shape ({batch}, 2) (height, width per image), got {np.shape(sizes)}")
+    concrete = not isinstance(sizes, jax.core.Tracer)
+    if concrete and np.any((np.asarray(sizes) < 0) | (np.asarray(sizes) > [height, width])):
+        raise InputError(f"sizes: expected 0 <= (height, width) <= ({height}, {width}), "
+                         f"got {np.asarray(sizes).tolist()}")
+    for name, value, default in (("band_width", band_width, boundary_band_width),
+                                 ("tolerance", tolerance, boundary_tolerance)):
+        if value is None and not concrete:
+            raise InputError(f"{name}: pass it explicitly under jit (e.g. {default.__name__}(sizes) on the host)")
+    band_width = _per_image("band_width", boundary_band_width(sizes) if band_width is None else band_width, batch, 1)
+    tolerance = _per_image("tolerance", boundary_tolerance(sizes) if tolerance is None else tolerance, batch, 0)
+    return _boundary_counts(jnp.asarray(labels), jnp.asarray(predictions), band_width, tolerance,
+                            jnp.asarray(sizes, jnp.int32), int(num_classes), int(ignore_label))
+
+
+def _as_counts(counts: Mapping, keys) -> list[np.ndarray]:
+    missing = [key for key in keys if key not in counts]
+    if missing:
+        raise InputError(f"counts: missing keys {missing} (expected the output of boundary_counts)")
+    arrays = [np.asarray(counts[key], dtype=np.float64) for key in keys]
+    if arrays[0].ndim != 1 or any(a.shape != arrays[0].shape for a in arrays):
+        raise InputError(f"counts: expected [C] vectors, got shapes {[a.shape for a in arrays]}")
+    return arrays
+
+
+def boundary_iou(counts: Mapping) -> tuple[np.ndarray, float]:
+    """Accumulated counts -> (Boundary IoU float64 [C], NaN where the union is empty; mean over the others)."""
+    intersection, union = _as_counts(counts, COUNT_KEYS[:2])
+    per_class = _ratio(intersection, union)
+    return per_class, _nanmean(per_class)
+
+
+def boundary_fscore(counts: Mapping) -> tuple[np.ndarray, float]:
+    """Accumulated counts -> (boundary F float64 [C], NaN where neither map has a contour of the class; mean).
+
+    F = 2PR / (P + R), precision P = pred_matched / pred_contour, recall R = truth_matched / truth_contour;
+    0 when either side has no contour pixel of the class.
+    """
+    pred_matched, pred_contour, truth_matched, truth_contour = _as_counts(counts, COUNT_KEYS[2:])
+    precision = np.nan_to_num(_ratio(pred_matched, pred_contour))
+    recall = np.nan_to_num(_ratio(truth_matched, truth_contour))
+    per_class = np.nan_to_num(_ratio(2 * precision * recall, precision + recall))
+    per_class[(pred_contour + truth_contour) == 0] = np.nan
+    return per_class, _nanmean(per_class)
