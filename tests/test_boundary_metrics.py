@@ -230,3 +230,22 @@ def test_bad_counts_and_traced_defaults_raise():
     traced = jax.jit(lambda sizes: boundary_counts(labels, labels, 2, sizes=sizes)["iou_union"])
     with pytest.raises(InputError, match="band_width: pass it explicitly under jit"):
         traced(np.array([[4, 4]]))
+
+
+def test_reference_follows_the_published_code(rng):
+    # The pixel-loop references against the published recipes, written with scipy: Cheng et al. pad the mask
+    # with one ring of zeros, erode it d times by a 3x3 square (nothing outside the padded array) and keep
+    # mask minus erosion; DAVIS dilates the other map's contour by disk(t) = {y^2 + x^2 <= t^2}.
+    from scipy import ndimage
+
+    labels = references.blob_labels(rng, (4, 15, 22), 3)
+    for mask in (labels == 1) | (labels == 2):
+        contour = references.inner_contour(mask)
+        for width in (1, 2, 5):
+            eroded = ndimage.binary_erosion(np.pad(mask, 1), np.ones((3, 3)), iterations=width, border_value=1)
+            np.testing.assert_array_equal(references.inner_band(mask, width), mask & ~eroded[1:-1, 1:-1])
+        other = references.inner_contour(np.roll(mask, 2, axis=1))
+        for tolerance in (0, 1, 3):
+            yy, xx = np.mgrid[-tolerance:tolerance + 1, -tolerance:tolerance + 1]
+            near = ndimage.binary_dilation(other, yy ** 2 + xx ** 2 <= tolerance ** 2)
+            assert references.matched_points(contour, other, tolerance) == np.sum(contour & near)
