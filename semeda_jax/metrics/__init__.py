@@ -2,9 +2,9 @@
 F1, HELEN merged F1), per-image E-measure, trimap boundary / interior matrices, Boundary IoU and boundary
 F-score, predictive entropy."""
 from semeda_jax.metrics.boundary import (
-    BAND_RATIO,
-    COUNT_KEYS as BOUNDARY_COUNT_KEYS,
-    TOLERANCE_RATIO,
+    BOUNDARY_BAND_RATIO,
+    BOUNDARY_COUNT_KEYS,
+    BOUNDARY_TOLERANCE_RATIO,
     boundary_band_width,
     boundary_counts,
     boundary_fscore,
@@ -29,11 +29,11 @@ from semeda_jax.metrics.entropy import prediction_entropy
 from semeda_jax.metrics.trimap import DEFAULT_TRIMAP_WIDTHS, trimap_bands, trimap_confusion, trimap_miou
 
 __all__ = [
-    "BAND_RATIO",
+    "BOUNDARY_BAND_RATIO",
     "BOUNDARY_COUNT_KEYS",
+    "BOUNDARY_TOLERANCE_RATIO",
     "DEFAULT_TRIMAP_WIDTHS",
     "HELEN_F1_GROUPS",
-    "TOLERANCE_RATIO",
     "boundary_band_width",
     "boundary_counts",
     "boundary_fscore",

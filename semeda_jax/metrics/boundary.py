@@ -29,13 +29,21 @@ F = 2PR / (P + R), i.e. dataset-level ratios, not means of per-image scores. A c
 union (BIoU) or its contour count in either map (F) is non-zero over the split; F is 0 when one side has no
 contour pixel of the class (DAVIS's convention) and NaN when neither has.
 
+Calling it (eval). Images padded bottom/right with void labels give the counts of the unpadded images when
+`sizes` holds each image's (height, width); all-void fillers with size (0, 0) count nothing. The default d and
+t follow each image's diagonal: compute them on the host per batch (`boundary_band_width(sizes)`,
+`boundary_tolerance(sizes)`, int32 [B]) and pass them with `sizes` into the jitted step; or pass ints for
+fixed widths in pixels. Both loop counts are the batch maxima of d and t (traced), so per-image values do not
+recompile.
+
 Cost. Bands and contours are computed on the label maps themselves, without one-hot masks: a pixel of class c
-is within chessboard distance r of a pixel not in M_c iff the (2r+1)^2 window around it holds another label or
-leaves the image, so d steps of a 3x3 running min and max over int32 [2B,H,W] give every band (work
-O(d B H W), independent of C). Matching loops over classes (`lax.map`), each an exact Euclidean distance
-transform capped at t (a column scan, then t shifted minima along rows): work O(C t B H W), memory about
-40 bytes x B H W whatever C. Both loop counts are the batch maxima of d and t, traced, so per-image widths
-do not recompile.
+is within chessboard distance r of a pixel not in M_c iff the (2r+1)^2 window around it holds another key or
+leaves the image, so d steps of a 3x3 running min and max over int32 [2B,H,W] give every band: O(d B H W)
+work, whatever C. Matching loops over the classes (`lax.map`) and skips those without contour pixels in one of
+the maps; each class costs an exact squared Euclidean distance transform capped at t (t shifted minima along
+the columns, then along the rows): O(t B H W). Peak memory is about 100 bytes per pixel of the batch,
+independent of C. On 2 busy CPU cores a 2 x 512 x 512 batch (d = 14, t = 6) takes about 1 s when most of
+21 classes are present; the per-pixel work on an accelerator is a few hundred fused elementwise passes.
 """
 from __future__ import annotations
 
@@ -47,11 +55,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from semeda_jax.metrics.confusion import _nanmean, _ratio, check_label_prediction_pair
-from semeda_jax.validation import IGNORE_LABEL, InputError, check_int, check_integer_map, check_rank
+from semeda_jax.validation import IGNORE_LABEL, InputError, check_int, check_rank
 
-BAND_RATIO = 0.02  # Cheng et al.'s dilation_ratio
-TOLERANCE_RATIO = 0.008  # DAVIS's bound_th
-COUNT_KEYS = ("iou_intersection", "iou_union", "pred_matched", "pred_contour", "truth_matched", "truth_contour")
+BOUNDARY_BAND_RATIO = 0.02  # Cheng et al.'s dilation_ratio
+BOUNDARY_TOLERANCE_RATIO = 0.008  # DAVIS's bound_th
+BOUNDARY_COUNT_KEYS = ("iou_intersection", "iou_union", "pred_matched", "pred_contour", "truth_matched",
+                       "truth_contour")
 
 
 def _diagonals(sizes) -> np.ndarray:
@@ -61,12 +70,12 @@ def _diagonals(sizes) -> np.ndarray:
     return np.hypot(sizes[:, 0], sizes[:, 1])
 
 
-def boundary_band_width(sizes, ratio: float = BAND_RATIO) -> np.ndarray:
+def boundary_band_width(sizes, ratio: float = BOUNDARY_BAND_RATIO) -> np.ndarray:
     """sizes [B,2] (height, width) -> int32 [B]: max(1, round(ratio * diagonal)), Cheng et al.'s d (host, float64)."""
     return np.maximum(1, np.round(ratio * _diagonals(sizes))).astype(np.int32)
 
 
-def boundary_tolerance(sizes, ratio: float = TOLERANCE_RATIO) -> np.ndarray:
+def boundary_tolerance(sizes, ratio: float = BOUNDARY_TOLERANCE_RATIO) -> np.ndarray:
     """sizes [B,2] (height, width) -> int32 [B]: ceil(ratio * diagonal), DAVIS's tolerance (host, float64)."""
     return np.ceil(ratio * _diagonals(sizes)).astype(np.int32)
 
@@ -101,13 +110,12 @@ def _uniform_depth(keys: jax.Array, inside: jax.Array, steps, frame_is_boundary:
 def _squared_distance_pass(values: jax.Array, axis: int, steps) -> jax.Array:
     """min over |k| <= steps of values shifted by k along `axis` plus k^2 (one 1-D pass of the separable squared
     Euclidean distance transform); positions beyond the array hold (steps + 1)^2, i.e. "farther than steps"."""
-    beyond = (steps + 1) * (steps + 1)
-    pad = [(0, 0)] * values.ndim
+    size = values.shape[axis]
+    beyond = jnp.full_like(jax.lax.slice_in_dim(values, 0, 1, axis=axis), (steps + 1) * (steps + 1))
 
-    def shift(x, forward):
-        kept = jax.lax.slice_in_dim(x, 0, -1, axis=axis) if forward else jax.lax.slice_in_dim(x, 1, None, axis=axis)
-        pad[axis] = (1, 0) if forward else (0, 1)
-        return jnp.pad(kept, pad, constant_values=beyond)
+    def shift(x, forward):  # by one position, `beyond` entering
+        kept = jax.lax.slice_in_dim(x, *((0, size - 1) if forward else (1, size)), axis=axis)
+        return jnp.concatenate([beyond, kept] if forward else [kept, beyond], axis=axis)
 
     def step(k, carry):
         ahead, behind, best = carry  # values shifted by k - 1 positions either way
@@ -121,8 +129,8 @@ def _within_tolerance(points: jax.Array, tolerance: jax.Array, max_tolerance) ->
     """points bool [N,B,H,W], tolerance int32 [B] -> bool [N,B,H,W]: a point lies within Euclidean distance
     <= tolerance[b] of the pixel (in the same [n, b] plane).
 
-    Exact squared distance to the nearest point where it is <= max_tolerance^2 (a point farther than
-    max_tolerance along either axis is farther than it in all): a pass along the columns, then the rows.
+    The squared distance to the nearest point, exact where it is <= max_tolerance^2 (such a point is within
+    max_tolerance along each axis): a pass along the columns, then one along the rows.
     """
     beyond = (max_tolerance + 1) * (max_tolerance + 1)
     squared = jnp.where(points, 0, beyond).astype(jnp.int32)
@@ -144,6 +152,8 @@ def _boundary_counts(labels, predictions, band_width, tolerance, sizes, num_clas
     count = lambda x, where: jnp.bincount(jnp.where(where, x, 0).reshape(-1), where.reshape(-1).astype(jnp.int32),
                                           length=num_classes)
 
+    # Any pixel is within max(H, W) of the outside and within H + W of any other: larger values change nothing.
+    band_width, tolerance = jnp.minimum(band_width, max(height, width)), jnp.minimum(tolerance, height + width)
     inside2 = jnp.tile(inside, (2, 1, 1))
     depth = _uniform_depth(classes, inside2, jnp.max(band_width), True, above)
     band = masked & (depth.reshape(keys.shape) < band_width[None, :, None, None])
@@ -153,7 +163,6 @@ def _boundary_counts(labels, predictions, band_width, tolerance, sizes, num_clas
     outer = _uniform_depth(classes, inside2, 1, False, above).reshape(keys.shape)
     contour = masked & (outer == 0)
     max_tolerance = jnp.max(tolerance)
-
     truth_contour, pred_contour = count(keys[0], contour[0]), count(keys[1], contour[1])
 
     def matched(c):  # matched predicted and matched truth contour pixels of class c
@@ -170,13 +179,19 @@ def _boundary_counts(labels, predictions, band_width, tolerance, sizes, num_clas
             "truth_matched": matches[:, 1], "truth_contour": truth_contour}
 
 
+def _check_integers(name: str, value) -> None:
+    dtype = value.dtype if hasattr(value, "dtype") else np.asarray(value).dtype
+    if not np.issubdtype(dtype, np.integer):
+        raise InputError(f"{name}: expected integer pixel counts, got dtype {dtype}")
+
+
 def _per_image(name: str, value, batch: int, minimum: int):
     """An int (same for every image) or an int [B] array -> int32 [B]."""
     if np.ndim(value) == 0 and not isinstance(value, jax.Array):
         check_int(name, value, minimum=minimum)
         return jnp.full((batch,), value, jnp.int32)
     check_rank(name, value, 1, "[B]")
-    check_integer_map(name, value)
+    _check_integers(name, value)
     if np.shape(value)[0] != batch:
         raise InputError(f"{name}: expected one value per image ({batch}), got shape {tuple(np.shape(value))}")
     if not isinstance(value, jax.core.Tracer) and np.any(np.asarray(value) < minimum):
@@ -186,7 +201,7 @@ def _per_image(name: str, value, batch: int, minimum: int):
 
 def boundary_counts(labels, predictions, num_classes: int, *, band_width=None, tolerance=None, sizes=None,
                     ignore_label: int = IGNORE_LABEL) -> dict[str, jax.Array]:
-    """labels, predictions [B,H,W] int -> {key: int32 [C]} for the keys of COUNT_KEYS (see the module docstring).
+    """labels, predictions [B,H,W] int -> {key: int32 [C]} for BOUNDARY_COUNT_KEYS (see the module docstring).
 
     sizes: int [B,2], each image's (height, width), the valid top-left region (None: the whole array).
     band_width (>= 1) and tolerance (>= 0) in pixels: an int for every image or an int [B] array; None takes
@@ -198,7 +213,7 @@ def boundary_counts(labels, predictions, num_classes: int, *, band_width=None, t
     if sizes is None:
         sizes = np.tile(np.array([[height, width]], np.int32), (batch, 1))
     check_rank("sizes", sizes, 2, "[B,2]")
-    check_integer_map("sizes", sizes)
+    _check_integers("sizes", sizes)
     if np.shape(sizes) != (batch, 2):
         raise InputError(f"sizes: expected shape ({batch}, 2) (height, width per image), got {np.shape(sizes)}")
     concrete = not isinstance(sizes, jax.core.Tracer)
@@ -227,7 +242,7 @@ def _as_counts(counts: Mapping, keys) -> list[np.ndarray]:
 
 def boundary_iou(counts: Mapping) -> tuple[np.ndarray, float]:
     """Accumulated counts -> (Boundary IoU float64 [C], NaN where the union is empty; mean over the others)."""
-    intersection, union = _as_counts(counts, COUNT_KEYS[:2])
+    intersection, union = _as_counts(counts, BOUNDARY_COUNT_KEYS[:2])
     per_class = _ratio(intersection, union)
     return per_class, _nanmean(per_class)
 
@@ -238,7 +253,7 @@ def boundary_fscore(counts: Mapping) -> tuple[np.ndarray, float]:
     F = 2PR / (P + R), precision P = pred_matched / pred_contour, recall R = truth_matched / truth_contour;
     0 when either side has no contour pixel of the class.
     """
-    pred_matched, pred_contour, truth_matched, truth_contour = _as_counts(counts, COUNT_KEYS[2:])
+    pred_matched, pred_contour, truth_matched, truth_contour = _as_counts(counts, BOUNDARY_COUNT_KEYS[2:])
     precision = np.nan_to_num(_ratio(pred_matched, pred_contour))
     recall = np.nan_to_num(_ratio(truth_matched, truth_contour))
     per_class = np.nan_to_num(_ratio(2 * precision * recall, precision + recall))
