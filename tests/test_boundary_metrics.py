@@ -41,7 +41,7 @@ def assert_counts_equal(counts, expected):
 
 
 @pytest.mark.parametrize("num_classes, band_width, tolerance", [
-    (2, 1, 0), (5, 2, 1), (5, 3, 2), (4, 7, 3), (3, 40, 20),  # 40 / 20: wider than every object and image
+    (2, 1, 0), (5, 2, 1), (5, 3, 2), (4, 7, 3), (3, 40, 20),  # d = 40: wider than the images
 ])
 def test_matches_pixel_loop_reference(rng, num_classes, band_width, tolerance):
     labels, predictions, sizes = padded_batch(rng, num_classes, (3, 19, 26))
@@ -121,6 +121,7 @@ def test_jit_matches_eager(rng):
     assert_counts_equal(counts_fn(labels, predictions, 5, widths + 1, tolerances + 1, sizes),
                         boundary_counts(labels, predictions, 5, band_width=widths + 1, tolerance=tolerances + 1,
                                         sizes=sizes))
+    assert counts_fn._cache_size() == 1  # other widths and tolerances reuse the compiled step
 
 
 def test_hand_computed_square():
