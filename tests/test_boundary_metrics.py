@@ -79,6 +79,14 @@ def test_defaults_follow_each_image_diagonal(rng):
     assert_counts_equal(whole, boundary_counts(labels[:1], predictions[:1], 3, band_width=4, tolerance=2))
 
 
+@pytest.mark.usefixtures("float32_jax")
+def test_matches_reference_without_x64(rng):
+    # Eval runs with x64 off: the counts stay exact int32.
+    labels, predictions, sizes = padded_batch(rng, 3, (2, 18, 15))
+    counts = boundary_counts(labels, predictions, 3, band_width=np.array([2, 1]), tolerance=2, sizes=sizes)
+    assert_counts_equal(counts, references.boundary_counts(labels, predictions, 3, [2, 1], [2, 2], sizes))
+
+
 def test_batch_counts_are_sums_of_image_counts(rng):
     labels, predictions, sizes = padded_batch(rng, 5, (4, 16, 21))
     widths = np.array([2, 1, 3, 2])
