@@ -177,8 +177,8 @@ def test_band_wider_than_the_image_gives_plain_iou(rng):
 
 
 def test_tiny_images_and_fillers():
-    labels = np.array([[[1, VOID], [VOID, VOID]], [[VOID] * 2] * 2, [[0, 1], [1, 1]]], np.int32)
-    predictions = np.array([[[1, 0], [0, 0]], [[1, 1], [1, 1]], [[0, 1], [1, 0]]], np.int32)
+    labels = np.array([[[1, VOID], [VOID, VOID]], [[VOID] * 2] * 2, [[0, 1], [1, 1]]], np.uint8)  # as decoded PNGs
+    predictions = np.array([[[1, 0], [0, 0]], [[1, 1], [1, 1]], [[0, 1], [1, 0]]], np.int64)
     sizes = np.array([[1, 1], [0, 0], [2, 2]])
     counts = boundary_counts(labels, predictions, 2, band_width=5, tolerance=3, sizes=sizes)
     expected = references.boundary_counts(labels, predictions, 2, [5] * 3, [3] * 3, sizes)

@@ -145,8 +145,8 @@ def _boundary_counts(labels, predictions, band_width, tolerance, sizes, num_clas
               & (jnp.arange(width) < sizes[:, 1, None, None]))
     valid = inside & (labels != ignore_label)
     # Void and outside pixels get key `num_classes` (no class): in no mask, and different from every class.
-    keys = jnp.stack([jnp.where(valid, labels, num_classes),
-                      jnp.where(valid, predictions, num_classes)]).astype(jnp.int32)  # [2,B,H,W]
+    keys = jnp.stack([jnp.where(valid, labels.astype(jnp.int32), num_classes),
+                      jnp.where(valid, predictions.astype(jnp.int32), num_classes)])  # int32 [2,B,H,W]
     classes = keys.reshape(2 * batch, height, width)
     above, masked = num_classes + 1, (keys < num_classes)
     count = lambda x, where: jnp.bincount(jnp.where(where, x, 0).reshape(-1), where.reshape(-1).astype(jnp.int32),
