@@ -41,9 +41,10 @@ is within chessboard distance r of a pixel not in M_c iff the (2r+1)^2 window ar
 leaves the image, so d steps of a 3x3 running min and max over int32 [2B,H,W] give every band: O(d B H W)
 work, whatever C. Matching loops over the classes (`lax.map`) and skips those without contour pixels in one of
 the maps; each class costs an exact squared Euclidean distance transform capped at t (t shifted minima along
-the columns, then along the rows): O(t B H W). Peak memory is about 100 bytes per pixel of the batch,
-independent of C. On 2 busy CPU cores a 2 x 512 x 512 batch (d = 14, t = 6) takes about 1 s when most of
-21 classes are present; the per-pixel work on an accelerator is a few hundred fused elementwise passes.
+the columns, then along the rows): O(t B H W). Temporary memory is 80-130 bytes per pixel of the batch,
+independent of C (XLA CPU). Measured on 2 shared CPU cores: about 0.4 s per 512 x 512 image with a few classes
+(d = 14, t = 6), 12 s per 1024 x 2048 image with 13 classes (d = 46, t = 19), against 0.06 s and 0.4 s for
+the trimap matrices; not yet timed on an accelerator.
 """
 from __future__ import annotations
 
