@@ -87,6 +87,19 @@ def test_matches_reference_without_x64(rng):
     assert_counts_equal(counts, references.boundary_counts(labels, predictions, 3, [2, 1], [2, 2], sizes))
 
 
+def test_many_classes_span_several_bit_words(rng):
+    # Contours are matched as bits of 32-class words: classes 31 / 32 and 63 / 64 sit on either side of a word.
+    ids = np.array([31, 32, 63, 64, 69])
+    labels = ids[references.blob_labels(rng, (3, 17, 20), 5, 12)]
+    predictions = np.roll(labels, (1, -1), axis=(1, 2))
+    labels[:, 5] = VOID
+    sizes = np.array([[17, 20], [12, 20], [17, 9]])
+    counts = boundary_counts(labels, predictions, 70, band_width=2, tolerance=np.array([1, 3, 0]), sizes=sizes)
+    expected = references.boundary_counts(labels, predictions, 70, [2] * 3, [1, 3, 0], sizes)
+    assert_counts_equal(counts, expected)
+    assert np.all(expected["pred_matched"][ids] > 0)
+
+
 def test_batch_counts_are_sums_of_image_counts(rng):
     labels, predictions, sizes = padded_batch(rng, 5, (4, 16, 21))
     widths = np.array([2, 1, 3, 2])

@@ -108,35 +108,47 @@ def _uniform_depth(keys: jax.Array, inside: jax.Array, steps, frame_is_boundary:
     return jax.lax.fori_loop(0, steps, step, (low, high, jnp.zeros(keys.shape, jnp.int32)))[2]
 
 
-def _squared_distance_pass(values: jax.Array, axis: int, steps) -> jax.Array:
-    """min over |k| <= steps of values shifted by k along `axis` plus k^2 (one 1-D pass of the separable squared
-    Euclidean distance transform); positions beyond the array hold (steps + 1)^2, i.e. "farther than steps"."""
-    size = values.shape[axis]
-    beyond = jnp.full_like(jax.lax.slice_in_dim(values, 0, 1, axis=axis), (steps + 1) * (steps + 1))
-
-    def shift(x, forward):  # by one position, `beyond` entering
-        kept = jax.lax.slice_in_dim(x, *((0, size - 1) if forward else (1, size)), axis=axis)
-        return jnp.concatenate([beyond, kept] if forward else [kept, beyond], axis=axis)
-
-    def step(k, carry):
-        ahead, behind, best = carry  # values shifted by k - 1 positions either way
-        ahead, behind = shift(ahead, True), shift(behind, False)
-        return ahead, behind, jnp.minimum(best, k * k + jnp.minimum(ahead, behind))
-
-    return jax.lax.fori_loop(1, steps + 1, step, (values, values, values))[2]
+def _shift(x: jax.Array, axis: int, forward: bool) -> jax.Array:
+    """x moved one position along `axis` (out[i] = x[i - 1] if forward, else x[i + 1]), zeros entering."""
+    size = x.shape[axis]
+    kept = jax.lax.slice_in_dim(x, *((0, size - 1) if forward else (1, size)), axis=axis)
+    zeros = jnp.zeros_like(jax.lax.slice_in_dim(x, 0, 1, axis=axis))
+    return jnp.concatenate([zeros, kept] if forward else [kept, zeros], axis=axis)
 
 
-def _within_tolerance(points: jax.Array, tolerance: jax.Array, max_tolerance) -> jax.Array:
-    """points bool [N,B,H,W], tolerance int32 [B] -> bool [N,B,H,W]: a point lies within Euclidean distance
-    <= tolerance[b] of the pixel (in the same [n, b] plane).
+def _isqrt(n: jax.Array) -> jax.Array:
+    """floor(sqrt(n)) of int32 n >= 0, exact (float estimate, then one integer correction)."""
+    root = jnp.floor(jnp.sqrt(n.astype(jnp.float32))).astype(jnp.int32)
+    return root + ((root + 1) * (root + 1) <= n) - (root * root > n)
 
-    The squared distance to the nearest point, exact where it is <= max_tolerance^2 (such a point is within
-    max_tolerance along each axis): a pass along the columns, then one along the rows.
+
+def _disk_dilation(bits: jax.Array, radius: jax.Array, max_radius) -> jax.Array:
+    """bits uint32 [..., B, H, W], radius int32 [B] -> uint32 [..., B, H, W]: the OR of the bits of every pixel
+    within Euclidean distance <= radius[b] (skimage's disk(r) = {dy^2 + dx^2 <= r^2}), out-of-array pixels 0.
+
+    The disk is a stack of rows: at |dy| = j, the half-width floor(sqrt(r^2 - j^2)) only grows as j goes from
+    max_radius down to 0, so one horizontal dilation is widened one pixel at a time (per image, as needed) and
+    ORed into two accumulators that move one row per step, one up and one down.
     """
-    beyond = (max_tolerance + 1) * (max_tolerance + 1)
-    squared = jnp.where(points, 0, beyond).astype(jnp.int32)
-    squared = _squared_distance_pass(_squared_distance_pass(squared, 2, max_tolerance), 3, max_tolerance)
-    return squared <= (tolerance * tolerance)[:, None, None]
+    def row(i, carry):
+        horizontal, half, up, down = carry
+        offset = max_radius - i  # |dy|
+        need = jnp.where(offset <= radius, _isqrt(jnp.maximum(radius * radius - offset * offset, 0)), -1)
+
+        def widen(state):
+            horizontal, half = state
+            grow = (half < need)[:, None, None]
+            wider = horizontal | _shift(horizontal, -1, True) | _shift(horizontal, -1, False)
+            return jnp.where(grow, wider, horizontal), half + grow[:, 0, 0]
+
+        horizontal, half = jax.lax.while_loop(lambda state: jnp.any(state[1] < need), widen, (horizontal, half))
+        this_row = jnp.where((need >= 0)[:, None, None], horizontal, jnp.uint32(0))
+        return horizontal, half, _shift(up, -2, False) | this_row, _shift(down, -2, True) | this_row
+
+    zeros = jnp.zeros_like(bits)
+    start = (bits, jnp.zeros(radius.shape, jnp.int32), zeros, zeros)
+    _, _, up, down = jax.lax.fori_loop(0, max_radius + 1, row, start)
+    return up | down
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "ignore_label"))
@@ -163,21 +175,20 @@ def _boundary_counts(labels, predictions, band_width, tolerance, sizes, num_clas
 
     outer = _uniform_depth(classes, inside2, 1, False, above).reshape(keys.shape)
     contour = masked & (outer == 0)
-    max_tolerance = jnp.max(tolerance)
     truth_contour, pred_contour = count(keys[0], contour[0]), count(keys[1], contour[1])
 
-    def matched(c):  # matched predicted and matched truth contour pixels of class c
-        points = contour & (keys == c)
-        near = _within_tolerance(points, tolerance, max_tolerance)
-        return jnp.stack([jnp.sum(points[1] & near[0], dtype=jnp.int32),
-                          jnp.sum(points[0] & near[1], dtype=jnp.int32)])
-
-    # A class without contour pixels in one of the maps matches nothing: skip it (most classes of a batch).
-    matches = jax.lax.map(lambda c: jax.lax.cond((truth_contour[c] > 0) & (pred_contour[c] > 0), matched,
-                                                 lambda c: jnp.zeros(2, jnp.int32), c), jnp.arange(num_classes))
+    # Contour pixels as bit c % 32 of word c // 32; a disk dilation of each map's bits tells every pixel which
+    # classes have a contour pixel of that map within its image's tolerance.
+    words = (num_classes + 31) // 32
+    key = jnp.where(contour, keys, 0).astype(jnp.uint32)
+    bit = jnp.where(contour, jnp.left_shift(jnp.uint32(1), key % 32), jnp.uint32(0))
+    bits = jnp.stack([jnp.where(key // 32 == w, bit, jnp.uint32(0)) for w in range(words)], axis=1)  # [2,W,B,H,W]
+    near = _disk_dilation(bits, tolerance, jnp.max(tolerance))
+    near = jnp.take_along_axis(near[::-1], (key // 32)[:, None].astype(jnp.int32), axis=1)[:, 0]
+    matched = contour & ((jnp.right_shift(near, key % 32) & 1) == 1)  # near the other map's contour
     return {"iou_intersection": both, "iou_union": truth_band + pred_band - both,
-            "pred_matched": matches[:, 0], "pred_contour": pred_contour,
-            "truth_matched": matches[:, 1], "truth_contour": truth_contour}
+            "pred_matched": count(keys[1], matched[1]), "pred_contour": pred_contour,
+            "truth_matched": count(keys[0], matched[0]), "truth_contour": truth_contour}
 
 
 def _check_integers(name: str, value) -> None:
