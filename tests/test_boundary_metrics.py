@@ -61,6 +61,16 @@ def test_per_image_widths_match_reference(rng):
     assert_counts_equal(counts, references.boundary_counts(labels, predictions, 4, band_widths, tolerances, sizes))
 
 
+def test_wide_per_image_bands_match_reference(rng):
+    # Widths whose strided windows need every doubling level and remainder bit (reach 2^m - 1, rest in [0, 2^m)).
+    labels, predictions, sizes = padded_batch(rng, 3, (5, 40, 45))
+    band_widths = np.array([5, 6, 13, 10, 21])
+    counts = boundary_counts(labels, predictions, 3, band_width=band_widths, tolerance=1, sizes=sizes)
+    expected = references.boundary_counts(labels, predictions, 3, band_widths, [1] * 5, sizes)
+    for key in BOUNDARY_COUNT_KEYS[:2]:
+        np.testing.assert_array_equal(counts[key], expected[key], err_msg=key)
+
+
 def test_defaults_follow_each_image_diagonal(rng):
     # Cheng et al.'s d = int(round(0.02 * sqrt(h^2 + w^2))), at least 1; DAVIS's t = ceil(0.008 * norm((h, w))).
     sizes = np.array([[512, 512], [75, 100], [1024, 2048], [366, 500], [0, 0], [3, 4]])
