@@ -6,13 +6,15 @@ faults in and zeroes hundreds of MB of new pages. On the 2-core machine that was
 time (51 M minor page faults, 117 s of system CPU in 340 s). mimalloc and tcmalloc keep the memory for the next
 step.
 
-`reexec()` is the first thing main.py does: it finds an allocator (mimalloc from the pinned pip package
-cmeel-mimalloc, else the system's tcmalloc), checks that it preloads, and replaces the process with the same
-interpreter, argv and environment plus LD_PRELOAD; the new process names its allocator in its first log line,
-e.g. `[allocator] mimalloc (/.../cmeel.prefix/lib/libmimalloc.so)`. It happens at most once (an environment
-marker), not when LD_PRELOAD already names an allocator (TPU VMs preload tcmalloc), and never on import:
-library use and tests in-process keep glibc. An allocator that is missing or does not load leaves the run on
-glibc with one warning line. SEMEDA_JAX_ALLOCATOR picks: auto (default), mimalloc, tcmalloc, or system (glibc).
+`reexec()` is the first thing main.py does: it finds an allocator (the system's tcmalloc when installed, else
+mimalloc from the pinned pip package cmeel-mimalloc; tcmalloc spent less system CPU in a first comparison, which
+`python -m benchmarks.allocator --allocators tcmalloc mimalloc` repeats), checks that it preloads, and replaces
+the process with the same interpreter, argv and environment plus LD_PRELOAD; the new process names its allocator
+in its first log line, e.g. `[allocator] mimalloc (/.../cmeel.prefix/lib/libmimalloc.so)`. It happens at most
+once (an environment marker), not when LD_PRELOAD already names an allocator (TPU VMs preload tcmalloc), and
+never on import: library use and tests in-process keep glibc. An allocator that is missing or does not load
+leaves the run on glibc with one warning line. SEMEDA_JAX_ALLOCATOR picks: auto (default), tcmalloc, mimalloc,
+or system (glibc).
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ def _tcmalloc() -> str | None:
     return ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
 
 
-ALLOCATORS: dict[str, Callable[[], str | None]] = {"mimalloc": _mimalloc, "tcmalloc": _tcmalloc}  # auto: in order
+ALLOCATORS: dict[str, Callable[[], str | None]] = {"tcmalloc": _tcmalloc, "mimalloc": _mimalloc}  # auto: in order
 
 
 def find(setting: str = "auto") -> tuple[str, str] | None:
@@ -102,7 +104,7 @@ def reexec(stop_requested: Callable[[], bool] = lambda: False, hold: tuple[int, 
         return
     found = find(setting)
     if found is None:
-        _warn("no mimalloc (pip install -r requirements.txt) or tcmalloc found" if setting == "auto"
+        _warn("no tcmalloc or mimalloc (pip install -r requirements.txt) found" if setting == "auto"
               else f"{SETTING}={setting} but {setting} is not installed")
         return
     name, library = found

@@ -27,7 +27,7 @@ from semeda_jax import allocator, preemption  # noqa: E402  (import nothing heav
 
 if __name__ == "__main__":
     preemption.install()  # first: a SIGTERM during the imports and start-up is a clean stop too (exit 0)
-    # Once, before anything heavy: the same command again under mimalloc/tcmalloc (allocator.py); SIGTERM waits
+    # Once, before anything heavy: the same command again under tcmalloc/mimalloc (allocator.py); SIGTERM waits
     # blocked across the exec and reaches the handler the new process installs on the line above.
     allocator.reexec(stop_requested=preemption.received)
 
