@@ -7,6 +7,8 @@
 # CPU to test it (each process then has its own CPU device; set XLA_FLAGS=--xla_force_host_platform_device_count=K
 # for K devices per process). SIGTERM/SIGINT are forwarded to every process (each checkpoints and exits 0); the
 # script exits with the first non-zero status.
+# Allocator: each process is semeda_jax.main, which re-executes itself once under tcmalloc or mimalloc
+# (semeda_jax/allocator.py); this script leaves LD_PRELOAD alone. SEMEDA_JAX_ALLOCATOR=system keeps glibc.
 set -euo pipefail
 processes=1
 if [[ "${1:-}" == --processes=* ]]; then

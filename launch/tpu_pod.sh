@@ -7,6 +7,8 @@
 # bucket mounted with gcsfuse).
 # config.data.batch_size is the GLOBAL batch (a multiple of the number of TPU chips). Maintenance events and
 # preemption send SIGTERM: the run checkpoints at the next step and exits 0; rerun this script to resume.
+# Allocator: TPU VM images preload tcmalloc (LD_PRELOAD), which semeda_jax.main keeps; elsewhere it
+# re-executes itself once under tcmalloc or mimalloc (semeda_jax/allocator.py). This script leaves LD_PRELOAD alone.
 set -euo pipefail
 tpu=${1:?usage: launch/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [flags...]}
 zone=${2:?usage: launch/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [flags...]}

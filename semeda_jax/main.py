@@ -23,10 +23,13 @@ import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: keep its C++ banner quiet
 
-from semeda_jax import preemption  # noqa: E402  (imports nothing heavy)
+from semeda_jax import allocator, preemption  # noqa: E402  (import nothing heavy)
 
 if __name__ == "__main__":
     preemption.install()  # first: a SIGTERM during the imports and start-up is a clean stop too (exit 0)
+    # Once, before anything heavy: the same command again under tcmalloc/mimalloc (allocator.py); SIGTERM waits
+    # blocked across the exec and reaches the handler the new process installs on the line above.
+    allocator.reexec(stop_requested=preemption.received)
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from semeda_jax.models.layers import DepthwiseConv, PointwiseConv, SpatialConv, conv, conv_init, live_taps
+from semeda_jax.models.cpu_kernels import live_taps
+from semeda_jax.models.layers import DepthwiseConv, PointwiseConv, SpatialConv, conv, conv_init
 
 
 def nn_conv_1x1(features, strides, use_bias):

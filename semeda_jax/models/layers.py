@@ -1,9 +1,9 @@
 """Shared building blocks of the segmentation models: conv, batch norm (frozen or train), conv-BN-ReLU, resize.
 
 Convolutions: `conv()` gives a PointwiseConv (1x1, a matmul) or a SpatialConv (k x k), DepthwiseConv is one filter
-per channel; all keep nn.Conv's parameters. Where XLA:CPU's own convolution is slow they compute it otherwise:
-1x1 convs are matmuls on every platform; k x k gradients (per-tap matmuls) and depthwise convs (shifted windows)
-differ only in the CPU lowering, other platforms compile XLA's convolutions (`lax.platform_dependent`).
+per channel; all keep nn.Conv's parameters. 1x1 convs are matmuls on every platform; k x k gradients and depthwise
+convs take the CPU kernels of models/cpu_kernels.py when compiled for CPU (where XLA's own are slow) and XLA's
+convolutions elsewhere, through its one switch `per_platform`.
 
 All tensors are NHWC, batch first. Parameters are always float32; `dtype` is the compute dtype.
 
@@ -37,7 +37,6 @@ size H gives ceil(H / stride) outputs at every stride (513 -> 257 -> 129 -> 65 -
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -45,6 +44,9 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from semeda_jax.models.cpu_kernels import (conv_tapwise_vjp, depthwise_shifted, live_kernel, per_platform,
+                                           xla_conv)
 
 BN_MODES = ("frozen", "train")
 DEFAULT_BN_MOMENTUM = 0.9
@@ -134,61 +136,14 @@ class PointwiseConv(nn.Module):
         return y
 
 
-def live_taps(size: int, kernel_size: int, dilation: int) -> int:
-    """Taps each side of the centre of a stride-1 conv (odd k, symmetric padding dilation * (k - 1) // 2) that
-    read at least one real pixel of an axis of `size` pixels: tap t reads offset t * dilation, which is padding
-    for every output position once t * dilation >= size."""
-    return min(kernel_size // 2, (size - 1) // dilation)
-
-
-def _conv_nhwc(x: jax.Array, kernel: jax.Array, dilation: int, strides: int = 1, groups: int = 1) -> jax.Array:
-    """XLA's conv, x [B,H,W,Cin], kernel [kh,kw,Cin/groups,Cout] (odd sizes), padding dilation * (k - 1) // 2."""
-    pads = [(dilation * (k // 2),) * 2 for k in kernel.shape[:2]]
-    return jax.lax.conv_general_dilated(x, kernel, (strides, strides), pads, rhs_dilation=(dilation, dilation),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv_tapwise_vjp(x: jax.Array, kernel: jax.Array, dilation: int) -> jax.Array:
-    """_conv_nhwc, whose gradients are computed tap by tap as matmuls: for each of the kh*kw taps, the kernel
-    gradient is shifted(x)^T dy and the input gradient dy W_tap^T added into the shifted window.
-
-    Why: XLA:CPU's kernel gradient of a 3x3 conv runs at 2-3x its forward's time, and its input gradient first
-    copies a transposed, flipped kernel; the tapwise matmuls avoid both (DeepLab v3+ R-101 train step: see
-    README "Our step against the PyTorch peer"). The forward is the plain conv; results equal to float rounding.
-    """
-    return _conv_nhwc(x, kernel, dilation)
-
-
-def _conv_tapwise_fwd(x, kernel, dilation):
-    return _conv_nhwc(x, kernel, dilation), (x, kernel)
-
-
-def _conv_tapwise_bwd(dilation, residuals, dy):
-    x, kernel = residuals
-    (kh, kw), (h, w) = kernel.shape[:2], x.shape[1:3]
-    ph, pw = dilation * (kh // 2), dilation * (kw // 2)
-    padded = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-    dx_padded = jnp.zeros(padded.shape, dy.dtype)
-    dkernel = []
-    for i in range(kh):
-        for j in range(kw):
-            window = (slice(None), slice(i * dilation, i * dilation + h), slice(j * dilation, j * dilation + w))
-            dkernel.append(jnp.einsum("bhwi,bhwo->io", padded[window], dy))
-            dx_padded = dx_padded.at[window].add(jnp.einsum("bhwo,io->bhwi", dy, kernel[i, j]))
-    dkernel = jnp.stack(dkernel).reshape(kernel.shape)
-    return dx_padded[:, ph:ph + h, pw:pw + w].astype(x.dtype), dkernel.astype(kernel.dtype)
-
-
-conv_tapwise_vjp.defvjp(_conv_tapwise_fwd, _conv_tapwise_bwd)
-
-
 def conv_stride1(x: jax.Array, kernel: jax.Array, dilation: int) -> jax.Array:
-    """_conv_nhwc at stride 1 with the gradients of the platform it is compiled for: conv_tapwise_vjp on CPU
-    (1.1-1.3x faster R-101 steps, but 25-60% more step memory), XLA's own conv gradients
-    elsewhere (cuDNN's on GPU). The choice is made at lowering time (lax.platform_dependent)."""
-    return jax.lax.platform_dependent(x, kernel, cpu=lambda x, k: conv_tapwise_vjp(x, k, dilation),
-                                      default=lambda x, k: _conv_nhwc(x, k, dilation))
+    """A stride-1 conv on the live taps of `kernel` (cpu_kernels.live_kernel; none off-centre: a matmul), with
+    tapwise gradients on CPU (cpu_kernels.conv_tapwise_vjp) and XLA's conv gradients elsewhere."""
+    kernel = live_kernel(kernel, x.shape[1:3], dilation)
+    if kernel.shape[:2] == (1, 1):
+        return jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0])
+    return per_platform(lambda x, k: conv_tapwise_vjp(x, k, dilation), lambda x, k: xla_conv(x, k, dilation),
+                        x, kernel)
 
 
 class KernelConv(nn.Module):
@@ -207,12 +162,8 @@ class SpatialConv(KernelConv):
     nn.Conv's parameters ({"kernel" [k,k,Cin,Cout] float32, "bias" [Cout]}, same names, shapes and
     initialisation) and outputs.
 
-    At stride 1 the taps that only ever read padding are skipped (their products are exact zeros): DeepLab's
-    ASPP at rates 12 and 18 on a 12x12 feature map (192 px crops at output stride 16) is then a 1x1 conv, and
-    the rate-6 branch on the demo's 6x6 maps too. Their kernel entries get a zero gradient, as with nn.Conv.
-    At the papers' sizes (33x33 and larger at OS 16) every tap is live. Stride-1 convolutions take their
-    gradients on CPU from conv_tapwise_vjp (tap-by-tap matmuls; conv_stride1); strided ones, and all of them
-    on other platforms, are XLA's conv throughout.
+    At stride 1 the taps that only ever read padding are skipped (exact: their products are zeros) and the
+    gradients are the platform's (conv_stride1); strided convolutions are XLA's conv on every platform.
     x [B,H,W,Cin] -> [B,ceil(H/s),ceil(W/s),Cout] in `dtype`.
     """
 
@@ -223,44 +174,17 @@ class SpatialConv(KernelConv):
             raise ValueError(f"SpatialConv {self.name}: kernel_size must be odd (symmetric padding), got {k}")
         kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        if self.strides > 1:
-            y = _conv_nhwc(x, kernel, d, self.strides)
-        else:
-            live = [live_taps(n, k, d) for n in x.shape[1:3]]
-            kernel = kernel[k // 2 - live[0]:k // 2 + live[0] + 1, k // 2 - live[1]:k // 2 + live[1] + 1]
-            if live == [0, 0]:
-                y = jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0])
-            else:
-                y = conv_stride1(x, kernel, d)
+        y = conv_stride1(x, kernel, d) if self.strides == 1 else xla_conv(x, kernel, d, self.strides)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
         return y
 
 
-@functools.partial(jax.checkpoint, static_argnums=(2, 3))
-def _depthwise_shifted(x: jax.Array, kernel: jax.Array, strides: int, dilation: int) -> jax.Array:
-    """The same conv as k*k shifted, strided windows of the padded input times their per-channel weights, summed
-    (elementwise work XLA fuses into single loops). Rematerialised: the backward recomputes the windows from x
-    instead of saving k*k copies of it."""
-    (kh, kw), (b, h, w, c) = kernel.shape[:2], x.shape
-    ph, pw = dilation * (kh // 2), dilation * (kw // 2)
-    h_out, w_out = -(-h // strides), -(-w // strides)
-    padded = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-    y = jnp.zeros((b, h_out, w_out, c), x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            start = (0, i * dilation, j * dilation, 0)
-            limit = (b, start[1] + (h_out - 1) * strides + 1, start[2] + (w_out - 1) * strides + 1, c)
-            y = y + jax.lax.slice(padded, start, limit, (1, strides, strides, 1)) * kernel[i, j, 0]
-    return y
-
-
 def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: int = 1, dilation: int = 1) -> jax.Array:
     """x [B,H,W,C], kernel [k,k,1,C] (odd k) -> [B,ceil(H/s),ceil(W/s),C]: one k x k filter per channel, padding
-    dilation * (k - 1) // 2. On CPU the shifted-window form (XLA:CPU's grouped convolution and its gradients
-    made Xception-71's step 6x slower than torch's on the same cores), elsewhere XLA's grouped conv."""
-    return jax.lax.platform_dependent(x, kernel, cpu=lambda x, k: _depthwise_shifted(x, k, strides, dilation),
-                                      default=lambda x, k: _conv_nhwc(x, k, dilation, strides, x.shape[-1]))
+    dilation * (k - 1) // 2. Shifted windows on CPU (cpu_kernels.depthwise_shifted), XLA's grouped conv elsewhere."""
+    return per_platform(lambda x, k: depthwise_shifted(x, k, strides, dilation),
+                        lambda x, k: xla_conv(x, k, dilation, strides, x.shape[-1]), x, kernel)
 
 
 class DepthwiseConv(nn.Module):
