@@ -1,6 +1,7 @@
 """End to end on the tiny `demo.py:smoke` config: train, checkpoint, resume bit for bit, report, predict."""
 import json
 import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import demo
-from semeda_jax import checkpointing, inference, predict, stages, train
+from semeda_jax import checkpointing, evaluate, inference, predict, preemption, stages, train
 from semeda_jax.data import generate_scene
 
 pytestmark = pytest.mark.usefixtures("float32_jax")
@@ -130,3 +131,25 @@ def test_interrupted_run_resumes_bitwise(trained, tmp_path):
     for a, b in zip(jax.tree_util.tree_leaves((straight.params, straight.batch_stats, straight.opt_state)),
                     jax.tree_util.tree_leaves((resumed.params, resumed.batch_stats, resumed.opt_state))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_sigterm_during_a_periodic_eval_checkpoints_its_step(trained, tmp_path, monkeypatch):
+    """A SIGTERM at the first batch of the evaluation of step 8: the pass stops, step 8 is checkpointed (no
+    mIoU, so not a best candidate) and the run raises Preempted."""
+    config, workdir, _, _, _ = trained
+    config = config.copy_and_resolve_references()
+    config.edge_net.checkpoint = os.path.join(workdir, "edge_net")
+    eval_batches = evaluate.eval_batches
+
+    def signal_after_the_first_batch(*args):
+        batches = eval_batches(*args)
+        yield next(batches)
+        signal.raise_signal(signal.SIGTERM)
+        yield from batches
+
+    monkeypatch.setattr(evaluate, "eval_batches", signal_after_the_first_batch)
+    with pytest.raises(preemption.Preempted, match="checkpoint saved at step 8;"):
+        stages.run_train(config, str(tmp_path / "run"), log=lambda line: None)
+    checkpoints = checkpointing.Checkpoints(str(tmp_path / "run" / "checkpoints"), best_metric="miou")
+    assert checkpoints.latest_step() == 8 and checkpoints.best_step() is None
+    checkpoints.close()
