@@ -387,14 +387,17 @@ class TrainingRun:
 
     def run_phase(self, state: TrainState, phase: phases_lib.Phase, batches, first: int, last: int, frozen,
                   dropout_key: jax.Array) -> TrainState:
-        """Global steps first+1 .. last of `phase` (`batches`: its stream from step first + 1), each placed and
-        run under jax.transfer_guard("disallow") (an implicit host <-> device copy fails); then log_window every
-        log_every steps, eval_and_save every eval_every steps of the phase and at the end of training, else a
+        """Global steps first+1 .. last of `phase` (`batches`: its stream from step first + 1), each batch placed,
+        then stepped under jax.transfer_guard("disallow") (an implicit host <-> device copy fails); log_window
+        every log_every steps, eval_and_save every eval_every steps of the phase and at the end of training, else a
         checkpoint every checkpoint_every steps and at `last`. SIGTERM: a checkpoint of the step, Preempted."""
         train_config, step_fn = self.config.train, self.step_fn(phase, state)
         for step in range(first + 1, last + 1):
+            # The batch's placement is the step's one host -> device copy, made before the guard (jax counts the
+            # multi-process placement as implicit); the jitted step must copy nothing else.
+            batch = parallel.global_batch(next(batches), self.mesh)
             with jax.transfer_guard("disallow"):
-                state, metrics = step_fn(state, parallel.global_batch(next(batches), self.mesh), frozen, dropout_key)
+                state, metrics = step_fn(state, batch, frozen, dropout_key)
             self.window.append(metrics)
             if step % train_config.log_every == 0 or step == self.total_steps:
                 self.log_window(step)
