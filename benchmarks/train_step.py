@@ -35,8 +35,8 @@ def load_config(spec: str):
 
 def compile_step(config) -> dict:
     """The config's sharded train step, compiled on one random batch of its crop size and global batch (random
-    weights and a random g_phi: neither changes the cost) -> {"step": compiled, "args": (state, batch, frozen nets),
-    "compile_s", "memory_mib" (XLA's accounting: arguments + outputs + temporaries - donated aliases),
+    weights and a random g_phi: neither changes the cost) -> {"step": compiled, "args": (state, batch, frozen nets,
+    dropout key), "compile_s", "memory_mib" (XLA's accounting: arguments + outputs + temporaries - donated aliases),
     "gflop_per_step" (XLA's cost analysis)}."""
     mesh = parallel.make_mesh(config)
     model = train.build_segmentation_model(config, config.dataset.num_classes)
@@ -50,31 +50,31 @@ def compile_step(config) -> dict:
     random_nets = {"edge_net": init_edge_net(jax.random.PRNGKey(1), config.dataset.num_classes)}
     frozen = jax.device_put({net: random_nets[net] for net in objective.frozen_nets(config)},
                             parallel.replicated(mesh))
-    step = train.jit_train_step(config, state, mesh, jax.random.PRNGKey(2))
+    dropout_key = jax.device_put(jax.random.PRNGKey(2), parallel.replicated(mesh))
+    step = train.jit_train_step(config, state, mesh)
     start = time.perf_counter()
-    compiled = step.lower(state, batch_arrays, frozen).compile()  # takes the bound dropout key last
+    compiled = step.lower(state, batch_arrays, frozen, dropout_key).compile()
     compile_seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
     mib = (memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
            - memory.alias_size_in_bytes) / 2 ** 20
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return {"step": lambda *args: compiled(*args, *step.bound), "args": (state, batch_arrays, frozen),
-            "compile_s": compile_seconds,
+    return {"step": compiled, "args": (state, batch_arrays, frozen, dropout_key), "compile_s": compile_seconds,
             "memory_mib": mib, "gflop_per_step": float(cost.get("flops", float("nan"))) / 1e9}
 
 
 def time_steps(compiled: dict, steps: int) -> list[float]:
     """Run `steps` timed steps of a compile_step() result (its state is carried, and donated, from step to
     step) -> seconds per step."""
-    state, batch_arrays, frozen = compiled["args"]
+    state, *inputs = compiled["args"]
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        state, metrics = compiled["step"](state, batch_arrays, frozen)
+        state, metrics = compiled["step"](state, *inputs)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
-    compiled["args"] = (state, batch_arrays, frozen)
+    compiled["args"] = (state, *inputs)
     return times
 
 

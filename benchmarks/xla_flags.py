@@ -47,10 +47,10 @@ def worker(args) -> None:
     config = (load_config(args.config) if args.config
               else our_config(args.model, args.stride, "ce", "fp32", args.batch, args.crop))
     compiled = compile_step(config)
-    state, batch, frozen = compiled["args"]
-    state, metrics = compiled["step"](state, batch, frozen)  # warm-up (donates the initial state)
+    state, *inputs = compiled["args"]
+    state, metrics = compiled["step"](state, *inputs)  # warm-up (donates the initial state)
     first = {key: float(jax.device_get(metrics[key])) for key in ("loss", "grad_norm")}
-    compiled["args"] = (state, batch, frozen)
+    compiled["args"] = (state, *inputs)
     times = time_steps(compiled, args.steps)
     print(json.dumps(dict(step_s=statistics.median(times), compile_s=compiled["compile_s"], **first)))
 

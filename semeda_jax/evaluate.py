@@ -1,11 +1,14 @@
-"""Evaluation of a segmentation state on a validation split: one jitted count step, host accumulation.
+"""Evaluation of a segmentation state on a validation split: one jitted count step, totals kept on device.
 
 The step turns a padded eval batch into exact counts (confusion matrix, trimap band/interior matrices,
-per-image E-measure sums); the host adds them up in int64/float64, so the result does not depend on the batch
-size or the number of processes. Every process reads its share of each global eval batch
-(config.data.eval_batch_size is global, like the training batch); the step runs on the global batch sharded on
-the `data` mesh axis, so the counts come back already summed over processes (replicated) and only the
-per-image outputs (predictions, entropy) stay sharded, each process keeping its own rows.
+per-image E-measure sums); a jitted add keeps their running totals on device, exactly (`add_counts`: integer
+counts in two 32-bit words, float sums with their rounding error), and the totals come to the host once per
+evaluation, so the result does not depend on the batch size or the number of processes. Every process reads its
+share of each global eval batch (config.data.eval_batch_size is global, like the training batch; `eval_batches`,
+shared with fusion.py); the step runs on the global batch sharded on the `data` mesh axis, so the counts are
+already summed over processes (replicated) and only the per-image outputs (predictions, entropy) stay sharded,
+each process keeping its own rows, pulled while plot samples are still wanted. A SIGTERM stops the pass at the
+next batch (preemption.check_batch).
 
 Predictions come from the inference seam (inference.py): two named evaluators, "periodic" (whole image, single
 scale, no flip: the SEMEDA protocol; every config.train.eval_every steps, it picks the best checkpoint) and
@@ -22,7 +25,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from semeda_jax import inference, metrics, parallel
+from semeda_jax import inference, metrics, parallel, preemption
 from semeda_jax.validation import IGNORE_LABEL, ConfigError, check_fields
 
 COUNTS = ("cm", "band_cm", "interior_cm", "emeasure_sums", "emeasure_counts")
@@ -108,38 +111,87 @@ def jit_eval_counts(apply_fn, spec: inference.InferenceSpec, output_stride: int,
                                   "predictions": per_image, "entropy": per_image})
 
 
-def evaluate(state, reader, config: ml_collections.ConfigDict, *, num_samples: int = 0,
-             class_names: Sequence[str] | None = None, spec: inference.InferenceSpec | None = None) -> dict:
-    """Evaluation of `state` (apply_fn, params, batch_stats) on `reader`'s split with the inference `spec`
-    (default config.eval.inference) -> report dict; with `num_samples`, also the first `num_samples` images as
-    report["samples"] (image, label, prediction, entropy arrays for the plots)."""
-    widths = tuple(config.eval.trimap_widths)
-    mesh = parallel.make_mesh(config)
-    spec = inference.spec_for(config) if spec is None else spec
-    step = jit_eval_counts(state.apply_fn, spec, int(config.model.output_stride), config.dataset.num_classes,
-                           widths, mesh)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+def _two_sum(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(a + b rounded, its rounding error), exactly a + b together (Knuth's branch-free TwoSum)."""
+    total = a + b
+    b_part = total - a
+    return total, (a - (total - b_part)) + (b - b_part)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def add_counts(totals: dict | None, counts: dict) -> dict:
+    """Running totals + one batch's COUNTS, on device and exact: an integer count (>= 0, < 2^31, int32 per
+    batch) as uint32 words (low, high) with a carry when `low` wraps, i.e. a 64-bit sum; a float sum as (sum,
+    compensation) by TwoSum, i.e. about twice the float's precision. `totals` None: the first batch's."""
+    def add(total, count):
+        if jnp.issubdtype(count.dtype, jnp.integer):
+            count = count.astype(jnp.uint32)
+            if total is None:
+                return count, jnp.zeros_like(count)
+            low = total[0] + count
+            return low, total[1] + (low < total[0]).astype(jnp.uint32)
+        if total is None:
+            return count, jnp.zeros_like(count)
+        value, error = _two_sum(total[0], count)
+        return value, total[1] + error
+
+    return {key: add(None if totals is None else totals[key], counts[key]) for key in COUNTS}
+
+
+def host_totals(totals: dict) -> dict:
+    """add_counts' totals pulled to the host -> {key: int64 counts / float64 sums}."""
+    def value(key):
+        first, second = (np.asarray(part) for part in totals[key])
+        if np.issubdtype(first.dtype, np.integer):
+            return (second.astype(np.int64) << 32) + first.astype(np.int64)
+        return first.astype(np.float64) + second.astype(np.float64)
+
+    return {key: value(key) for key in COUNTS}
+
+
+def eval_batches(reader, config: ml_collections.ConfigDict, mesh, stage: str):
+    """The eval stream of `reader`'s split (data/pipeline.eval_dataset of config.data; its files checked once per
+    reader) -> (this process's NumPy batch, the global device batch {"image", "label", "mask"} on `data`);
+    Preempted(stage=stage) before the next batch once any process got SIGTERM."""
     from semeda_jax.data import pipeline  # TensorFlow is imported where data is read, not with the eval step
 
     dataset = pipeline.eval_dataset(reader, pad_size=config.data.eval_pad_size,
                                     batch_size=parallel.local_eval_batch_size(config.data.eval_batch_size, mesh),
                                     mean=config.data.mean, std=config.data.std, process_index=jax.process_index(),
                                     process_count=jax.process_count(), input_scale=config.data.input_scale)
-    totals, samples = {}, []
     for batch in dataset.as_numpy_iterator():
-        out = step(variables, parallel.global_batch({k: batch[k] for k in ("image", "label", "mask")}, mesh))
-        for key in COUNTS:
-            value = np.asarray(jax.device_get(out[key]), np.float64 if key == "emeasure_sums" else np.int64)
-            totals[key] = totals.get(key, 0) + value
-        if len(samples) < num_samples:
+        preemption.check_batch(stage)
+        yield batch, parallel.global_batch({k: batch[k] for k in ("image", "label", "mask")}, mesh)
+
+
+def evaluate(state, reader, config: ml_collections.ConfigDict, *, num_samples: int = 0,
+             class_names: Sequence[str] | None = None, spec: inference.InferenceSpec | None = None,
+             stage: str = "eval") -> dict:
+    """Evaluation of `state` (apply_fn, params, batch_stats) on `reader`'s split with the inference `spec`
+    (default config.eval.inference) -> report dict; with `num_samples`, also the first `num_samples` images as
+    report["samples"] (image, label, prediction, entropy arrays for the plots). `stage` names the pass in
+    Preempted."""
+    widths = tuple(config.eval.trimap_widths)
+    mesh = parallel.make_mesh(config)
+    spec = inference.spec_for(config) if spec is None else spec
+    step = jit_eval_counts(state.apply_fn, spec, int(config.model.output_stride), config.dataset.num_classes,
+                           widths, mesh)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    totals, samples = None, []
+    for batch, device_batch in eval_batches(reader, config, mesh, stage):
+        out = step(variables, device_batch)
+        totals = add_counts(totals, {key: out[key] for key in COUNTS})
+        wanted = np.flatnonzero(batch["mask"])[:max(num_samples - len(samples), 0)]
+        if len(wanted):
             out = {key: parallel.host_rows(out[key]) for key in ("predictions", "entropy")}
-        for i in np.flatnonzero(batch["mask"])[:max(num_samples - len(samples), 0)]:
+        for i in wanted:
             h, w = int(batch["height"][i]), int(batch["width"][i])
             samples.append({"id": batch["id"][i].decode(),
                             "image": sample_image(batch["image"][i], batch["label"].shape[1:3], config.data)[:h, :w],
                             "label": batch["label"][i, :h, :w], "prediction": out["predictions"][i, :h, :w],
                             "entropy": out["entropy"][i, :h, :w]})
-    report = summarize(totals, widths, class_names, F1_GROUPS[config.eval.get("f1_groups", "")])
+    report = summarize(host_totals(jax.device_get(totals)), widths, class_names,
+                       F1_GROUPS[config.eval.get("f1_groups", "")])
     if num_samples:
         report["samples"] = samples
     return report

@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from semeda_jax import inference, parallel
+from semeda_jax import evaluate, inference, parallel
 from semeda_jax.validation import IGNORE_LABEL, ConfigError
 
 WEIGHTS_FILE = "fusion_weights.json"
@@ -100,23 +100,17 @@ def sample_views(views_fn: Callable, variables, batch: dict, key: jax.Array, pix
 def collect_candidates(state, reader, config: ml_collections.ConfigDict, spec: inference.InferenceSpec,
                        pixels_per_image: int) -> tuple[np.ndarray, np.ndarray]:
     """The stored candidates of `reader`'s split: (probabilities [N,V,C] float32, labels [N] int) of the
-    sampled valid pixels (module docstring), the same on every process."""
-    from semeda_jax.data import pipeline  # TensorFlow is imported where data is read
-
+    sampled valid pixels (module docstring), the same on every process. A SIGTERM stops the pass at the next
+    batch (Preempted of the learn_fusion stage)."""
     mesh = parallel.make_mesh(config)
     views_fn = inference.build_views_fn(spec, state.apply_fn, output_stride=int(config.model.output_stride))
     step = jax.jit(lambda variables, batch, key: sample_views(views_fn, variables, batch, key, pixels_per_image),
                    out_shardings=parallel.replicated(mesh))
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    dataset = pipeline.eval_dataset(reader, pad_size=config.data.eval_pad_size,
-                                    batch_size=parallel.local_eval_batch_size(config.data.eval_batch_size, mesh),
-                                    mean=config.data.mean, std=config.data.std, process_index=jax.process_index(),
-                                    process_count=jax.process_count(), input_scale=config.data.input_scale)
     key = jax.random.PRNGKey(config.seed)
     probs, labels = [], []
-    for index, batch in enumerate(dataset.as_numpy_iterator()):
-        out = jax.device_get(step(variables, parallel.global_batch(
-            {k: batch[k] for k in ("image", "label", "mask")}, mesh), jax.random.fold_in(key, index)))
+    for index, (_, batch) in enumerate(evaluate.eval_batches(reader, config, mesh, "learn_fusion")):
+        out = jax.device_get(step(variables, batch, jax.random.fold_in(key, index)))
         keep = out["labels"] != IGNORE_LABEL
         probs.append(np.asarray(out["probs"], np.float32)[keep])
         labels.append(np.asarray(out["labels"])[keep])

@@ -6,10 +6,13 @@ pre-training, compilation, training, evaluation) only sets a flag. Safe points:
     (parallel.any_process, a tiny all-gather; nothing when there is one process), so every process stops after
     the same step even when only one of them got the signal; the loop saves a checkpoint of that step and
     raises `Preempted`;
+  * every batch of an evaluation or of the learned-fusion pass (`check_batch`, evaluate.eval_batches; every
+    process reads the same number of batches): the pass stops there, it holds no state worth keeping (inside
+    training the loop then checkpoints the step it evaluated);
   * every stage boundary (`check_stage_boundary`, main.py): the stages after the signal do not start.
 main.py turns `Preempted` into exit status 0; rerunning the same command resumes from the checkpoint bit for
-bit (a stage that had not started simply runs then). A stage that holds no training state (eval, predict)
-finishes its pass first. A SIGKILL or crash loses the steps since the last periodic checkpoint.
+bit (a stage that had not started, or was stopped in the middle of a pass, simply runs then). predict finishes
+its folder first. A SIGKILL or crash loses the steps since the last periodic checkpoint.
 """
 from __future__ import annotations
 
@@ -31,17 +34,15 @@ def install(signum: int = signal.SIGTERM) -> None:
     _installed = True
 
 
-def received() -> bool:
-    """Whether this process got the signal since `install` (or inside a StopSignal block)."""
-    return _received
-
-
 class Preempted(Exception):
-    """A run stopped on a preemption notice: after checkpointing `step`, or before `stage` started."""
+    """A run stopped on a preemption notice: after checkpointing `step`, before `stage` started, or (`started`)
+    in the middle of a pass of `stage` that holds no training state."""
 
-    def __init__(self, step: int | None = None, *, stage: str = "train"):
+    def __init__(self, step: int | None = None, *, stage: str = "train", started: bool = False):
         if step is not None:
             message = f"preempted (SIGTERM): checkpoint saved at step {step}; rerun the same command to resume"
+        elif started:
+            message = f"preempted (SIGTERM) during the {stage} stage; rerun the same command to run it again"
         else:
             message = f"preempted (SIGTERM) before the {stage} stage; nothing was lost, rerun the same command"
         super().__init__(message)
@@ -60,16 +61,19 @@ def check_stage_boundary(stage: str) -> None:
         raise Preempted(stage=stage)
 
 
+def check_batch(stage: str) -> None:
+    """Raise Preempted(stage=stage, started=True) if any process got the signal (call on every process before
+    each batch of a pass over a split; a collective, like `StopSignal.should_stop`)."""
+    if _any_process(_received):
+        raise Preempted(stage=stage, started=True)
+
+
 class StopSignal:
     """Context manager: SIGTERM sets the stop flag while inside (the previous handler comes back on exit); a
     signal that arrived earlier, under `install`, counts too."""
 
     def __init__(self, signum: int = signal.SIGTERM):
         self.signum, self._previous = signum, None
-
-    @property
-    def received(self) -> bool:
-        return _received
 
     def __enter__(self) -> "StopSignal":
         self._previous = signal.signal(self.signum, _handle)

@@ -1,14 +1,15 @@
 """Stage 2 of SEMEDA (Algorithm 1): train f_theta with the config's loss mix, g_phi frozen.
 
-One pure `train_step(state, batch, frozen)` (`frozen`: the frozen networks the loss terms need, {"edge_net":
-g_phi params} or {}), jitted once with explicit shardings (parallel.py: the
-global batch on the `data` mesh axis, the state replicated or sharded) and the state (params, BN statistics,
-optimiser state, step) donated; optionally in micro-batches (config.train.grad_accum_steps) and in bfloat16
-(config.mixed_precision). Everything a step depends on is a function of (seed, step): the data stream of the
-step's phase (phases.py; one phase without config.phases) starts at batch `step - phase start` (data/pipeline.py)
-and dropout keys are fold_in(seed key, step), so a run resumed from the checkpoint of step k reproduces the
-uninterrupted run bit for bit, inside any phase. Checkpoints: WORKDIR/checkpoints/{latest,best}, each recording
-its phase.
+One pure `train_step(state, batch, frozen, dropout_key)` (`frozen`: the frozen networks the loss terms need,
+{"edge_net": g_phi params} or {}), jitted once with explicit shardings (parallel.py: the global batch on the
+`data` mesh axis, the state replicated or sharded) and the state (params, BN statistics, optimiser state, step)
+donated; optionally in micro-batches (config.train.grad_accum_steps) and in bfloat16 (config.mixed_precision).
+Everything a step depends on is a function of (seed, step): the data stream of the step's phase (phases.py; one
+phase without config.phases) starts at batch `step - phase start` (data/pipeline.py) and dropout keys are
+fold_in(seed key, step), so a run resumed from the checkpoint of step k reproduces the uninterrupted run bit for
+bit, inside any phase. The loop (TrainingRun) reads as its steps: restore_or_init, run_phase (each step under
+jax.transfer_guard("disallow")), log_window, eval_and_save. Checkpoints: WORKDIR/checkpoints/{latest,best},
+each recording its phase.
 """
 from __future__ import annotations
 
@@ -45,11 +46,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     check_fields(config.train, CONFIG_FIELDS, "config.train")
     check_positive_ints(config, [f"train.{name}" for name in ("steps", "log_every", "eval_every", "checkpoint_every",
                                                               "keep_checkpoints", "grad_accum_steps")])
-
-
-# jax.transfer_guard level of each training step (the batch's placement and the jitted step); the train-loop
-# tests set "disallow", so an implicit host <-> device copy in the step fails them.
-STEP_TRANSFER_GUARD = "allow"
 
 
 class TrainState(train_state.TrainState):
@@ -224,41 +220,25 @@ def train_step(state: TrainState, batch: dict, frozen, *, loss_fn: objective.Obj
     return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
 
 
-class BoundStep:
-    """A jitted function with its trailing arguments bound (the train step's dropout key): called and lowered
-    like the jitted function without them. The key stays an argument of the compiled program instead of a
+def jit_train_step(config: ml_collections.ConfigDict, state: TrainState, mesh: Mesh, *, loss: str | None = None,
+                   loss_key: str = "config.loss", schedule: optax.Schedule | None = None) -> Callable:
+    """train_step of the mix `loss` (default config.loss) jitted with explicit shardings -> step(state, global
+    batch, frozen, dropout_key) -> (state, metrics): state as it is (donated), batch on `data`, the frozen nets,
+    the seed's dropout key and the metrics replicated. The key is an argument of the compiled program, not a
     constant folded into it, so runs that differ only in their seed share one compilation (and its cache entry).
-    """
-
-    def __init__(self, jitted: Callable, *bound):
-        self.jitted, self.bound = jitted, bound
-
-    def __call__(self, *args):
-        return self.jitted(*args, *self.bound)
-
-    def lower(self, *args):
-        return self.jitted.lower(*args, *self.bound)
-
-
-def jit_train_step(config: ml_collections.ConfigDict, state: TrainState, mesh: Mesh, dropout_key: jax.Array, *,
-                   loss: str | None = None, loss_key: str = "config.loss", schedule: optax.Schedule | None = None):
-    """train_step of the mix `loss` (default config.loss) jitted with explicit shardings: state as it is
-    (donated), batch on `data`, the frozen nets, the dropout key and the metrics replicated; `schedule` (default
-    warm-up + poly over config.train.steps) only gives the logged learning rate. -> BoundStep f(state, global
-    batch, frozen) -> (state, metrics); its `lower(...).compile()` takes the dropout key as a 4th argument."""
+    `schedule` (default warm-up + poly over config.train.steps) only gives the logged learning rate."""
     schedule = learning_rate_schedule(config.optimizer, config.train.steps) if schedule is None else schedule
-    loss_fn = objective.build_loss_fn(config, loss, loss_key)
+    loss_fn = objective.Objective(config, loss, loss_key)
 
-    def step(state, batch, frozen, key):
-        return train_step(state, batch, frozen, loss_fn=loss_fn, dropout_key=key, schedule=schedule,
+    def step(state, batch, frozen, dropout_key):
+        return train_step(state, batch, frozen, loss_fn=loss_fn, dropout_key=dropout_key, schedule=schedule,
                           accum_steps=config.train.grad_accum_steps,
                           log_logit_grad_norms=config.train.log_logit_grad_norms)
 
     state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, state)
     replicated = parallel.replicated(mesh)
-    jitted = jax.jit(step, in_shardings=(state_sharding, parallel.batch_sharding(mesh), replicated, replicated),
-                     out_shardings=(state_sharding, replicated), donate_argnums=(0,))
-    return BoundStep(jitted, jax.device_put(jax.device_get(dropout_key), replicated))
+    return jax.jit(step, in_shardings=(state_sharding, parallel.batch_sharding(mesh), replicated, replicated),
+                   out_shardings=(state_sharding, replicated), donate_argnums=(0,))
 
 
 def train_batches(config: ml_collections.ConfigDict, reader, local_batch: int, process_index: int,
@@ -280,6 +260,16 @@ def _progress_line(step: int, total: int, metrics: dict, images_per_second: floa
             f"  {images_per_second:.1f} img/s  ETA {eta_seconds / 60:.1f} min")
 
 
+def phase_reader(readers: dict, name: str):
+    """The training reader of phase `name` (its own split / annotation, else the config's training split)."""
+    return readers.get(f"phase:{name}", readers["train"])
+
+
+def _eval_line(name: str, step: int, results: dict) -> str:
+    return (f"[eval{'' if name == 'periodic' else ':' + name}] step {step}: mIoU {results['miou']:.4f}  "
+            f"mean F1 {results['mean_f1']:.4f}  E-measure {results['emeasure']:.4f}")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, readers: dict, frozen,
                        log: Callable[[str], None] = print, stop_after: int | None = None,
                        init_variables: dict | None = None) -> tuple[TrainState, list]:
@@ -292,130 +282,179 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, readers:
     `init_variables` {"params", "batch_stats"} (else config.train.init_checkpoint's) replace the initial weights
     of a fresh run (step 0, fresh optimiser; a resumed run keeps its own).
     `stop_after=k` ends this run after step k with a checkpoint (an interruption the next run resumes from).
-    SIGTERM ends it at the next step boundary with a checkpoint and raises preemption.Preempted.
+    SIGTERM ends it at the next step boundary (or the next batch of an evaluation) with a checkpoint of the step
+    and raises preemption.Preempted.
     Only process 0 logs. Returns the state and the history of logged metrics [(step, {name: window mean})].
     """
     with StopSignal() as stop:  # from the start: a SIGTERM while data loads or the step compiles counts too
-        return _train_and_evaluate(config, workdir, readers, frozen, log, stop_after, init_variables, stop)
+        run = TrainingRun(config, workdir, readers, log if jax.process_index() == 0 else (lambda line: None), stop)
+        try:
+            return run.train(frozen, stop_after, init_variables)
+        finally:
+            run.close()
 
 
-def phase_reader(readers: dict, name: str):
-    """The training reader of phase `name` (its own split / annotation, else the config's training split)."""
-    return readers.get(f"phase:{name}", readers["train"])
+class TrainingRun:
+    """One call of train_and_evaluate: what its steps share (config, readers, mesh, phase plan, checkpoints,
+    metric writer, the SIGTERM flag, the metrics window and history) and the steps themselves: restore_or_init,
+    run_phase, log_window, eval_and_save."""
 
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, readers: dict,
+                 log: Callable[[str], None], stop: StopSignal):
+        self.config, self.workdir, self.readers, self.log, self.stop = config, workdir, readers, log, stop
+        self.mesh = parallel.make_mesh(config)
+        self.local_batch = parallel.local_batch_size(config.data.batch_size, self.mesh,
+                                                     multiple_of=config.train.grad_accum_steps)
+        self.plan = phases_lib.plan(config, {name: len(phase_reader(readers, name).ids)
+                                             for name in phases_lib.phase_names(config)})
+        self.total_steps, self.schedule = self.plan[-1].end, phases_lib.joined_schedule(self.plan)
+        self.checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
+                                       best_metric="miou", fingerprint=model_fingerprint(config))
+        self.writer = None
+        self.step_fns = {}  # loss mix -> jitted step (phases with the same mix share one compilation)
+        self.window, self.window_start, self.history = [], time.perf_counter(), []
 
-def _eval_line(name: str, step: int, results: dict) -> str:
-    return (f"[eval{'' if name == 'periodic' else ':' + name}] step {step}: mIoU {results['miou']:.4f}  "
-            f"mean F1 {results['mean_f1']:.4f}  E-measure {results['emeasure']:.4f}")
+    def train(self, frozen, stop_after: int | None, init_variables: dict | None) -> tuple[TrainState, list]:
+        """The run: its first phase's data, restore_or_init, then run_phase for each phase up to `stop_after`."""
+        start = self.checkpoints.latest_step() or 0
+        last = self.total_steps if stop_after is None else min(stop_after, self.total_steps)
+        phase = phases_lib.phase_at(self.plan, start + 1)
+        batches = self.phase_batches(phase, start)
+        # The first batch is read before anything compiles, so bad data (a label out of range) fails in seconds.
+        batches = itertools.chain([next(batches)], batches)
+        init_key, dropout_key = jax.random.split(jax.random.PRNGKey(self.config.seed))
+        state = self.restore_or_init(start, phase, init_key, init_variables)
+        # Device to device: the frozen nets and the key are placed once, replicated, as the step takes them.
+        frozen, dropout_key = jax.device_put((frozen, dropout_key), parallel.replicated(self.mesh))
+        from clu import metric_writers  # imports TensorFlow: only here, so the step builds on machines without it
 
+        self.writer = metric_writers.create_default_writer(self.workdir, just_logging=jax.process_index() > 0)
+        self.window_start = time.perf_counter()
+        step = start
+        while step < last:
+            if step > start:  # the next phase: its data, loss mix and cadence
+                phase = phases_lib.phase_at(self.plan, step + 1)
+                batches = self.phase_batches(phase, step)
+                self.log(f"[train] phase {phase.name} from step {step + 1}")
+            end = min(phase.end, last)
+            state = self.run_phase(state, phase, batches, step, end, frozen, dropout_key)
+            step = end
+        return state, self.history
 
-def _train_and_evaluate(config, workdir, readers, frozen, log, stop_after, init_variables, stop: StopSignal):
-    """train_and_evaluate's body, run with the SIGTERM flag `stop` installed."""
-    log = log if jax.process_index() == 0 else (lambda line: None)
-    mesh = parallel.make_mesh(config)
-    batch_size = config.data.batch_size
-    if config.train.grad_accum_steps < 1:
-        raise ConfigError(f"config.train.grad_accum_steps: must be >= 1, got {config.train.grad_accum_steps}")
-    local_batch = parallel.local_batch_size(batch_size, mesh, multiple_of=config.train.grad_accum_steps)
-    plan = phases_lib.plan(config, {name: len(phase_reader(readers, name).ids)
-                                    for name in phases_lib.phase_names(config)})
-    total_steps, schedule = plan[-1].end, phases_lib.joined_schedule(plan)
-    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
-                              best_metric="miou", fingerprint=model_fingerprint(config))
-    start_step = checkpoints.latest_step() or 0
-    phase = phases_lib.phase_at(plan, start_step + 1)
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+        self.checkpoints.close()
 
-    def phase_batches(phase, step):  # the phase's stream from global step `step` + 1 on
-        return train_batches(config, phase_reader(readers, phase.name), local_batch, jax.process_index(),
-                             jax.process_count(), step - phase.start, seed=config.seed + phase.index)
+    def phase_batches(self, phase: phases_lib.Phase, step: int):
+        """This process's rows of `phase`'s global batches from global step `step` + 1 on."""
+        return train_batches(self.config, phase_reader(self.readers, phase.name), self.local_batch,
+                             jax.process_index(), jax.process_count(), step - phase.start,
+                             seed=self.config.seed + phase.index)
 
-    batches = phase_batches(phase, start_step)
-    # The first batch is read before anything compiles, so bad data (a label out of range) fails in seconds.
-    batches = itertools.chain([next(batches)], batches)
-    model = build_segmentation_model(config, config.dataset.num_classes)
-    init_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
-    state = create_train_state(config, model, init_key, mesh, schedule)
-    if start_step:
-        state, meta = checkpoints.restore(state, start_step)
-        saved_phase = meta.get("phase", phases_lib.phase_at(plan, start_step).name)
-        if saved_phase != phases_lib.phase_at(plan, start_step).name:
-            raise ConfigError(f"config.phases: the checkpoint of step {start_step} was saved in phase "
-                              f"{saved_phase!r}, the config's plan puts that step in phase "
-                              f"{phases_lib.phase_at(plan, start_step).name!r}")
-        log(f"[train] resumed from {checkpoints.root}/latest at step {int(state.step)} (phase {phase.name})")
-    else:
-        backbone = config.model.get("backbone", "resnet")
-        depth = str(config.model.depth)
-        backbone = backbone if backbone.endswith(depth) else backbone + depth  # "resnet" + 101, "resnet38"
-        log(f"[train] {config.model.name} ({backbone}, "
-            f"width {config.model.base_width}): {count_params(state.params) / 1e6:.2f}M parameters; "
-            f"loss {config.loss}; global batch {batch_size} on {mesh.shape[parallel.DATA_AXIS]} data-parallel "
-            f"devices, {jax.process_count()} process(es)")
-        state = load_pretrained_backbone(config, state, log)
-        if init_variables is None and config.train.init_checkpoint:
-            init_variables = load_init_checkpoint(config, mesh, log)
-        if init_variables is not None:
-            state = with_variables(state, init_variables)
-            log("[train] initialised from given variables (params and BN statistics)")
-    if len(plan) > 1:
-        log("[train] phases: " + ", ".join(f"{p.name} (steps {p.start + 1}-{p.end}, loss {p.loss}, split {p.split})"
-                                           for p in plan))
-    step_fns = {}  # loss mix -> jitted step (phases with the same mix share one compilation)
+    def restore_or_init(self, start: int, phase: phases_lib.Phase, init_key: jax.Array,
+                        init_variables: dict | None) -> TrainState:
+        """The state created with its shardings, then the checkpoint of step `start` (its phase must be the
+        plan's) or, on a fresh run (`start` 0), the pretrained backbone and the initial weights
+        (`init_variables`, else config.train.init_checkpoint's)."""
+        config, plan, log = self.config, self.plan, self.log
+        model = build_segmentation_model(config, config.dataset.num_classes)
+        state = create_train_state(config, model, init_key, self.mesh, self.schedule)
+        if start:
+            state, meta = self.checkpoints.restore(state, start)
+            planned = phases_lib.phase_at(plan, start).name
+            saved_phase = meta.get("phase", planned)
+            if saved_phase != planned:
+                raise ConfigError(f"config.phases: the checkpoint of step {start} was saved in phase "
+                                  f"{saved_phase!r}, the config's plan puts that step in phase {planned!r}")
+            log(f"[train] resumed from {self.checkpoints.root}/latest at step {int(state.step)} "
+                f"(phase {phase.name})")
+        else:
+            backbone = config.model.get("backbone", "resnet")
+            depth = str(config.model.depth)
+            backbone = backbone if backbone.endswith(depth) else backbone + depth  # "resnet" + 101, "resnet38"
+            log(f"[train] {config.model.name} ({backbone}, "
+                f"width {config.model.base_width}): {count_params(state.params) / 1e6:.2f}M parameters; "
+                f"loss {config.loss}; global batch {config.data.batch_size} on {self.mesh.shape[parallel.DATA_AXIS]} "
+                f"data-parallel devices, {jax.process_count()} process(es)")
+            state = load_pretrained_backbone(config, state, log)
+            if init_variables is None and config.train.init_checkpoint:
+                init_variables = load_init_checkpoint(config, self.mesh, log)
+            if init_variables is not None:
+                state = with_variables(state, init_variables)
+                log("[train] initialised from given variables (params and BN statistics)")
+        if len(plan) > 1:
+            log("[train] phases: " + ", ".join(f"{p.name} (steps {p.start + 1}-{p.end}, loss {p.loss}, "
+                                               f"split {p.split})" for p in plan))
+        return state
 
-    def step_fn_of(phase):
-        if phase.loss not in step_fns:
-            key = f"config.phases.{phase.name}.loss" if len(plan) > 1 else "config.loss"
-            step_fns[phase.loss] = jit_train_step(config, state, mesh, dropout_key, loss=phase.loss, loss_key=key,
-                                                  schedule=schedule)
-        return step_fns[phase.loss]
+    def step_fn(self, phase: phases_lib.Phase, state: TrainState) -> Callable:
+        """The jitted step of `phase`'s loss mix (compiled once per mix)."""
+        if phase.loss not in self.step_fns:
+            key = f"config.phases.{phase.name}.loss" if len(self.plan) > 1 else "config.loss"
+            self.step_fns[phase.loss] = jit_train_step(self.config, state, self.mesh, loss=phase.loss,
+                                                       loss_key=key, schedule=self.schedule)
+        return self.step_fns[phase.loss]
 
-    step_fn = step_fn_of(phase)
-    frozen = jax.device_put(jax.device_get(frozen), parallel.replicated(mesh))
-    from clu import metric_writers  # imports TensorFlow: only here, so the step builds on machines without it
-
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-    window_start, window_metrics, history = time.perf_counter(), [], []
-    last_step = total_steps if stop_after is None else min(stop_after, total_steps)
-    try:
-        for step in range(start_step + 1, last_step + 1):
-            if step > phase.end:  # the next phase: its data, loss mix and cadence
-                phase = phases_lib.phase_at(plan, step)
-                batches, step_fn = phase_batches(phase, step - 1), step_fn_of(phase)
-                log(f"[train] phase {phase.name} from step {step}")
-            with jax.transfer_guard(STEP_TRANSFER_GUARD):  # the tests set "disallow": no hidden copies
-                state, metrics = step_fn(state, parallel.global_batch(next(batches), mesh), frozen)
-            window_metrics.append(metrics)
-            if step % config.train.log_every == 0 or step == total_steps:
-                mean_metrics = {k: float(np.mean([m[k] for m in jax.device_get(window_metrics)]))
-                                for k in window_metrics[0]}
-                checkpoints.check_finite(step, mean_metrics)  # a diverged run stops here, its last checkpoint kept
-                elapsed = time.perf_counter() - window_start
-                rate = len(window_metrics) / elapsed
-                log(_progress_line(step, total_steps, mean_metrics, rate * batch_size,
-                                   (total_steps - step) / rate))
-                writer.write_scalars(step, mean_metrics)
-                history.append((step, mean_metrics))
-                window_start, window_metrics = time.perf_counter(), []
+    def run_phase(self, state: TrainState, phase: phases_lib.Phase, batches, first: int, last: int, frozen,
+                  dropout_key: jax.Array) -> TrainState:
+        """Global steps first+1 .. last of `phase` (`batches`: its stream from step first + 1), each batch placed,
+        then stepped under jax.transfer_guard("disallow") (an implicit host <-> device copy fails); log_window
+        every log_every steps, eval_and_save every eval_every steps of the phase and at the end of training, else a
+        checkpoint every checkpoint_every steps and at `last`. SIGTERM: a checkpoint of the step, Preempted."""
+        train_config, step_fn = self.config.train, self.step_fn(phase, state)
+        for step in range(first + 1, last + 1):
+            # The batch's placement is the step's one host -> device copy, made before the guard (jax counts the
+            # multi-process placement as implicit); the jitted step must copy nothing else.
+            batch = parallel.global_batch(next(batches), self.mesh)
+            with jax.transfer_guard("disallow"):
+                state, metrics = step_fn(state, batch, frozen, dropout_key)
+            self.window.append(metrics)
+            if step % train_config.log_every == 0 or step == self.total_steps:
+                self.log_window(step)
             meta = {"step": step, "phase": phase.name}
-            if (step - phase.start) % phase.eval_every == 0 or step == total_steps:
-                for name, (spec, every) in evaluate.evaluators(config).items():
-                    if every == 0 and step != total_steps:
-                        continue
-                    results = evaluate.evaluate(state, readers["val"], config, spec=spec)
-                    log(_eval_line(name, step, results))
-                    prefix = "val" if name == "periodic" else name
-                    writer.write_scalars(step, {f"{prefix}_{k}": results[k] for k in ("miou", "mean_f1", "emeasure")})
-                    if name == "periodic":
-                        checkpoints.save(step, state, {**meta, "miou": results["miou"]},
-                                         metrics={"miou": results["miou"]})
-                window_start = time.perf_counter()  # keep evaluation out of the images/s figure
-            elif step % config.train.checkpoint_every == 0 or step == last_step or step == phase.end:
-                checkpoints.save(step, state, meta)
-            if stop.should_stop():  # at the last step too: the stages after train must not start
-                if checkpoints.latest_step() != step:
-                    checkpoints.save(step, state, meta)
-                raise Preempted(step)
-    finally:
-        writer.flush()
-        checkpoints.close()
-    return state, history
+            if (step - phase.start) % phase.eval_every == 0 or step == self.total_steps:
+                self.eval_and_save(state, meta)
+            elif step % train_config.checkpoint_every == 0 or step == last:
+                self.checkpoints.save(step, state, meta)
+            if self.stop.should_stop():  # at the last step too: the stages after train must not start
+                self.checkpoint_and_stop(state, meta)
+        return state
+
+    def log_window(self, step: int) -> None:
+        """The progress line and scalars of the steps since the last one: window means of the metrics (pulled
+        once), images/s and ETA; a non-finite mean stops the run (its last checkpoint kept)."""
+        means = {k: float(np.mean([m[k] for m in jax.device_get(self.window)])) for k in self.window[0]}
+        self.checkpoints.check_finite(step, means)
+        rate = len(self.window) / (time.perf_counter() - self.window_start)
+        self.log(_progress_line(step, self.total_steps, means, rate * self.config.data.batch_size,
+                                (self.total_steps - step) / rate))
+        self.writer.write_scalars(step, means)
+        self.history.append((step, means))
+        self.window, self.window_start = [], time.perf_counter()
+
+    def eval_and_save(self, state: TrainState, meta: dict) -> None:
+        """The evaluators due at step meta["step"] on the val split (the periodic one; at the last step also the
+        full one): log line and scalars, and the step's checkpoint with the periodic mIoU (offered as the best).
+        A SIGTERM during them: the step's checkpoint (no mIoU), Preempted."""
+        step = meta["step"]
+        try:
+            for name, (spec, every) in evaluate.evaluators(self.config).items():
+                if every == 0 and step != self.total_steps:
+                    continue
+                results = evaluate.evaluate(state, self.readers["val"], self.config, spec=spec, stage="train")
+                self.log(_eval_line(name, step, results))
+                prefix = "val" if name == "periodic" else name
+                self.writer.write_scalars(step, {f"{prefix}_{k}": results[k] for k in ("miou", "mean_f1", "emeasure")})
+                if name == "periodic":
+                    self.checkpoints.save(step, state, {**meta, "miou": results["miou"]},
+                                          metrics={"miou": results["miou"]})
+        except Preempted:
+            self.checkpoint_and_stop(state, meta)
+        self.window_start = time.perf_counter()  # keep evaluation out of the images/s figure
+
+    def checkpoint_and_stop(self, state: TrainState, meta: dict) -> None:
+        """The preemption stop: the checkpoint of step meta["step"] unless saved already, then Preempted."""
+        if self.checkpoints.latest_step() != meta["step"]:
+            self.checkpoints.save(meta["step"], state, meta)
+        raise Preempted(meta["step"]) from None

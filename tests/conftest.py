@@ -38,14 +38,6 @@ def rng():
 
 
 @pytest.fixture
-def no_hidden_transfers(monkeypatch):
-    """Training steps under jax.transfer_guard("disallow") (train.STEP_TRANSFER_GUARD): an implicit host <->
-    device copy in the step (a Python scalar or NumPy array turned into a device array) fails the test."""
-    from semeda_jax import train
-    monkeypatch.setattr(train, "STEP_TRANSFER_GUARD", "disallow")
-
-
-@pytest.fixture
 def float32_jax():
     """Training code runs in float32, as on an accelerator (x64 is on for the math tests). Test files of training
     runs use it for every test: `pytestmark = pytest.mark.usefixtures("float32_jax")`."""

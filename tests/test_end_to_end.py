@@ -1,6 +1,7 @@
 """End to end on the tiny `demo.py:smoke` config: train, checkpoint, resume bit for bit, report, predict."""
 import json
 import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import demo
-from semeda_jax import checkpointing, inference, predict, stages, train
+from semeda_jax import checkpointing, evaluate, inference, predict, preemption, stages, train
 from semeda_jax.data import generate_scene
 
 pytestmark = pytest.mark.usefixtures("float32_jax")
@@ -32,13 +33,12 @@ def trained(tmp_path_factory, data_root):
     jax.config.update("jax_enable_x64", False)
     workdir = str(tmp_path_factory.mktemp("run"))
     config = smoke_config(data_root, **{"train.steps": 16, "train.log_every": 4, "train.eval_every": 8})
-    train.STEP_TRANSFER_GUARD = "disallow"  # no hidden host <-> device copy in the training step
     steps, jit_train_step = [], train.jit_train_step
     train.jit_train_step = lambda *args, **kwargs: steps.append(jit_train_step(*args, **kwargs)) or steps[-1]
     try:
         _, history = stages.run_train(config, workdir, log=lambda line: None)
     finally:
-        train.STEP_TRANSFER_GUARD, train.jit_train_step = "allow", jit_train_step
+        train.jit_train_step = jit_train_step
     report = stages.run_eval(config, workdir, log=lambda line: None)
     jax.config.update("jax_enable_x64", True)
     return config, workdir, history, report, steps
@@ -58,7 +58,7 @@ def test_the_train_step_compiles_once_across_steps_checkpoints_and_evals(trained
     changed shape, dtype, sharding or Python constant between steps would add a cache entry)."""
     config, _, _, _, steps = trained
     assert config.train.checkpoint_every < config.train.eval_every < config.train.steps
-    assert len(steps) == 1 and steps[0].jitted._cache_size() == 1
+    assert len(steps) == 1 and steps[0]._cache_size() == 1
 
 
 def test_checkpoints_and_edge_net_are_written(trained):
@@ -131,3 +131,25 @@ def test_interrupted_run_resumes_bitwise(trained, tmp_path):
     for a, b in zip(jax.tree_util.tree_leaves((straight.params, straight.batch_stats, straight.opt_state)),
                     jax.tree_util.tree_leaves((resumed.params, resumed.batch_stats, resumed.opt_state))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_sigterm_during_a_periodic_eval_checkpoints_its_step(trained, tmp_path, monkeypatch):
+    """A SIGTERM at the first batch of the evaluation of step 8: the pass stops, step 8 is checkpointed (no
+    mIoU, so not a best candidate) and the run raises Preempted."""
+    config, workdir, _, _, _ = trained
+    config = config.copy_and_resolve_references()
+    config.edge_net.checkpoint = os.path.join(workdir, "edge_net")
+    eval_batches = evaluate.eval_batches
+
+    def signal_after_the_first_batch(*args):
+        batches = eval_batches(*args)
+        yield next(batches)
+        signal.raise_signal(signal.SIGTERM)
+        yield from batches
+
+    monkeypatch.setattr(evaluate, "eval_batches", signal_after_the_first_batch)
+    with pytest.raises(preemption.Preempted, match="checkpoint saved at step 8;"):
+        stages.run_train(config, str(tmp_path / "run"), log=lambda line: None)
+    checkpoints = checkpointing.Checkpoints(str(tmp_path / "run" / "checkpoints"), best_metric="miou")
+    assert checkpoints.latest_step() == 8 and checkpoints.best_step() is None
+    checkpoints.close()

@@ -171,11 +171,11 @@ def test_guidance_model_trains_two_steps_through_the_real_step(rng):
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     class_logits = model.apply(variables, jnp.asarray(images))["class_logits"]  # eval mode: no dropout
     before = np.asarray(state.params["class_branch"]["classifier"]["kernel"])
-    step = train.jit_train_step(config, state, mesh, jax.random.PRNGKey(1))
+    step = train.jit_train_step(config, state, mesh)
     batch = parallel.global_batch({"image": images, "label": labels}, mesh)
     losses = []
     for _ in range(2):
-        state, metrics = step(state, batch, {})
+        state, metrics = step(state, batch, {}, jax.random.PRNGKey(1))
         losses.append({k: float(v) for k, v in metrics.items()})
     assert set(losses[0]) >= {"loss", "loss_ce", "loss_multilabel"}
     for values in losses:

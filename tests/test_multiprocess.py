@@ -51,12 +51,12 @@ def test_two_processes_stop_together_and_match_one_process(tmp_path):
     model = train.build_segmentation_model(config, config.dataset.num_classes)
     init_key, dropout_key = jax.random.split(jax.random.PRNGKey(config.seed))
     state = train.create_train_state(config, model, init_key, mesh)
-    step_fn = train.jit_train_step(config, state, mesh, dropout_key)
+    step_fn = train.jit_train_step(config, state, mesh)
     streams = [train.train_batches(config, readers["train"], config.data.batch_size // 2, p, 2) for p in range(2)]
     for _ in range(steps):
         rows = [next(stream) for stream in streams]
         batch = {k: np.concatenate([r[k] for r in rows]) for k in ("image", "label")}
-        state, _ = step_fn(state, parallel.global_batch(batch, mesh), None)
+        state, _ = step_fn(state, parallel.global_batch(batch, mesh), None, dropout_key)
 
     target = train.create_train_state(config, model, init_key, mesh)
     restored, meta = Checkpoints(os.path.join(workdir, "checkpoints")).restore(target)

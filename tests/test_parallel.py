@@ -77,7 +77,7 @@ def one_step(config, state, mesh, batch):
     loss, _, _, grads = jax.jit(lambda s, b: train.compute_gradients(
         s, b, None, loss_fn=objective.Objective(config), key=dropout_key,
         accum_steps=config.train.grad_accum_steps))(state, batch)
-    state, metrics = train.jit_train_step(config, state, mesh, dropout_key)(state, batch, None)
+    state, metrics = train.jit_train_step(config, state, mesh)(state, batch, None, dropout_key)
     flat = {"loss": loss, "metric_loss": metrics["loss"]}
     for name, tree in (("grads", grads), ("params", state.params), ("stats", state.batch_stats)):
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree):

@@ -1,7 +1,7 @@
 """Training phases (semeda_jax/phases.py): a two-phase toy schedule (different loss mix, split and learning-rate
 schedule per phase) killed inside phase 2 resumes bit for bit; the plan, the joined schedule and the phase
-checks against hand-computed values. The training steps run under jax.transfer_guard("disallow"): a hidden
-host <-> device copy in the step fails them."""
+checks against hand-computed values. The training steps run under jax.transfer_guard("disallow") (train.py): a
+hidden host <-> device copy in the step fails them."""
 import jax
 import numpy as np
 import pytest
@@ -10,7 +10,7 @@ from configs import demo
 from semeda_jax import checkpointing, phases, stages
 from semeda_jax.validation import ConfigError
 
-pytestmark = pytest.mark.usefixtures("float32_jax", "no_hidden_transfers")
+pytestmark = pytest.mark.usefixtures("float32_jax")
 
 
 def two_phase_config(data_root):

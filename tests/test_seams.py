@@ -70,8 +70,8 @@ def test_an_aux_head_and_a_term_reading_it_train_through_the_real_step(toy_regis
     assert set(outputs) == {"logits", "toy"} and outputs["toy"].shape == (2, 2, 2, 2)
     expected_toy = 0.5 * np.mean((np.asarray(outputs["toy"], np.float64) - 2.0) ** 2)
     before = np.asarray(state.params["aux_heads_0"]["toy_conv"]["kernel"])
-    step = train.jit_train_step(config, state, mesh, jax.random.PRNGKey(1))
-    new_state, metrics = step(state, parallel.global_batch(images, mesh), {})
+    step = train.jit_train_step(config, state, mesh)
+    new_state, metrics = step(state, parallel.global_batch(images, mesh), {}, jax.random.PRNGKey(1))
     assert set(metrics) >= {"loss", "loss_ce", "loss_toy"}
     np.testing.assert_allclose(float(metrics["loss"]), float(metrics["loss_ce"] + metrics["loss_toy"]), rtol=1e-6)
     # dropout (the only difference from `outputs`) sits in the ASPP branch, not in the toy head's input
@@ -136,8 +136,8 @@ def test_the_step_logs_logit_grad_norms_only_when_asked(rng):
         mesh = parallel.make_mesh(config)
         state = train.create_train_state(config, train.build_segmentation_model(config, 3), jax.random.PRNGKey(0),
                                          mesh)
-        _, metrics = train.jit_train_step(config, state, mesh, jax.random.PRNGKey(1))(
-            state, parallel.global_batch(batch(rng), mesh), None)
+        _, metrics = train.jit_train_step(config, state, mesh)(
+            state, parallel.global_batch(batch(rng), mesh), None, jax.random.PRNGKey(1))
         assert ("logit_grad_norm_ce" in metrics) == flag
         if flag:
             assert float(metrics["logit_grad_norm_ce"]) > 0

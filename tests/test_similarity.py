@@ -167,9 +167,9 @@ def test_relationnet_with_scl_trains_two_real_steps(rng):
     expected_scl = brute_force_scl(np.asarray(outputs["pair_logits"], np.float64), batch["label"])[0]
     offsets = np.asarray(state.params["backbone"]["b7"]["conv_branch2b1"]["offset"]["kernel"])
     subnet = np.asarray(state.params["aux_heads_0"]["anchor"]["kernel"])
-    step = train.jit_train_step(config, state, mesh, jax.random.PRNGKey(1))
+    step = train.jit_train_step(config, state, mesh)
     for i in range(2):
-        state, metrics = step(state, parallel.global_batch(batch, mesh), {})
+        state, metrics = step(state, parallel.global_batch(batch, mesh), {}, jax.random.PRNGKey(1))
         assert np.isfinite(float(metrics["loss"]))
         np.testing.assert_allclose(float(metrics["loss"]), float(metrics["loss_ohem"] + metrics["loss_scl"]),
                                    rtol=1e-5)

@@ -37,6 +37,7 @@ Usage:
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Sequence
 
 import numpy as np
@@ -214,6 +215,11 @@ def num_eval_batches(num_examples: int, batch_size: int, process_count: int = 1)
     return math.ceil(math.ceil(num_examples / process_count) / batch_size)
 
 
+# reader -> {(pad_size, process_index, process_count)} that eval_dataset has checked: the files of a split are
+# checked at its first evaluation, not again at every periodic one (a reader lives for one run).
+_EVAL_CHECKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def eval_dataset(reader, *, pad_size: Sequence[int], batch_size: int, mean: Sequence[float] = DEFAULT_MEAN,
                  std: Sequence[float] = DEFAULT_STD, process_index: int = 0, process_count: int = 1,
                  input_scale: float = 1.0, prefetch: int = 2, num_parallel_calls: int = AUTOTUNE,
@@ -225,17 +231,20 @@ def eval_dataset(reader, *, pad_size: Sequence[int], batch_size: int, mean: Sequ
     "height", "width": int32 [B] (original size), "id": string [B], "mask": bool [B] (False for the all-void
     filler examples completing the last batch)}. Every process yields num_eval_batches(N, B, P) batches.
     An image larger than pad_size raises DatasetError naming the file (checked from the image headers before
-    anything is decoded when `check` is set; asserted in the graph otherwise).
+    anything is decoded when `check` is set, once per reader, pad size and shard; asserted in the graph always).
     """
     pad_h, pad_w = _pair("pad_size", pad_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     input_scale = _check_input_scale(input_scale)
     image_pad_h, image_pad_w = scaled_size((pad_h, pad_w), input_scale)
+    checked = _EVAL_CHECKED.setdefault(reader, set())
+    check = check and (pad_h, pad_w, process_index, process_count) not in checked
     ids = reader.check().ids if check else reader.ids
     local = shard_ids(ids, process_index, process_count)
     if check:
         check_pad_size(reader, pad_size, local)
+        checked.add((pad_h, pad_w, process_index, process_count))
     total = num_eval_batches(len(ids), batch_size, process_count) * batch_size
     num_fill = total - len(local)
 
