@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 
 from semeda_jax import evaluate, objective, parallel
 from semeda_jax import phases as phases_lib
-from semeda_jax.checkpointing import Checkpoints, model_fingerprint
+from semeda_jax.checkpointing import Checkpoints, model_fingerprint, resume_changes, training_fingerprint
 from semeda_jax.models import build_segmentation_model, load_backbone_weights
 from semeda_jax.optim import count_params, create_optimizer, learning_rate_schedule
 from semeda_jax.preemption import Preempted, StopSignal
@@ -321,7 +321,9 @@ def _train_and_evaluate(config, workdir, readers, frozen, log, stop_after, init_
                                     for name in phases_lib.phase_names(config)})
     total_steps, schedule = plan[-1].end, phases_lib.joined_schedule(plan)
     checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
-                              best_metric="miou", fingerprint=model_fingerprint(config))
+                              best_metric="miou", fingerprint=model_fingerprint(config),
+                              training=training_fingerprint(config), accept=resume_changes(config), writer=True,
+                              log=log)
     start_step = checkpoints.latest_step() or 0
     phase = phases_lib.phase_at(plan, start_step + 1)
 
@@ -337,6 +339,9 @@ def _train_and_evaluate(config, workdir, readers, frozen, log, stop_after, init_
     state = create_train_state(config, model, init_key, mesh, schedule)
     if start_step:
         state, meta = checkpoints.restore(state, start_step)
+        if meta["step"] != start_step:  # latest/<start_step> was unreadable: resume from the one restored
+            start_step, phase = meta["step"], phases_lib.phase_at(plan, meta["step"] + 1)
+            batches = phase_batches(phase, start_step)
         saved_phase = meta.get("phase", phases_lib.phase_at(plan, start_step).name)
         if saved_phase != phases_lib.phase_at(plan, start_step).name:
             raise ConfigError(f"config.phases: the checkpoint of step {start_step} was saved in phase "
