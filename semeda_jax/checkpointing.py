@@ -21,7 +21,8 @@ Guarantees on top of orbax:
     listed in `accept` (config.train.resume_changes), which are logged; a checkpoint that records no training
     fingerprint (written by an older version) resumes with one warning;
   * a damaged (unreadable array file) or incomplete (missing part) checkpoint is skipped with one warning line
-    and the newest readable one (latest or best) is restored instead; none readable: CheckpointError;
+    and the newest readable one (latest or best) is restored instead (a writer moves the skipped folder to
+    ROOT/unreadable/<kind>-<step>, as it saves that step again); none readable: CheckpointError;
   * a writer (`writer=True`: the training run) removes the temporary folders a killed save left and, if the
     kill came between a save and its copy to best/, completes the copy (latest/<step> metas record the metric).
 
@@ -183,10 +184,15 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
 
+def _key_name(key) -> str:
+    return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
+
+
 def _leaf_shapes(tree) -> dict[str, tuple]:
-    """{"params/conv1/kernel": shape} of an array tree, in orbax's serialised key paths."""
-    flat = ocp.tree.to_flat_dict(ocp.tree.serialize_tree(tree, keep_empty_nodes=False), sep="/")
-    return {path: tuple(leaf.shape) for path, leaf in flat.items()}
+    """{"params/conv1/kernel": shape} of the array leaves of a state or of orbax's metadata tree of one."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(_key_name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves
+            if hasattr(leaf, "shape")}
 
 
 def _sync(name: str) -> None:
@@ -210,7 +216,7 @@ class Checkpoints:
         if unknown:
             raise ConfigError(f"config.train.resume_changes: {unknown} are not fields a resume checks; valid: "
                               f"{sorted(self.training or {})}")
-        self.log = log
+        self.log, self.writer = log, writer
         self.restored: str | None = None  # the folder the last restore read
         self._failed = False
         self._unchecked_warned = False
@@ -452,12 +458,24 @@ class Checkpoints:
                 problems.append((path, str(problem)))
                 continue
             for bad, problem in problems:
-                self.log(f"[checkpoint] warning: {bad} is {problem}; restored {path} instead")
+                self.log(f"[checkpoint] warning: {bad} is {problem}; restored {path} instead"
+                         + (f", moved it to {self._set_aside(bad)}" if self.writer else ""))
             self.restored = path
             return state, meta
         raise CheckpointError(f"{self.root}: no checkpoint can be read ("
                               f"{'; '.join(f'{path} is {problem}' for path, problem in problems)}); move the "
                               f"folder away to start over")
+
+    def _set_aside(self, path: str) -> str:
+        """Move an unreadable checkpoint folder to ROOT/unreadable/ (the writer saves that step anew) -> where."""
+        target = os.path.join(self.root, "unreadable", "-".join(path.split(os.sep)[-2:]))
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(path, target)
+        _sync("unreadable_checkpoint_moved")
+        self._latest.reload()
+        return target
 
     def close(self) -> None:
         """Release the manager (after a failed save, without raising again)."""
