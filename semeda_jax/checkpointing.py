@@ -416,10 +416,13 @@ class Checkpoints:
         state_dir = os.path.join(path, "state")
         if not os.path.isdir(state_dir):
             raise _Unreadable("incomplete (no state folder)")
+        handler = ocp.PyTreeCheckpointHandler()
         try:
-            saved = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir))
+            saved = handler.metadata(epath.Path(state_dir))
         except Exception as error:  # noqa: BLE001 -- orbax raises many kinds; all mean the same here
             raise _Unreadable(f"incomplete (its array index does not read: {_first_line(error)})") from None
+        finally:
+            handler.close()
         saved = _leaf_shapes(getattr(saved, "tree", saved))
         wanted = _leaf_shapes(abstract)
         differ = [f"{k}: checkpoint {saved.get(k, '(absent)')}, config {wanted.get(k, '(absent)')}"
@@ -430,12 +433,13 @@ class Checkpoints:
                                   f"it was trained with")
         try:
             if partial:  # only the subtrees of a dict `target` (e.g. params, batch_stats) are read from disk
-                state = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
-                    item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-                    partial_restore=True))
+                with ocp.PyTreeCheckpointer() as checkpointer:
+                    state = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+                        item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                        partial_restore=True))
             else:
-                state = ocp.Checkpointer(ocp.StandardCheckpointHandler()).restore(
-                    state_dir, args=ocp.args.StandardRestore(abstract))
+                with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+                    state = checkpointer.restore(state_dir, args=ocp.args.StandardRestore(abstract))
         except Exception as error:  # noqa: BLE001 -- the tree fits: any failure to read it is damage on disk
             raise _Unreadable(f"damaged ({_first_line(error)})") from None
         return state, meta
