@@ -88,8 +88,8 @@ def _flat(prefix: str, section) -> dict:
 
 
 # Fields that change no training step: where the data lies, and what only evaluation reads.
-_NOT_TRAINING = ("dataset.root", "dataset.cache_dir", "dataset.val_split", "data.eval_pad_size",
-                 "data.eval_batch_size")
+_NOT_TRAINING = ("dataset.root", "dataset.sbd_root", "dataset.cache_dir", "dataset.val_split",
+                 "data.eval_pad_size", "data.eval_batch_size")
 
 
 def _data_fields(config) -> dict:
@@ -236,20 +236,21 @@ class Checkpoints:
         return self._latest.latest_step()
 
     def _best_record(self) -> dict | None:
-        """{"step", "metric", "value"} of best/ (best.json; from an older version: its only step's meta)."""
+        """{"step", "metric", "value"} of best/: best.json's, else (an older version's best/, or best.json
+        lost) the best/ folder whose meta has the highest metric."""
         if not self.best_metric:
             return None
         try:
             with open(os.path.join(self.root, "best.json")) as f:
                 record = json.load(f)
-            return record if os.path.isdir(self._folder("best", record["step"])) else None
-        except FileNotFoundError:
+            if os.path.isdir(self._folder("best", record["step"])):
+                return record
+        except (OSError, ValueError, KeyError):
             pass
-        steps = self._steps_in("best")
-        if not steps:
-            return None
-        meta = self._read_meta(self._folder("best", steps[-1]))
-        return {"step": steps[-1], "metric": self.best_metric, "value": meta.get(self.best_metric, -math.inf)}
+        found = [{"step": step, "metric": self.best_metric,
+                  "value": self._read_meta(self._folder("best", step)).get(self.best_metric, -math.inf)}
+                 for step in self._steps_in("best")]
+        return max(found, key=lambda record: (record["value"], record["step"]), default=None)
 
     def best_step(self) -> int | None:
         record = self._best_record()
@@ -406,8 +407,8 @@ class Checkpoints:
     def _read(self, path: str, target: Any, partial: bool) -> tuple[Any, dict]:
         """(state, meta) of the folder `path`; _Unreadable when incomplete or damaged, CheckpointError when it
         holds another model or training."""
-        if not os.path.isdir(os.path.join(path, "meta")):
-            raise _Unreadable("incomplete (no meta folder)")
+        if not os.path.isfile(os.path.join(path, "meta", "metadata")):
+            raise _Unreadable("incomplete (no meta/metadata)")
         meta = self._read_meta(path)
         if not meta:
             raise _Unreadable("damaged (meta/metadata does not read as JSON)")

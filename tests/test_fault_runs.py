@@ -225,15 +225,16 @@ def copy_of(trained, tmp_path):
     return workdir
 
 
-def truncate_biggest_array(folder):
-    """Cut the biggest array file of a checkpoint folder to half its size (a disk or copy fault)."""
-    biggest = max(glob.glob(os.path.join(folder, "state", "**", "d", "*"), recursive=True), key=os.path.getsize)
-    os.truncate(biggest, os.path.getsize(biggest) // 2)
+def truncate_arrays(folder):
+    """Cut every array file of a checkpoint folder to half its size (a disk or copy fault; each file may hold
+    several arrays, so cutting them all reaches the parameters that eval reads)."""
+    for path in glob.glob(os.path.join(folder, "state", "**", "d", "*"), recursive=True):
+        os.truncate(path, os.path.getsize(path) // 2)
 
 
 def test_damaged_latest_resumes_from_the_newest_good_one(trained, data_root, tmp_path):
     workdir = copy_of(trained, tmp_path)
-    truncate_biggest_array(workdir / "checkpoints" / "latest" / "12")
+    truncate_arrays(workdir / "checkpoints" / "latest" / "12")
     lines = []
     state, _ = stages.run_train(smoke_config(data_root, {}), str(workdir), log=lines.append)
     warnings = [line for line in lines if "warning: " in line and "checkpoint" in line]
@@ -247,14 +248,14 @@ def test_damaged_latest_resumes_from_the_newest_good_one(trained, data_root, tmp
 def test_damaged_best_evaluates_latest_and_none_readable_is_one_error(trained, data_root, tmp_path):
     workdir = copy_of(trained, tmp_path)
     best = json.loads((workdir / "checkpoints" / "best.json").read_text())["step"]
-    truncate_biggest_array(workdir / "checkpoints" / "best" / str(best))
+    truncate_arrays(workdir / "checkpoints" / "best" / str(best))
     result = run_main(workdir, "--stages=eval", f"--config.dataset.root={data_root}")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert (f"[checkpoint] warning: {workdir}/checkpoints/best/{best} is damaged (" in result.stdout
             and f"; restored {workdir}/checkpoints/latest/12 instead" in result.stdout), result.stdout
     assert f"[latest checkpoint] step 12 from {workdir}/checkpoints/latest/12" in result.stdout
     for step in (6, 8, 12):
-        truncate_biggest_array(workdir / "checkpoints" / "latest" / str(step))
+        truncate_arrays(workdir / "checkpoints" / "latest" / str(step))
     result = run_main(workdir, "--stages=eval", f"--config.dataset.root={data_root}")
     assert_one_line_error(result, f"error: {workdir}/checkpoints: no checkpoint can be read (",
                           f"{workdir}/checkpoints/latest/6 is damaged (", "move the folder away to start over")
