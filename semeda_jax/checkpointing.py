@@ -415,13 +415,14 @@ class Checkpoints:
         self._check_fingerprints(path, meta)
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
         state_dir = os.path.join(path, "state")
-        if not os.path.isdir(state_dir):
-            raise _Unreadable("incomplete (no state folder)")
+        for part in ("state", "state/_METADATA"):
+            if not os.path.exists(os.path.join(path, part)):
+                raise _Unreadable(f"incomplete (no {part})")
         handler = ocp.PyTreeCheckpointHandler()
         try:
             saved = handler.metadata(epath.Path(state_dir))
         except Exception as error:  # noqa: BLE001 -- orbax raises many kinds; all mean the same here
-            raise _Unreadable(f"incomplete (its array index does not read: {_first_line(error)})") from None
+            raise _Unreadable(f"damaged (its array index does not read: {_first_line(error)})") from None
         finally:
             handler.close()
         saved = _leaf_shapes(getattr(saved, "tree", saved))

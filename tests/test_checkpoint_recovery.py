@@ -40,6 +40,9 @@ def damage(folder, how):
     if how in ("state", "meta"):
         shutil.rmtree(os.path.join(folder, how))
         return
+    if how == "index":
+        os.remove(os.path.join(folder, "state", "_METADATA"))
+        return
     biggest = max(glob.glob(os.path.join(folder, "state", "**", "d", "*"), recursive=True), key=os.path.getsize)
     if how == "truncate":
         os.truncate(biggest, os.path.getsize(biggest) // 2)
@@ -53,8 +56,9 @@ def reader(root, **kwargs):
 
 
 @pytest.mark.parametrize("how,problem", [("truncate", "is damaged ("), ("delete", "is damaged ("),
-                                         ("state", "is incomplete (no state folder)"),
-                                         ("meta", "is incomplete (no meta/metadata)")])
+                                         ("state", "is incomplete (no state)"),
+                                         ("meta", "is incomplete (no meta/metadata)"),
+                                         ("index", "is incomplete (no state/_METADATA)")])
 def test_damaged_latest_falls_back_to_the_next_newest(tmp_path, how, problem):
     root = saved(tmp_path, [2, 4, 6])
     damage(os.path.join(root, "latest", "6"), how)
