@@ -261,6 +261,24 @@ def test_damaged_best_evaluates_latest_and_none_readable_is_one_error(trained, d
                           f"{workdir}/checkpoints/latest/6 is damaged (", "move the folder away to start over")
 
 
+def test_kill_while_the_best_is_copied_keeps_the_best_record(trained, data_root, tmp_path):
+    """The state of a run killed while best/6 was written (latest/6 saved, nothing after): the rerun removes
+    the half-written folder and records step 6 as the best, so the worse step 12 does not replace it."""
+    workdir = copy_of(trained, tmp_path)
+    root = workdir / "checkpoints"
+    record = json.loads((root / "best.json").read_text())
+    assert record["step"] == 6, record  # the smoke run's val mIoU is higher at step 6 than at step 12
+    for step in (8, 12):
+        shutil.rmtree(root / "latest" / str(step))
+    (root / "best.json").unlink()
+    os.rename(root / "best" / "6", root / "best" / "6.orbax-checkpoint-tmp")
+    lines = []
+    stages.run_train(smoke_config(data_root, {}), str(workdir), log=lines.append)
+    assert f"[checkpoint] removed {root}/best/6.orbax-checkpoint-tmp, left unfinished by a stopped run" in lines
+    assert any(line.startswith("[eval] step 12: ") for line in lines)
+    assert json.loads((root / "best.json").read_text()) == record and os.listdir(root / "best") == ["6"]
+
+
 def test_changed_training_settings_are_refused_on_resume_not_on_eval(trained, data_root, tmp_path):
     workdir = copy_of(trained, tmp_path)
     changed = smoke_config(data_root, {"data.batch_size": 8, "optimizer.learning_rate": 0.05})
