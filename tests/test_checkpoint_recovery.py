@@ -107,7 +107,8 @@ def test_kill_during_the_best_copy_keeps_the_best_record(tmp_path):
     assert checkpoints.best_step() == 6 and sorted(os.listdir(os.path.join(root, "best"))) == ["6"]
     checkpoints.save(12, state_of(12), {"step": 12}, metrics={"miou": 0.03})  # worse than step 6's 0.06
     assert checkpoints.best_step() == 6
-    assert json.load(open(os.path.join(root, "best.json"))) == {"step": 6, "metric": "miou", "value": 0.06}
+    with open(os.path.join(root, "best.json")) as f:
+        assert json.load(f) == {"step": 6, "metric": "miou", "value": 0.06}
     checkpoints.save(18, state_of(18), {"step": 18}, metrics={"miou": 0.18})
     assert checkpoints.best_step() == 18 and os.listdir(os.path.join(root, "best")) == ["18"]
     _, meta = checkpoints.restore(state_of(0), best=True)
@@ -125,8 +126,8 @@ def test_training_changes_are_refused_unless_accepted(tmp_path):
     lines = []
     Checkpoints(root, fingerprint=MODEL, training=changed, accept=("data.batch_size",),
                 log=lines.append).restore(state_of(0))
-    assert lines == ["[checkpoint] resuming with changes accepted by config.train.resume_changes: data.batch_size: "
-                     "checkpoint 4, config 8"]
+    assert lines == [("[checkpoint] resuming with changes accepted by config.train.resume_changes: "
+                      "data.batch_size: checkpoint 4, config 8")]
     reader(root)[0].restore(state_of(0))  # inference checks the model only
     with pytest.raises(ConfigError, match=r"config.train.resume_changes: \['data.batch'\] are not fields a "
                                           r"resume checks; valid: \['data.batch_size', "):
@@ -139,8 +140,8 @@ def test_checkpoint_of_an_older_version_resumes_with_one_warning(tmp_path):
     checkpoints = Checkpoints(root, fingerprint=MODEL, training=TRAINING, log=lines.append)
     checkpoints.restore(state_of(0))
     checkpoints.restore(state_of(0), 2)
-    assert lines == [f"[checkpoint] warning: {root}/latest/4 records no training settings (written by an older "
-                     f"version): resuming without checking that data, optimizer, loss and schedule are unchanged"]
+    assert lines == [(f"[checkpoint] warning: {root}/latest/4 records no training settings (written by an older "
+                      f"version): resuming without checking that data, optimizer, loss and schedule are unchanged")]
 
 
 def test_training_fingerprint_covers_what_training_does_only():
@@ -162,6 +163,7 @@ def test_best_without_its_record_is_found_by_its_meta(tmp_path):
     os.remove(os.path.join(root, "best.json"))
     assert Checkpoints(root, best_metric="miou").best_step() == 4
     shutil.copytree(os.path.join(root, "latest", "2"), os.path.join(root, "best", "2"))  # the older, worse one
-    json.dump({"step": 2, "metric": "miou", "value": 0.02}, open(os.path.join(root, "best.json"), "w"))
+    with open(os.path.join(root, "best.json"), "w") as f:
+        json.dump({"step": 2, "metric": "miou", "value": 0.02}, f)
     checkpoints = Checkpoints(root, best_metric="miou", writer=True, log=lambda line: None)
     assert checkpoints.best_step() == 4 and os.listdir(os.path.join(root, "best")) == ["4"]

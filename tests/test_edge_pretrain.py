@@ -57,7 +57,7 @@ def test_stopped_pretraining_resumes_bit_for_bit():
             yield synthetic_masks(100 + index, 2, size=(24, 24))
 
     val = [synthetic_masks(0, 2, size=(24, 24))]
-    settings = dict(num_classes=NUM_CLASSES, steps=10, learning_rate=1e-2, seed=0, log=lambda line: None)
+    settings = {"num_classes": NUM_CLASSES, "steps": 10, "learning_rate": 1e-2, "seed": 0, "log": lambda line: None}
     straight, _ = pretrain_edge_net(stream(0), val, **settings)
     saves, calls = {}, itertools.count(1)
     with pytest.raises(Preempted, match="checkpoint saved at step 6"):
