@@ -41,6 +41,8 @@ import logging
 import math
 import os
 import shutil
+import sys
+import time
 from typing import Any, Callable, Iterable, Mapping
 
 import jax
@@ -193,6 +195,22 @@ def _leaf_shapes(tree) -> dict[str, tuple]:
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {"/".join(_key_name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves
             if hasattr(leaf, "shape")}
+
+
+@contextlib.contextmanager
+def _settled_on_failure(seconds: float = 0.5):
+    """On an exception inside, wait `seconds` with sys.excepthook silenced before re-raising: a failed orbax
+    read closes its event loop while tensorstore still completes the other reads of that checkpoint, and each
+    completion then prints an "Event loop is closed" traceback from its own thread."""
+    try:
+        yield
+    except Exception:
+        hook, sys.excepthook = sys.excepthook, lambda *args: None
+        try:
+            time.sleep(seconds)
+        finally:
+            sys.excepthook = hook
+        raise
 
 
 def _sync(name: str) -> None:
@@ -420,7 +438,8 @@ class Checkpoints:
                 raise _Unreadable(f"incomplete (no {part})")
         handler = ocp.PyTreeCheckpointHandler()
         try:
-            saved = handler.metadata(epath.Path(state_dir))
+            with _settled_on_failure():
+                saved = handler.metadata(epath.Path(state_dir))
         except Exception as error:  # noqa: BLE001 -- orbax raises many kinds; all mean the same here
             raise _Unreadable(f"damaged (its array index does not read: {_first_line(error)})") from None
         finally:
@@ -434,17 +453,21 @@ class Checkpoints:
                                   f"({len(differ)} differ, e.g. {differ[0]}); use another workdir, or the config "
                                   f"it was trained with")
         try:
-            if partial:  # only the subtrees of a dict `target` (e.g. params, batch_stats) are read from disk
-                with ocp.PyTreeCheckpointer() as checkpointer:
-                    state = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
-                        item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-                        partial_restore=True))
-            else:
-                with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
-                    state = checkpointer.restore(state_dir, args=ocp.args.StandardRestore(abstract))
+            with _settled_on_failure():
+                state = self._read_arrays(state_dir, abstract, partial)
         except Exception as error:  # noqa: BLE001 -- the tree fits: any failure to read it is damage on disk
             raise _Unreadable(f"damaged ({_first_line(error)})") from None
         return state, meta
+
+    @staticmethod
+    def _read_arrays(state_dir: str, abstract: Any, partial: bool) -> Any:
+        if partial:  # only the subtrees of a dict `target` (e.g. params, batch_stats) are read from disk
+            with ocp.PyTreeCheckpointer() as checkpointer:
+                return checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+                    item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                    partial_restore=True))
+        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+            return checkpointer.restore(state_dir, args=ocp.args.StandardRestore(abstract))
 
     def restore(self, target: Any, step: int | None = None, *, best: bool = False,
                 partial: bool = False) -> tuple[Any, dict]:
