@@ -2,13 +2,16 @@
 
 g_phi learns to map one-hot masks to their semantic edge maps (Eq. 7). The paper gives no optimiser or
 schedule for this stage; we use Adam with a cosine decay (a few hundred steps suffice: the task is easy) and
-report the edge F-score (pixel-exact, void excluded) on validation masks.
+report the edge F-score (pixel-exact, void excluded) on validation masks. Like the main training, the loop is
+resumable: its state {"params", "opt_state"} is saved every `save_every` steps and at a SIGTERM (the stop
+flag is checked before each step), and a run given that state and the data stream from its step on ends bit
+for bit where an uninterrupted one does.
 """
 from __future__ import annotations
 
 import functools
 import time
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +23,7 @@ from semeda_jax.edges import semantic_edges
 from semeda_jax.losses.edge_net import edge_net_forward, edge_pretrain_loss, init_edge_net
 from semeda_jax.losses.common import one_hot_labels
 from semeda_jax.metrics import confusion_matrix, per_class_f1
+from semeda_jax.preemption import Preempted
 from semeda_jax.validation import check_fields, check_positive_ints
 
 CONFIG_FIELDS = ("checkpoint", "steps", "batch_size", "learning_rate")  # of config.edge_net
@@ -56,28 +60,52 @@ def edge_f_score(params, label_batches: Iterable[np.ndarray], num_classes: int) 
             "edge_f_score": float(per_class_f1(cm)[1])}
 
 
+def edge_optimizer(learning_rate: float, steps: int) -> optax.GradientTransformation:
+    """Adam with a cosine decay from `learning_rate` over `steps`."""
+    return optax.adam(optax.cosine_decay_schedule(learning_rate, max(steps, 1)))
+
+
+def init_state(num_classes: int, *, steps: int, learning_rate: float, seed: int) -> dict:
+    """The state of a fresh pre-training: {"params": g_phi's, "opt_state": Adam's}."""
+    params = init_edge_net(jax.random.PRNGKey(seed), num_classes)
+    return {"params": params, "opt_state": edge_optimizer(learning_rate, steps).init(params)}
+
+
 def pretrain_edge_net(label_batches: Iterator[np.ndarray], val_batches: Iterable[np.ndarray], *,
                       num_classes: int, steps: int, learning_rate: float, seed: int, log_every: int = 50,
-                      log=print) -> tuple[dict, dict]:
-    """Train g_phi for `steps` on label batches [B,H,W] int -> (params, edge scores on the val label batches)."""
-    params = init_edge_net(jax.random.PRNGKey(seed), num_classes)
-    optimizer = optax.adam(optax.cosine_decay_schedule(learning_rate, max(steps, 1)))
-    opt_state = optimizer.init(params)
+                      log=print, state: dict | None = None, start_step: int = 0,
+                      save: Callable[[int, dict], None] | None = None, save_every: int = 0,
+                      should_stop: Callable[[], bool] = lambda: False) -> tuple[dict, dict]:
+    """Train g_phi up to `steps` on label batches [B,H,W] int -> (params, edge scores on the val label batches).
+
+    `state` (init_state's, default a fresh one) is the state after `start_step` steps, and `label_batches` the
+    stream from batch `start_step` on. `save(step, state)` is called every `save_every` steps before the last
+    and, when `should_stop()` turns true before a step, for the last step done, then Preempted is raised."""
+    optimizer = edge_optimizer(learning_rate, steps)
+    state = init_state(num_classes, steps=steps, learning_rate=learning_rate, seed=seed) if state is None else state
 
     @jax.jit
-    def update(params, opt_state, labels):
-        loss, grads = jax.value_and_grad(edge_pretrain_loss)(params, labels, num_classes)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+    def update(state, labels):
+        loss, grads = jax.value_and_grad(edge_pretrain_loss)(state["params"], labels, num_classes)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}, loss
 
-    start = time.perf_counter()
-    for step in range(1, steps + 1):
-        params, opt_state, loss = update(params, opt_state, jnp.asarray(next(label_batches)))
+    start, saved = time.perf_counter(), start_step
+    for step in range(start_step + 1, steps + 1):
+        if should_stop():
+            if save is not None and step - 1 > saved:
+                save(step - 1, state)
+            raise Preempted(step - 1, stage="edge_pretrain") if step > 1 else Preempted(stage="edge_pretrain")
+        state, loss = update(state, jnp.asarray(next(label_batches)))
         if step % log_every == 0 or step == steps:
             elapsed = time.perf_counter() - start
+            done = step - start_step
             log(f"[edge_pretrain] step {step}/{steps}  loss {float(loss):.4f}  "
-                f"{step / elapsed:.1f} steps/s  ETA {(steps - step) * elapsed / step:.0f}s")
-    scores = edge_f_score(params, val_batches, num_classes)
+                f"{done / elapsed:.1f} steps/s  ETA {(steps - step) * elapsed / done:.0f}s")
+        if save is not None and save_every and step % save_every == 0 and step < steps:
+            save(step, state)
+            saved = step
+    scores = edge_f_score(state["params"], val_batches, num_classes)
     log(f"[edge_pretrain] val edge F-score {scores['edge_f_score']:.4f} "
         f"(precision {scores['edge_precision']:.4f}, recall {scores['edge_recall']:.4f})")
-    return params, scores
+    return state["params"], scores

@@ -20,9 +20,11 @@ import ml_collections
 
 from semeda_jax import (edge_pretrain, evaluate, fusion, inference, objective, optim, parallel, phases, predict,
                         reporting, train)
-from semeda_jax.checkpointing import Checkpoints, model_fingerprint
+from semeda_jax.checkpointing import (Checkpoints, edge_net_fingerprint, edge_net_training_fingerprint,
+                                      model_fingerprint, resume_changes)
 from semeda_jax.data import DATASETS, build_reader, dataset_fields, pipeline
 from semeda_jax.models import builder
+from semeda_jax.preemption import StopSignal
 from semeda_jax.validation import ConfigError, InputError, check_fields, check_pair, check_positive_ints, is_number
 
 Log = Callable[[str], None]
@@ -118,23 +120,47 @@ def _edge_net_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def run_edge_pretrain(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> dict:
-    """Pre-train g_phi on the training masks and save it to WORKDIR/edge_net; returns its parameters."""
+    """Pre-train g_phi on the training masks into WORKDIR/edge_net, resuming an interrupted pre-training (its
+    state every config.train.checkpoint_every steps and at a SIGTERM); returns its parameters."""
+    num_classes, steps = config.dataset.num_classes, config.edge_net.steps
+    checkpoints = Checkpoints(os.path.join(workdir, "edge_net"), keep=1, fingerprint=edge_net_fingerprint(config),
+                              training=edge_net_training_fingerprint(config), accept=resume_changes(config),
+                              writer=True, log=log)
+    state = edge_pretrain.init_state(num_classes, steps=steps, learning_rate=config.edge_net.learning_rate,
+                                     seed=config.seed)
+    start = 0
+    if checkpoints.latest_step() is not None:
+        if "edge_f_score" in checkpoints.read_meta():  # finished: its final save holds the parameters only
+            params, meta = checkpoints.restore(state["params"])
+            log(f"[edge_pretrain] g_phi in {checkpoints.root} is complete (val edge F-score "
+                f"{meta['edge_f_score']:.4f})")
+            checkpoints.close()
+            return params
+        state, meta = checkpoints.restore(state)
+        start = meta["step"]
+        log(f"[edge_pretrain] resumed from {checkpoints.restored} at step {start}")
     readers = build_readers(config)
-    num_classes = config.dataset.num_classes
     labels = (batch["label"] for batch in pipeline.train_dataset(
         readers["train"], crop_size=config.data.crop_size, batch_size=config.edge_net.batch_size,
         scale_range=config.data.scale_range, input_scale=config.data.input_scale,
-        seed=config.seed + 1).as_numpy_iterator())
+        seed=config.seed + 1, start_step=start).as_numpy_iterator())
     val_labels = (batch["label"] for batch in pipeline.eval_dataset(
         readers["val"], pad_size=config.data.eval_pad_size, batch_size=config.data.eval_batch_size,
         check=False).as_numpy_iterator())
-    params, scores = edge_pretrain.pretrain_edge_net(
-        labels, val_labels, num_classes=num_classes, steps=config.edge_net.steps,
-        learning_rate=config.edge_net.learning_rate, seed=config.seed, log=log)
-    checkpoints = Checkpoints(os.path.join(workdir, "edge_net"), keep=1)
-    # As host NumPy arrays: every process trained the same g_phi, orbax writes it once (from process 0).
-    checkpoints.save(config.edge_net.steps, jax.device_get(params), {"num_classes": num_classes, **scores})
-    checkpoints.close()
+
+    def save(step, state, **scores):  # as host arrays: every process trained the same g_phi, written once
+        checkpoints.save(step, jax.device_get(state), {"step": step, "num_classes": num_classes, **scores})
+
+    try:
+        with StopSignal() as stop:
+            params, scores = edge_pretrain.pretrain_edge_net(
+                labels, val_labels, num_classes=num_classes, steps=steps,
+                learning_rate=config.edge_net.learning_rate, seed=config.seed, log=log, state=state,
+                start_step=start, save=save, save_every=config.train.checkpoint_every,
+                should_stop=stop.should_stop)
+        save(steps, params, **scores)
+    finally:
+        checkpoints.close()
     log(f"[edge_pretrain] saved g_phi to {checkpoints.root}")
     return params
 
@@ -145,18 +171,21 @@ def load_frozen(config: ml_collections.ConfigDict, workdir: str, log: Log = prin
 
 
 def load_edge_net(config: ml_collections.ConfigDict, workdir: str, log: Log = print):
-    """g_phi's parameters for the SEMEDA term: from its checkpoint, else pre-trained now."""
+    """g_phi's parameters for the SEMEDA term: from its finished checkpoint (refused, naming the fields, when it
+    was trained for another number of classes), else pre-trained (or its pre-training resumed) now."""
     path = _edge_net_dir(config, workdir)
     if os.path.isdir(os.path.join(path, "latest")):
-        checkpoints = Checkpoints(path)
-        if checkpoints.latest_step() is not None:
+        checkpoints = Checkpoints(path, fingerprint=edge_net_fingerprint(config), log=log)
+        if "edge_f_score" in checkpoints.read_meta():
             target = objective.FROZEN_NETS["edge_net"](jax.random.PRNGKey(0), config.dataset.num_classes)
             params, meta = checkpoints.restore(target)
-            log(f"[train] edge net from {path} (val edge F-score {meta.get('edge_f_score', float('nan')):.4f})")
+            checkpoints.close()
+            log(f"[train] edge net from {path} (val edge F-score {meta['edge_f_score']:.4f})")
             return params
+        checkpoints.close()
     if config.edge_net.checkpoint:
-        raise FileNotFoundError(f"config.edge_net.checkpoint: {path} holds no edge-net checkpoint "
-                                f"(expected {path}/latest/<step>)")
+        raise FileNotFoundError(f"config.edge_net.checkpoint: {path} holds no finished edge-net checkpoint "
+                                f"(expected {path}/latest/<step> of a completed edge_pretrain stage)")
     return run_edge_pretrain(config, workdir, log)
 
 
@@ -169,14 +198,17 @@ def run_train(config: ml_collections.ConfigDict, workdir: str, log: Log = print,
 
 def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, log: Log = print):
     """The trained model (train.ModelState: parameters and BN statistics, no optimiser state) from
-    WORKDIR/checkpoints (the best by val mIoU, else the latest)."""
+    WORKDIR/checkpoints (the best by val mIoU, else the latest; a damaged one is skipped with a warning).
+    Only the model's fields are checked: training-only changes (data, optimizer, ...) do not matter here."""
     checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), best_metric="miou",
-                              fingerprint=model_fingerprint(config))
+                              fingerprint=model_fingerprint(config), log=log)
     best = checkpoints.best_step() is not None
     if not best and checkpoints.latest_step() is None:
         raise FileNotFoundError(f"{checkpoints.root}: no checkpoint to evaluate; run the train stage first")
     state, meta = train.restore_model_state(config, checkpoints, parallel.make_mesh(config), best=best)
-    log(f"[{'best' if best else 'latest'} checkpoint] step {meta['step']} from {checkpoints.root}")
+    kind = os.path.basename(os.path.dirname(checkpoints.restored))
+    log(f"[{kind} checkpoint] step {meta['step']} from {checkpoints.restored}")
+    checkpoints.close()
     return state
 
 

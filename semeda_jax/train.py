@@ -30,7 +30,7 @@ from jax.sharding import Mesh
 
 from semeda_jax import evaluate, objective, parallel
 from semeda_jax import phases as phases_lib
-from semeda_jax.checkpointing import Checkpoints, model_fingerprint
+from semeda_jax.checkpointing import Checkpoints, model_fingerprint, resume_changes, training_fingerprint
 from semeda_jax.models import build_segmentation_model, load_backbone_weights
 from semeda_jax.optim import count_params, create_optimizer, learning_rate_schedule
 from semeda_jax.preemption import Preempted, StopSignal
@@ -309,7 +309,9 @@ class TrainingRun:
                                              for name in phases_lib.phase_names(config)})
         self.total_steps, self.schedule = self.plan[-1].end, phases_lib.joined_schedule(self.plan)
         self.checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
-                                       best_metric="miou", fingerprint=model_fingerprint(config))
+                                       best_metric="miou", fingerprint=model_fingerprint(config),
+                                       training=training_fingerprint(config), accept=resume_changes(config),
+                                       writer=True, log=log)
         self.writer = None
         self.step_fns = {}  # loss mix -> jitted step (phases with the same mix share one compilation)
         self.window, self.window_start, self.history = [], time.perf_counter(), []
@@ -323,7 +325,10 @@ class TrainingRun:
         # The first batch is read before anything compiles, so bad data (a label out of range) fails in seconds.
         batches = itertools.chain([next(batches)], batches)
         init_key, dropout_key = jax.random.split(jax.random.PRNGKey(self.config.seed))
-        state = self.restore_or_init(start, phase, init_key, init_variables)
+        state, restored = self.restore_or_init(start, init_key, init_variables)
+        if restored != start:  # latest/<start> was unreadable: resume from the checkpoint that was restored
+            start, phase = restored, phases_lib.phase_at(self.plan, restored + 1)
+            batches = self.phase_batches(phase, start)
         # Device to device: the frozen nets and the key are placed once, replicated, as the step takes them.
         frozen, dropout_key = jax.device_put((frozen, dropout_key), parallel.replicated(self.mesh))
         from clu import metric_writers  # imports TensorFlow: only here, so the step builds on machines without it
@@ -352,9 +357,10 @@ class TrainingRun:
                              jax.process_index(), jax.process_count(), step - phase.start,
                              seed=self.config.seed + phase.index)
 
-    def restore_or_init(self, start: int, phase: phases_lib.Phase, init_key: jax.Array,
-                        init_variables: dict | None) -> TrainState:
-        """The state created with its shardings, then the checkpoint of step `start` (its phase must be the
+    def restore_or_init(self, start: int, init_key: jax.Array,
+                        init_variables: dict | None) -> tuple[TrainState, int]:
+        """(state, its step): the state created with its shardings, then the checkpoint of step `start` (or,
+        when that one is damaged, the newest good one Checkpoints.restore falls back to; its phase must be the
         plan's) or, on a fresh run (`start` 0), the pretrained backbone and the initial weights
         (`init_variables`, else config.train.init_checkpoint's)."""
         config, plan, log = self.config, self.plan, self.log
@@ -362,13 +368,14 @@ class TrainingRun:
         state = create_train_state(config, model, init_key, self.mesh, self.schedule)
         if start:
             state, meta = self.checkpoints.restore(state, start)
+            start = meta["step"]
             planned = phases_lib.phase_at(plan, start).name
             saved_phase = meta.get("phase", planned)
             if saved_phase != planned:
                 raise ConfigError(f"config.phases: the checkpoint of step {start} was saved in phase "
                                   f"{saved_phase!r}, the config's plan puts that step in phase {planned!r}")
             log(f"[train] resumed from {self.checkpoints.root}/latest at step {int(state.step)} "
-                f"(phase {phase.name})")
+                f"(phase {phases_lib.phase_at(plan, start + 1).name})")
         else:
             backbone = config.model.get("backbone", "resnet")
             depth = str(config.model.depth)
@@ -386,7 +393,7 @@ class TrainingRun:
         if len(plan) > 1:
             log("[train] phases: " + ", ".join(f"{p.name} (steps {p.start + 1}-{p.end}, loss {p.loss}, "
                                                f"split {p.split})" for p in plan))
-        return state
+        return state, start
 
     def step_fn(self, phase: phases_lib.Phase, state: TrainState) -> Callable:
         """The jitted step of `phase`'s loss mix (compiled once per mix)."""

@@ -1,10 +1,16 @@
-"""The workdir of a run: created and checked writable before any work, and held with an exclusive lock.
+"""The workdir of a run: created and checked writable before any work, and locked by the runs that write it.
 
-`WorkdirLock(workdir, process_index)` takes `fcntl.flock(LOCK_EX | LOCK_NB)` on WORKDIR/.lock.<process_index>
-for the life of the process: a second run on the same workdir (any stage) is refused at once with one line
-naming the holder's pid, instead of two runs interleaving checkpoints. The kernel drops a flock when its
-process ends in any way (SIGKILL included), so a stale lock file never blocks the next run. Each process of a
-multi-process run locks its own index, so the processes of one run do not block each other.
+`WorkdirLock(workdir, process_index)` (exclusive: the stages that write checkpoints, edge_pretrain, train,
+learn_fusion) takes `fcntl.flock(LOCK_EX | LOCK_NB)` on WORKDIR/.lock.<process_index> for the life of the
+process: a second such run on the same workdir is refused at once with one line naming the holder's pid,
+instead of two runs interleaving checkpoints. The kernel drops a flock when its process ends in any way
+(SIGKILL included), so a stale lock file never blocks the next run. Each process of a multi-process run locks
+its own index, so the processes of one run do not block each other.
+
+`WorkdirLock(..., exclusive=False)` (eval, predict alone) takes no lock and is never refused: those stages read
+only finished checkpoints (orbax and best/ copies appear by an atomic rename; one removed by the training
+while read is skipped for the next readable one, checkpointing.py) and write only what training never writes
+(report.*, plots, predictions/), so they can run while the workdir trains.
 """
 from __future__ import annotations
 
@@ -50,13 +56,17 @@ def prepare(workdir: str) -> str:
 
 
 class WorkdirLock:
-    """Exclusive, stale-safe lock on a workdir for this process (see the module docstring)."""
+    """Stale-safe lock on a workdir for this process: exclusive for a run that writes checkpoints, none for one
+    that only reads them (see the module docstring)."""
 
-    def __init__(self, workdir: str, process_index: int = 0):
+    def __init__(self, workdir: str, process_index: int = 0, *, exclusive: bool = True):
         self.path = os.path.join(workdir, f".lock.{process_index}")
+        self.exclusive = exclusive
         self._fd: int | None = None
 
     def acquire(self) -> "WorkdirLock":
+        if not self.exclusive:
+            return self
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

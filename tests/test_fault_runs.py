@@ -1,14 +1,20 @@
 """Faults during real runs of configs/demo.py:smoke through the command line (and in process where that is
 cheaper): a diverged run stops with one line and keeps only finite checkpoints, a checkpoint of another model
 is refused by name, a busy workdir is refused, SIGTERM at start-up or during eval exits 0, unreadable predict
-inputs are skipped then reported, and a full disk stops the run at the failed save with the earlier
-checkpoints intact."""
+inputs are skipped then reported, a full disk stops the run at the failed save with the earlier
+checkpoints intact, a damaged checkpoint is skipped for the newest readable one, changed training settings
+are refused on resume (not on eval) unless accepted, g_phi of another class count is refused by name, and
+SIGTERM during g_phi pre-training stops it in seconds with a checkpoint it resumes from bit for bit."""
+import glob
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -203,3 +209,125 @@ def test_full_disk_stops_at_the_failed_save(small_disk, data_root):
     state, meta = checkpoints.restore({"params": model.params, "batch_stats": model.batch_stats}, partial=True)
     assert meta["step"] == 2 and checkpointing.count_non_finite(state)[0] == 0
     checkpoints.close()
+
+
+@pytest.fixture(scope="module")
+def trained(data_root, tmp_path_factory):
+    """A finished smoke run with g_phi (ce+semeda): latest/{6,8,12}, best/6 or best/12, edge_net/."""
+    workdir = tmp_path_factory.mktemp("trained")
+    stages.run_train(smoke_config(data_root, {}), str(workdir), log=lambda line: None)
+    return workdir
+
+
+def copy_of(trained, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(trained, workdir)
+    return workdir
+
+
+def truncate_arrays(folder):
+    """Cut every array file of a checkpoint folder to half its size (a disk or copy fault; each file may hold
+    several arrays, so cutting them all reaches the parameters that eval reads)."""
+    for path in glob.glob(os.path.join(folder, "state", "**", "d", "*"), recursive=True):
+        os.truncate(path, os.path.getsize(path) // 2)
+
+
+def test_damaged_latest_resumes_from_the_newest_good_one(trained, data_root, tmp_path):
+    workdir = copy_of(trained, tmp_path)
+    truncate_arrays(workdir / "checkpoints" / "latest" / "12")
+    lines = []
+    state, _ = stages.run_train(smoke_config(data_root, {}), str(workdir), log=lines.append)
+    warnings = [line for line in lines if "warning: " in line and "checkpoint" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        f"[checkpoint] warning: {workdir}/checkpoints/latest/12 is damaged ("), lines
+    assert warnings[0].endswith(f"; restored {workdir}/checkpoints/latest/8 instead, moved it to "
+                                f"{workdir}/checkpoints/unreadable/latest-12")
+    assert int(state.step) == 12 and any(line.startswith("[train] step 12/12") for line in lines)
+
+
+def test_damaged_best_evaluates_latest_and_none_readable_is_one_error(trained, data_root, tmp_path):
+    workdir = copy_of(trained, tmp_path)
+    best = json.loads((workdir / "checkpoints" / "best.json").read_text())["step"]
+    truncate_arrays(workdir / "checkpoints" / "best" / str(best))
+    result = run_main(workdir, "--stages=eval", f"--config.dataset.root={data_root}")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert (f"[checkpoint] warning: {workdir}/checkpoints/best/{best} is damaged (" in result.stdout
+            and f"; restored {workdir}/checkpoints/latest/12 instead" in result.stdout), result.stdout
+    assert f"[latest checkpoint] step 12 from {workdir}/checkpoints/latest/12" in result.stdout
+    for step in (6, 8, 12):
+        truncate_arrays(workdir / "checkpoints" / "latest" / str(step))
+    result = run_main(workdir, "--stages=eval", f"--config.dataset.root={data_root}")
+    assert_one_line_error(result, f"error: {workdir}/checkpoints: no checkpoint can be read (",
+                          f"{workdir}/checkpoints/latest/6 is damaged (", "move the folder away to start over")
+
+
+def test_kill_while_the_best_is_copied_keeps_the_best_record(trained, data_root, tmp_path):
+    """The state of a run killed while best/6 was written (latest/6 saved, nothing after): the rerun removes
+    the half-written folder and records step 6 as the best, so the worse step 12 does not replace it."""
+    workdir = copy_of(trained, tmp_path)
+    root = workdir / "checkpoints"
+    record = json.loads((root / "best.json").read_text())
+    assert record["step"] == 6, record  # the smoke run's val mIoU is higher at step 6 than at step 12
+    for step in (8, 12):
+        shutil.rmtree(root / "latest" / str(step))
+    (root / "best.json").unlink()
+    os.rename(root / "best" / "6", root / "best" / "6.orbax-checkpoint-tmp")
+    lines = []
+    stages.run_train(smoke_config(data_root, {}), str(workdir), log=lines.append)
+    assert f"[checkpoint] removed {root}/best/6.orbax-checkpoint-tmp, left unfinished by a stopped run" in lines
+    assert any(line.startswith("[eval] step 12: ") for line in lines)
+    assert json.loads((root / "best.json").read_text()) == record and os.listdir(root / "best") == ["6"]
+
+
+def test_changed_training_settings_are_refused_on_resume_not_on_eval(trained, data_root, tmp_path):
+    workdir = copy_of(trained, tmp_path)
+    changed = smoke_config(data_root, {"data.batch_size": 8, "optimizer.learning_rate": 0.05})
+    with pytest.raises(checkpointing.CheckpointError) as error:
+        stages.run_train(changed, str(workdir), log=lambda line: None)
+    assert str(error.value) == (
+        f"{workdir}/checkpoints/latest/12: the run was trained with other settings, refusing to resume it "
+        f"(data.batch_size: checkpoint 4, config 8; optimizer.learning_rate: checkpoint 0.02, config 0.05); use "
+        f"the config it was trained with, or accept the changes with "
+        f"--config.train.resume_changes=data.batch_size,optimizer.learning_rate")
+    stages.restore_for_inference(changed, str(workdir), log=lambda line: None)  # eval checks the model only
+    with changed.unlocked():
+        changed.train.resume_changes = "data.batch_size,optimizer.learning_rate"
+    lines = []
+    stages.run_train(changed, str(workdir), log=lines.append)
+    assert ("[checkpoint] resuming with changes accepted by config.train.resume_changes: data.batch_size: "
+            "checkpoint 4, config 8; optimizer.learning_rate: checkpoint 0.02, config 0.05") in lines
+
+
+def test_edge_net_of_another_class_count_is_refused_by_name(trained, data_root, tmp_path):
+    workdir = copy_of(trained, tmp_path)
+    with pytest.raises(checkpointing.CheckpointError) as error:
+        stages.run_train(smoke_config(data_root, {"dataset.num_classes": 9}), str(workdir), log=lambda line: None)
+    assert str(error.value).startswith(f"{workdir}/edge_net/latest/30: the checkpoint is of another model, "
+                                       f"refusing to load it (dataset.num_classes: checkpoint 8, config 9)")
+
+
+def test_sigterm_during_edge_pretraining_stops_it_and_resumes_bit_for_bit(data_root, tmp_path):
+    overrides = {"edge_net.steps": 400, "train.checkpoint_every": 20}
+    workdir = tmp_path / "interrupted"
+    command = [sys.executable, "-m", "semeda_jax.main", "--config=configs/demo.py:smoke", f"--workdir={workdir}",
+               "--stages=train", *flags(data_root, overrides)]
+    with processes.killed_on_exit(processes.start(command)) as proc:
+        folder = workdir / "edge_net" / "latest"
+        deadline = time.monotonic() + 240
+        while not (folder.is_dir() and [n for n in os.listdir(folder) if n.isdigit()]):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0 and time.monotonic() - signalled < 30, output[-3000:]
+    step = int(output.split("[edge_pretrain] preempted (SIGTERM): checkpoint saved at step ")[1].split(";")[0])
+    assert 20 <= step < 400 and os.listdir(workdir / "edge_net" / "latest") == [str(step)], output[-3000:]
+    assert not (workdir / "checkpoints").exists()  # f_theta's training did not start
+    config = smoke_config(data_root, overrides)
+    lines = []
+    resumed = stages.run_edge_pretrain(config, str(workdir), log=lines.append)
+    assert f"[edge_pretrain] resumed from {workdir}/edge_net/latest/{step} at step {step}" in lines
+    straight = stages.run_edge_pretrain(config, str(tmp_path / "straight"), log=lambda line: None)
+    for a, b in zip(jax.tree_util.tree_leaves(straight), jax.tree_util.tree_leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

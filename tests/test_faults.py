@@ -122,6 +122,17 @@ def test_lock_is_exclusive_and_released(tmp_path):
     workdir.WorkdirLock(str(tmp_path)).acquire().release()
 
 
+def test_reading_runs_share_the_workdir_with_training(tmp_path):
+    """Eval / predict (exclusive=False) run beside a training and beside each other; trainings still refuse
+    each other."""
+    with workdir.WorkdirLock(str(tmp_path)), workdir.WorkdirLock(str(tmp_path), exclusive=False), \
+            workdir.WorkdirLock(str(tmp_path), exclusive=False), \
+            pytest.raises(workdir.WorkdirError, match="is in use by another run"):
+        workdir.WorkdirLock(str(tmp_path)).acquire()
+    with workdir.WorkdirLock(str(tmp_path), exclusive=False):
+        workdir.WorkdirLock(str(tmp_path)).acquire().release()
+
+
 def test_reference_arrays_unchanged_by_label_check(dataset):
     """The label-size check moved into the label decoder: a correct split still yields its exact labels."""
     config = voc_config(dataset)

@@ -79,3 +79,20 @@ def test_bad_inputs_are_named():
     labels[1, 0, 0] = 3
     with pytest.raises(InputError, match=r"labels: values \{3\} are outside \[0, 3\) and not the void label 255"):
         multilabel_loss(jnp.zeros((2, 3)), labels)
+
+
+@pytest.mark.parametrize("z", [0.0, 1e-8, -1e-8, 30.0, -30.0, 800.0, -800.0])
+def test_value_and_gradient_at_zero_and_extreme_logits(z):
+    """Per (image, class) pair against float64: a loss of exactly 0 at a logit of 0 (where max(z, 0) has a kink)
+    and at logits whose sigmoid rounds to 0 or 1."""
+    labels = jnp.asarray(np.array([[[0, 0], [0, 255]]], np.int32))  # class 0 present, class 1 absent
+    targets = np.array([[1.0, 0.0]])
+    logits = jnp.full((1, 2), z, jnp.float64)
+    np.testing.assert_allclose(float(multilabel_loss(logits, labels)), reference_loss(np.full((1, 2), z), targets),
+                               rtol=1e-12, atol=0)
+    grad = np.asarray(jax.grad(lambda z: multilabel_loss(z, labels))(logits))
+    with np.errstate(over="ignore"):  # sigmoid(z) - t without cancellation: -sigmoid(-z) where t = 1
+        expected = np.array([[-1 / (1 + np.exp(z)), 1 / (1 + np.exp(-z))]]) / 2
+    np.testing.assert_allclose(grad, expected, rtol=1e-12, atol=1e-300)
+    if z == 0.0:
+        np.testing.assert_array_equal(grad, [[-0.25, 0.25]])

@@ -29,7 +29,8 @@ def multilabel_loss(class_logits: jax.Array, labels: jax.Array, *, ignore_label:
     """class_logits [B,C] float, labels [B,H,W] int -> scalar: the sigmoid binary cross-entropy of every
     (image, class) against present_classes(labels), averaged over the B*C pairs.
 
-    BCE(z, t) = softplus(z) - t z, computed as max(z, 0) - t z + log1p(exp(-|z|)) (no overflow at any z).
+    BCE(z, t) = -t log sigmoid(z) - (1 - t) log sigmoid(-z), by jax.nn.log_sigmoid: exact at any z, and its
+    gradient is sigmoid(z) - t everywhere (z = 0 included).
     """
     check_rank("class_logits", class_logits, 2, "[B,C]")
     check_rank("labels", labels, 3, "[B,H,W]")
@@ -44,4 +45,4 @@ def multilabel_loss(class_logits: jax.Array, labels: jax.Array, *, ignore_label:
 def _multilabel_loss(class_logits, labels, *, ignore_label):
     targets = present_classes(labels, class_logits.shape[-1], ignore_label).astype(class_logits.dtype)
     z = class_logits
-    return jnp.mean(jnp.maximum(z, 0) - targets * z + jnp.log1p(jnp.exp(-jnp.abs(z))))
+    return -jnp.mean(targets * jax.nn.log_sigmoid(z) + (1 - targets) * jax.nn.log_sigmoid(-z))
