@@ -165,3 +165,41 @@ def test_ade20k_tfds_variant_runs_every_stage(tmp_path, float32_jax):
     assert saved["miou"] == pytest.approx(report["miou"])
     valid = sum(int((codes != 0).sum()) for _, codes in fake_scene_parse("test").values())
     assert sum(map(sum, saved["confusion_matrix"])) == valid  # "other" (raw 0) never reaches the metric
+
+
+class TinySegmentation(tfds.core.GeneratorBasedBuilder):
+    """A real (unmocked) TFDS builder prepared in a temporary data_dir: PNG images, a [H,W,1] mask of 1..3
+    (as oxford_iiit_pet's trimap)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(encoding_format="png"),
+            "segmentation_mask": tfds.features.Image(shape=(None, None, 1), encoding_format="png")}))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(5, 0), "validation": self._generate_examples(3, 50)}
+
+    def _generate_examples(self, n, seed):
+        for i in range(n):
+            yield i, {"image": _image(seed + i, HW), "segmentation_mask": _codes(seed + i, HW, [1, 2, 3])[..., None]}
+
+
+def test_a_prepared_tfds_dataset_reads_without_mocks(tmp_path):
+    config = {"name": "tfds", "tfds_name": "tiny_segmentation", "num_classes": 3, "label_offset": -1,
+              "data_dir": str(tmp_path / "tfds"), "cache_dir": str(tmp_path / "cache")}
+    with pytest.raises(DatasetError, match=re.escape("run `tfds build tiny_segmentation --data_dir=")):
+        data.build_reader(config, "train")
+    TinySegmentation(data_dir=str(tmp_path / "tfds")).download_and_prepare()
+    for split, n, seed in (("train", 5, 0), ("validation", 3, 50), ("train[:2]", 2, 0)):
+        reader = data.build_reader(config, split)
+        assert len(reader) == n and reader.ids == sorted(reader.ids)
+        expected = {_codes(seed + i, HW, [1, 2, 3]).tobytes(): _image(seed + i, HW) for i in range(5)}
+        for image_id in reader.ids:
+            image, label = reader.load(image_id)
+            np.testing.assert_array_equal(image, expected[(label + 1).astype(np.uint8).tobytes()])  # PNG: exact
+    with pytest.raises(DatasetError, match=re.escape(f"TFDS dataset 'tiny_segmentation' in {tmp_path}/tfds (split "
+                                                     f"'test'): Unknown split 'test'. Should be one of ['train', "
+                                                     f"'validation'].; expected: the dataset prepared")):
+        data.build_reader(config, "test")

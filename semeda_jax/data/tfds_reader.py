@@ -81,8 +81,13 @@ class TFDSSegmentation(SegmentationReader):
         self._images: dict[str, str] = {}
 
     def expected_layout(self) -> str:
-        return (f"expected: TFDS dataset {self.tfds_name!r} prepared (`tfds build {self.tfds_name}`) with a split "
-                f"{self.split!r} and features {self.image_key!r} (Image) and {self.label_key!r} (class-index mask)")
+        return (f"expected: the dataset prepared (`tfds build {self.tfds_name}`) with a split {self.split!r} and "
+                f"features {self.image_key!r} (Image) and {self.label_key!r} (class-index mask)")
+
+    def _error(self, what: str) -> DatasetError:
+        where = f" in {self.data_dir}" if self.data_dir else ""
+        return DatasetError(f"TFDS dataset {self.tfds_name!r}{where} (split {self.split!r}): {what}; "
+                            f"{self.expected_layout()}")
 
     def _builder(self):
         import tensorflow_datasets as tfds
@@ -124,7 +129,7 @@ class TFDSSegmentation(SegmentationReader):
                 f"--manual_dir=<folder with the downloaded files> for a dataset that needs a manual download)"
             ) from None
         except (ValueError, KeyError) as e:  # an unknown split name or a bad slice
-            raise self._error(f"split {self.split!r}: {_first_line(e)}") from None
+            raise self._error(_first_line(e)) from None
         for folder in ("images", "labels"):
             (self.folder / folder).mkdir(parents=True, exist_ok=True)
         print(f"[data] exporting TFDS {self.tfds_name}:{self.split} to {self.folder} (once)", flush=True)
