@@ -11,7 +11,11 @@ batch_size / process_count); it must be a multiple of the data-parallel device c
 """
 from __future__ import annotations
 
+from typing import Mapping, Sequence
+
 import ml_collections
+
+from semeda_jax import data
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -20,7 +24,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.stages = ("train", "eval")  # train pre-trains g_phi first when the loss needs it
 
     # Read by semeda_jax.data.build_reader: `root` is the dataset folder (for "synthetic": where to write it;
-    # unset = a parameter-hash folder under `cache_dir`, default ~/.cache/semeda_jax).
+    # unset = a parameter-hash folder under `cache_dir`, default ~/.cache/semeda_jax). The keys after val_split
+    # are read by the datasets named (their builders in semeda_jax/data/__init__.py; unset = the builder's
+    # default); a key set for a dataset that does not read it is a ConfigError.
     config.dataset = ml_collections.ConfigDict(dict(
         name="synthetic",
         root=ml_collections.config_dict.placeholder(str),
@@ -28,6 +34,17 @@ def base_config() -> ml_collections.ConfigDict:
         num_classes=21,
         train_split="train",
         val_split="val",
+        # synthetic: the generator's parameters (data/synthetic.py)
+        num_train=ml_collections.config_dict.placeholder(int),
+        num_val=ml_collections.config_dict.placeholder(int),
+        image_size=ml_collections.config_dict.placeholder(tuple),
+        void_width=ml_collections.config_dict.placeholder(int),
+        seed=ml_collections.config_dict.placeholder(int),
+        # voc: the SBD folder for split "train_aug", the label folder under root
+        sbd_root=ml_collections.config_dict.placeholder(str),
+        label_dir=ml_collections.config_dict.placeholder(str),
+        # cityscapes: "gtFine" | "gtCoarse"
+        annotation=ml_collections.config_dict.placeholder(str),
     ))
     config.data = ml_collections.ConfigDict(dict(
         crop_size=(321, 321),
@@ -123,11 +140,14 @@ def base_config() -> ml_collections.ConfigDict:
 
 SMOKE_DEPTHS = {"resnet": 18, "xception": 26, "resnet38": 38, "vgg16": 16}  # ResNet-18; Xception with one
 # middle-flow block; ResNet-38 and VGG-16 have one depth (smoke narrows them only)
+SMOKE_DATASET = dict(num_train=16, num_val=6, image_size=(40, 48))  # for a dataset that generates its images
+SMOKE = {"smoke": (None, ("smoke",))}  # the variant group of every config file: `:smoke`
 
 
 def shrink_for_smoke(config: ml_collections.ConfigDict) -> None:
     """Tiny everything: a run of seconds that exercises every stage (tests and `:smoke` variants)."""
-    config.dataset.update(num_train=16, num_val=6, image_size=(40, 48))
+    reads = data.dataset_fields(config.dataset.name)
+    config.dataset.update({k: v for k, v in SMOKE_DATASET.items() if k in reads})
     config.model.update(depth=SMOKE_DEPTHS[config.model.backbone], base_width=4)
     if config.model.get("bn_group_size"):
         config.model.bn_group_size = 2  # groups must divide the smoke batch of 4
@@ -137,10 +157,20 @@ def shrink_for_smoke(config: ml_collections.ConfigDict) -> None:
     config.eval.num_plot_images = 4
 
 
-def apply_variant(config: ml_collections.ConfigDict, arg: str | None, config_file: str) -> ml_collections.ConfigDict:
-    """The `:variant` of a config file that has only `smoke` (shrink_for_smoke); anything else is an error."""
-    if arg == "smoke":
-        shrink_for_smoke(config)
-    elif arg:
-        raise ValueError(f"{config_file}: unknown variant {arg!r}; known: 'smoke'")
-    return config
+def parse_variants(arg: str | None, config_file: str,
+                   groups: Mapping[str, tuple[str | None, Sequence[str]]]) -> dict[str, str | None]:
+    """The `:variant` of a config file: 'ppce,smoke' -> {group: its token, else its default} for `groups`
+    {group: (default, known tokens)}, at most one token per group; a ValueError names the file and the bad
+    token (with the known ones) or the two tokens of one group."""
+    chosen = {group: default for group, (default, _) in groups.items()}
+    given = {}
+    for token in filter(None, (t.strip() for t in (arg or "").split(","))):
+        group = next((name for name, (_, tokens) in groups.items() if token in tokens), None)
+        if group is None:
+            known = sorted(t for _, tokens in groups.values() for t in tokens)
+            raise ValueError(f"{config_file}: unknown variant {token!r}; known: {known}")
+        if group in given:
+            raise ValueError(f"{config_file}: variants {given[group]!r} and {token!r} both choose the {group}; "
+                             f"give one of {list(groups[group][1])}")
+        chosen[group] = given[group] = token
+    return chosen

@@ -48,4 +48,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.eval_every = 400
     config.train.checkpoint_every = 200
 
-    return common.apply_variant(config, arg, "configs/demo.py")
+    if common.parse_variants(arg, "configs/demo.py", common.SMOKE)["smoke"]:
+        common.shrink_for_smoke(config)
+    return config

@@ -43,24 +43,18 @@ BACKBONES = {
                   baseline=dict(name="deeplab_largefov"), batch_size=1,
                   optimizer=dict(learning_rate=1e-5, momentum=0.99, weight_decay=5e-4)),
 }
-FLAGS = ("multilabel", "potts", "crflayer", "smoke")
+FLAGS = ("multilabel", "potts", "crflayer")
+# {group: (default, tokens)}: one row, one backbone, each flag on or off, smoke.
+VARIANTS = {"row": ("learned", ROWS), "backbone": ("resnet101", tuple(BACKBONES)),
+            **{flag: (None, (flag,)) for flag in FLAGS}, **common.SMOKE}
+FIRST_ROW = {"multilabel": "clsnet", "potts": "compatibility", "crflayer": "compatibility"}  # a flag's first row
 
 
 def parse_variant(arg: str | None) -> dict:
-    """'vgg16,compatibility,smoke' -> {"row": "compatibility", "backbone": "vgg16", "multilabel": False, ...}."""
-    chosen = {"row": "learned", "backbone": "resnet101", **{flag: False for flag in FLAGS}}
-    for token in filter(None, (t.strip() for t in (arg or "").split(","))):
-        if token in ROWS:
-            chosen["row"] = token
-        elif token in BACKBONES:
-            chosen["backbone"] = token
-        elif token in FLAGS:
-            chosen[token] = True
-        else:
-            raise ValueError(f"configs/guidance_voc.py: unknown variant {token!r}; known: "
-                             f"{sorted([*ROWS, *BACKBONES, *FLAGS])}")
-    first_row = {"multilabel": "clsnet", "potts": "compatibility", "crflayer": "compatibility"}
-    for flag, row in first_row.items():
+    """'vgg16,compatibility,smoke' -> {"row": "compatibility", "backbone": "vgg16", "multilabel": None, ...}
+    (common.parse_variants); a ValueError names a flag given with a row before the one it modifies."""
+    chosen = common.parse_variants(arg, "configs/guidance_voc.py", VARIANTS)
+    for flag, row in FIRST_ROW.items():
         if chosen[flag] and ROWS.index(chosen["row"]) < ROWS.index(row):
             raise ValueError(f"configs/guidance_voc.py: variant {flag!r} needs the row {row!r} or a later one, "
                              f"got {chosen['row']!r}")
@@ -72,8 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     backbone = BACKBONES[variant["backbone"]]
     row = ROWS.index(variant["row"])
     config = common.base_config()
-    config.dataset.update(name="voc", num_classes=21, train_split="train_aug", val_split="val",
-                          sbd_root=ml_collections.config_dict.placeholder(str))
+    config.dataset.update(name="voc", num_classes=21, train_split="train_aug", val_split="val")
     config.model.update(backbone["model"])
     if row == 0:  # the DeepLab baseline: no classification branch
         config.model.update(backbone["baseline"])

@@ -20,8 +20,7 @@ from configs import common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = common.base_config()
-    config.dataset.update(name="voc", num_classes=21, train_split="train_aug", val_split="val",
-                          sbd_root=ml_collections.config_dict.placeholder(str))
+    config.dataset.update(name="voc", num_classes=21, train_split="train_aug", val_split="val")
     config.model.update(dict(
         name="deeplab_v3_pac", depth=101, base_width=64, output_stride=16, stem="deeplab", bn_mode="train",
         bn_momentum=0.9997))
@@ -30,4 +29,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.losses.bal.update(kernel="gaussian", size=35, sigma=3.0, beta=0.5, down=4)
     config.optimizer.update(learning_rate=0.007, momentum=0.9, weight_decay=1e-4, warmup_steps=0, poly_power=0.9)
     config.train.steps = 30000
-    return common.apply_variant(config, arg, "configs/pac_voc.py")
+    if common.parse_variants(arg, "configs/pac_voc.py", common.SMOKE)["smoke"]:
+        common.shrink_for_smoke(config)
+    return config

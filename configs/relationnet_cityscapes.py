@@ -79,20 +79,12 @@ PHASES = {
 SMOKE_PHASE_STEPS = {"fine": 2, "fine_decay": 2, "coarse": 3, "fine_again": 2}
 
 
-def parse_variant(arg: str | None) -> tuple[str, bool]:
-    """'stage1,smoke' -> ("stage1", True); no row = the default; ValueError names an unknown or second row."""
-    tokens = [t.strip() for t in (arg or "").split(",") if t.strip()]
-    smoke = "smoke" in tokens
-    rows = [t for t in tokens if t != "smoke"]
-    unknown = [t for t in rows if t not in ROWS]
-    if unknown or len(rows) > 1:
-        raise ValueError(f"configs/relationnet_cityscapes.py: variant {arg!r}: give one row of {list(ROWS)} "
-                         f"(optionally with 'smoke'), got {rows}")
-    return (rows[0] if rows else DEFAULT_ROW), smoke
+VARIANTS = {"row": (DEFAULT_ROW, tuple(ROWS)), **common.SMOKE}  # {group: (default, tokens)}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    row, smoke = parse_variant(arg)
+    variant = common.parse_variants(arg, "configs/relationnet_cityscapes.py", VARIANTS)
+    row = variant["row"]
     loss, deformable, relation, stages, multistep = ROWS[row][:5]
     config = common.base_config()
     config.dataset.update(name="cityscapes", num_classes=19, train_split="train", val_split="val",
@@ -121,7 +113,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.phases[name] = section
     if multistep:
         config.eval.inference.update(mode="shifted", shifts=4)
-    if smoke:
+    if variant["smoke"]:
         common.shrink_for_smoke(config)
         for name in names:
             del config.phases[name]["epochs"]

@@ -35,26 +35,15 @@ BACKBONE_NORMALISATION = {
 }
 
 
-def parse_variants(arg: str | None, config_file: str) -> dict:
-    """'ppce,resnet101' -> {"loss": "ppce", "backbone": "resnet101", "model": "v3plus", "smoke": False}."""
-    chosen = {"loss": "semeda", "model": "v3plus", "backbone": "xception71", "smoke": False}
-    groups = {"loss": LOSS_VARIANTS, "model": MODEL_VARIANTS, "backbone": BACKBONE_VARIANTS}
-    for token in filter(None, (t.strip() for t in (arg or "").split(","))):
-        if token == "smoke":
-            chosen["smoke"] = True
-            continue
-        group = next((name for name, options in groups.items() if token in options), None)
-        if group is None:
-            known = sorted([*LOSS_VARIANTS, *MODEL_VARIANTS, *BACKBONE_VARIANTS, "smoke"])
-            raise ValueError(f"{config_file}: unknown variant {token!r}; known: {known}")
-        chosen[group] = token
-    return chosen
+# The variant groups of configs/voc.py, cityscapes.py and helen.py: {group: (default, tokens)}.
+VARIANTS = {"loss": ("semeda", tuple(LOSS_VARIANTS)), "model": ("v3plus", tuple(MODEL_VARIANTS)),
+            "backbone": ("xception71", tuple(BACKBONE_VARIANTS)), **common.SMOKE}
 
 
 def semeda_config(arg: str | None, *, config_file: str, dataset: dict, lambdas: Sequence[float], steps: int,
                   eval_pad_size: Sequence[int], eval_batch_size: int) -> ml_collections.ConfigDict:
     """The SEMEDA setup on `dataset` (config.dataset fields) with the paper's `lambdas` for that dataset."""
-    variants = parse_variants(arg, config_file)
+    variants = common.parse_variants(arg, config_file, VARIANTS)
     config = common.base_config()
     config.dataset.update(dataset)
 

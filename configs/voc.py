@@ -21,6 +21,5 @@ from configs import semeda_paper
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     return semeda_paper.semeda_config(
         arg, config_file="configs/voc.py",
-        dataset=dict(name="voc", num_classes=21, train_split="train_aug", val_split="val",
-                     sbd_root=ml_collections.config_dict.placeholder(str)),
+        dataset=dict(name="voc", num_classes=21, train_split="train_aug", val_split="val"),
         lambdas=(2.0, 4.0, 0.0), steps=30000, eval_pad_size=(512, 512), eval_batch_size=4)

@@ -12,6 +12,7 @@ from typing import Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -19,6 +20,15 @@ from semeda_jax.edges import semantic_edges
 from semeda_jax.losses.edge_net import edge_net_forward, edge_pretrain_loss, init_edge_net
 from semeda_jax.losses.common import one_hot_labels
 from semeda_jax.metrics import confusion_matrix, per_class_f1
+from semeda_jax.validation import check_fields, check_positive_ints
+
+CONFIG_FIELDS = ("checkpoint", "steps", "batch_size", "learning_rate")  # of config.edge_net
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """config.edge_net (stages.check_config): only CONFIG_FIELDS; steps and batch size integers >= 1."""
+    check_fields(config.edge_net, CONFIG_FIELDS, "config.edge_net")
+    check_positive_ints(config, ["edge_net.steps", "edge_net.batch_size"])
 
 
 def edge_predictions(params, labels: jax.Array, num_classes: int) -> jax.Array:

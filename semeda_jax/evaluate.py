@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from semeda_jax import inference, metrics, parallel
-from semeda_jax.validation import IGNORE_LABEL
+from semeda_jax.validation import IGNORE_LABEL, ConfigError, check_fields
 
 COUNTS = ("cm", "band_cm", "interior_cm", "emeasure_sums", "emeasure_counts")
 PERIODIC = inference.InferenceSpec()  # whole image, one scale, no flip
@@ -67,6 +67,15 @@ def sample_image(image: np.ndarray, label_size: Sequence[int], data_config) -> n
 
 # config.eval.f1_groups -> the class groups whose merged F1 the report adds ("" = none).
 F1_GROUPS = {"": {}, "helen": metrics.HELEN_F1_GROUPS}
+CONFIG_FIELDS = ("trimap_widths", "num_plot_images", "f1_groups", "inference", "crf", "learn_fusion")  # of config.eval
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """config.eval (stages.check_config): only CONFIG_FIELDS (inference, crf and learn_fusion are checked by
+    inference.py, crf.py and fusion.py); a known f1_groups."""
+    check_fields(config.eval, CONFIG_FIELDS, "config.eval")
+    if config.eval.get("f1_groups", "") not in F1_GROUPS:
+        raise ConfigError(f"config.eval.f1_groups: unknown {config.eval.f1_groups!r}; valid: {sorted(F1_GROUPS)}")
 
 
 def summarize(totals: dict, widths: Sequence[int], class_names: Sequence[str] | None = None,

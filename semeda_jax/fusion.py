@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -37,16 +37,35 @@ from semeda_jax import inference, parallel
 from semeda_jax.validation import IGNORE_LABEL, ConfigError
 
 WEIGHTS_FILE = "fusion_weights.json"
+CONFIG_FIELDS = ("split", "pixels_per_image", "steps", "learning_rate")  # of config.eval.learn_fusion
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """config.eval.learn_fusion (options_from_config) when config.eval.inference.fusion is "learned"
+    (stages.check_config; the learn_fusion stage checks it itself)."""
+    if inference.spec_from_config(config.eval.inference).fusion == "learned":
+        options_from_config(config)
+
+
+def check_run(config: ml_collections.ConfigDict, stages: Sequence[str], workdir: str) -> None:
+    """A ConfigError when fusion "learned" would read WORKDIR/fusion_weights.json that neither exists nor is
+    written by a learn_fusion stage of `stages` before the eval or predict stage reads it."""
+    if inference.spec_from_config(config.eval.inference).fusion != "learned":
+        return
+    readers = [stage for stage in stages if stage in ("eval", "predict")]
+    path = os.path.join(workdir, WEIGHTS_FILE)
+    if readers and "learn_fusion" not in stages[:stages.index(readers[0])] and not os.path.isfile(path):
+        raise ConfigError(f"config.eval.inference.fusion: 'learned' reads {path}, which does not exist; add "
+                          f"learn_fusion to --stages before {readers[0]} (or use fusion 'avg')")
 
 
 def options_from_config(config: ml_collections.ConfigDict) -> dict:
     """config.eval.learn_fusion checked -> {split, pixels_per_image, steps, learning_rate}; ConfigError names
     the field (the split must not be config.dataset.val_split: the reported numbers would be fitted on)."""
     section = config.eval.learn_fusion
-    fields = ("split", "pixels_per_image", "steps", "learning_rate")
-    unknown = sorted(set(section) - set(fields))
+    unknown = sorted(set(section) - set(CONFIG_FIELDS))
     if unknown:
-        raise ConfigError(f"config.eval.learn_fusion.{unknown[0]}: no such field; valid: {list(fields)}")
+        raise ConfigError(f"config.eval.learn_fusion.{unknown[0]}: no such field; valid: {list(CONFIG_FIELDS)}")
     if section.split == config.dataset.val_split:
         raise ConfigError(f"config.eval.learn_fusion.split: {section.split!r} is the validation split "
                           f"(config.dataset.val_split), on which results are reported; fit on another split")
@@ -58,7 +77,7 @@ def options_from_config(config: ml_collections.ConfigDict) -> dict:
                                                         and section.learning_rate > 0):
         raise ConfigError(f"config.eval.learn_fusion.learning_rate: expected a number > 0, got "
                           f"{section.learning_rate!r}")
-    return {name: section[name] for name in fields}
+    return {name: section[name] for name in CONFIG_FIELDS}
 
 
 def sample_views(views_fn: Callable, variables, batch: dict, key: jax.Array, pixels: int) -> dict:

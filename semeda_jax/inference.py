@@ -142,6 +142,16 @@ def spec_for(config: ml_collections.ConfigDict) -> InferenceSpec:
     return dataclasses.replace(spec, postprocess_options=tuple(sorted(options.items())))
 
 
+def check_config(config: ml_collections.ConfigDict) -> InferenceSpec:
+    """config.eval.inference checked (spec_for; stages.check_config) -> its spec; a ConfigError also when the
+    CRF would post-process logits that config.model.crf_layer already refined."""
+    spec = spec_for(config)
+    if config.model.get("crf_layer") and spec.postprocess == "guided_crf":
+        raise ConfigError("config.eval.inference.postprocess: 'guided_crf' would apply the CRF a second time, "
+                          "config.model.crf_layer already puts it on the model's logits")
+    return spec
+
+
 def check_outputs(spec: InferenceSpec, outputs: Mapping) -> None:
     """ConfigError when the post-processing reads a model output the model does not produce (the content-
     sensitive compatibility reads "class_logits")."""

@@ -67,6 +67,7 @@ def run(config, workdir: str, stages, images: str | None) -> None:
     if "predict" in stages and not images:
         raise ConfigError("--images: the predict stage needs a folder of images")
     stage_lib.check_config(config)
+    stage_lib.check_run(config, stages, workdir)
     workdir = workdir_lib.prepare(workdir)
     options = {"predict": {"images": images}}  # the stages' own flags
     with workdir_lib.WorkdirLock(workdir, jax.process_index()):

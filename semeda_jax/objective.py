@@ -5,7 +5,9 @@ A term (`TERMS[name]`) is a pure function `fn(*outputs it reads, labels, *frozen
 -> scalar, the names of the model outputs it reads ("logits", "pair_logits", ...; models/builder.py) and of
 the frozen networks it needs from the step's `frozen` pytree ("edge_net": g_phi). Its config section
 `config.losses.<name>` holds its `weight` in the mix and its keyword hyperparameters. Adding a loss: its
-function in semeda_jax/losses/, one `Term` here, its section in configs/common.py.
+function in semeda_jax/losses/, one `Term` in TERMS here, its section in configs/common.py; a term reading an
+output other than a [B,h,w,C] map also gives that output's shape in OUTPUTS, one needing a new frozen network
+its init in FROZEN_NETS (both only to trace the term when a config is checked, check_config).
 
 `config.loss` (or a phase's `loss`) joins term names with '+'. The objective maps (outputs {name: array},
 labels [B,H,W], frozen {net: params}) to (total scalar, {term name: weighted value}) so the step can log every
@@ -20,10 +22,11 @@ import inspect
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
-from semeda_jax import losses
-from semeda_jax.validation import ConfigError
+from semeda_jax import losses, phases
+from semeda_jax.validation import ConfigError, InputError, is_number
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,32 +52,39 @@ TERMS = {
     "multilabel": Term(losses.multilabel_loss, reads=("class_logits",)),
 }
 
+PROBE_SIZE = 16  # side of the abstract batch the terms are traced on (check_config)
+# The abstract model outputs the terms are traced on, name -> shape fn(num_classes); an output not listed is a
+# [1, PROBE_SIZE, PROBE_SIZE, num_classes] map.
+OUTPUTS = {
+    "logits": lambda num_classes: (1, PROBE_SIZE, PROBE_SIZE, num_classes),
+    "pair_logits": lambda num_classes: (1, PROBE_SIZE, PROBE_SIZE, 9),  # 3x3 neighbours (losses/scl.py)
+    "class_logits": lambda num_classes: (1, num_classes),  # image-level [B,C]
+}
+# The frozen networks a term may need, name -> init(key, num_classes) -> params (the terms are traced on them).
+FROZEN_NETS = {"edge_net": losses.init_edge_net}
+
 
 def parse_mix(mix: str, key: str = "config.loss") -> list[str]:
-    """'ce+semeda' -> ['ce', 'semeda'], checked against TERMS (a ConfigError names `key` and the bad term)."""
+    """'ce+semeda' -> ['ce', 'semeda'], checked against TERMS (a ConfigError names `key` and the bad or
+    repeated term)."""
     names = [name.strip() for name in str(mix).split("+") if name.strip()]
     if not names:
         raise ConfigError(f"{key}: expected term names joined by '+', e.g. 'ce+semeda', got {mix!r}")
-    for name in names:
+    for index, name in enumerate(names):
         if name not in TERMS:
             raise ConfigError(f"{key}: unknown term {name!r}; valid terms: {sorted(TERMS)}")
+        if name in names[:index]:
+            raise ConfigError(f"{key}: term {name!r} appears twice in {mix!r}; set its weight in "
+                              f"config.losses.{name}.weight instead")
     return names
-
-
-def loss_terms(config: ml_collections.ConfigDict) -> list[str]:
-    """The term names of config.loss."""
-    return parse_mix(config.loss)
 
 
 def all_mixes(config: ml_collections.ConfigDict) -> dict[str, str]:
     """{config key: mix} of config.loss and of every training phase's loss (phases.py)."""
     mixes = {"config.loss": config.loss}
-    phases = config.get("phases")
-    if phases is not None:
-        for name in str(phases.get("order", "")).split(","):
-            name = name.strip()
-            if name and name in phases and phases[name].get("loss"):
-                mixes[f"config.phases.{name}.loss"] = phases[name].loss
+    for name in phases.phase_names(config):
+        if name in config.phases and config.phases[name].get("loss"):
+            mixes[f"config.phases.{name}.loss"] = config.phases[name].loss
     return mixes
 
 
@@ -89,7 +99,14 @@ def needs_edge_net(config: ml_collections.ConfigDict) -> bool:
     return "edge_net" in frozen_nets(config)
 
 
-def check_loss_config(config: ml_collections.ConfigDict) -> None:
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """config.loss, the phases' losses and config.losses (stages.check_config): a one-line ConfigError naming
+    the key of a bad mix, section, weight or hyperparameter."""
+    check_sections(config)
+    check_values(config)
+
+
+def check_sections(config: ml_collections.ConfigDict) -> None:
     """Every mix names registered terms; every config.losses section belongs to a term, has a weight and sets
     only its term's hyperparameters (a ConfigError names the key)."""
     for key, mix in all_mixes(config).items():
@@ -107,6 +124,36 @@ def check_loss_config(config: ml_collections.ConfigDict) -> None:
             if field != "weight" and field not in valid:
                 raise ConfigError(f"config.losses.{name}.{field}: no such hyperparameter of the {name!r} term; "
                                   f"valid: {['weight', *valid]}")
+
+
+def check_values(config: ml_collections.ConfigDict) -> None:
+    """Every term of every mix: a finite weight, and hyperparameters its loss function accepts, found by tracing
+    the term once on abstract outputs (OUTPUTS) and frozen nets (FROZEN_NETS) with `jax.eval_shape` (the
+    static checks of the loss functions run, nothing is computed), so a bad `losses.semeda.reduction` fails
+    before g_phi's pre-training."""
+    num_classes = config.dataset.num_classes
+    names = {name for key, mix in all_mixes(config).items() for name in parse_mix(mix, key)}
+    for name in sorted(names):
+        term, section = TERMS[name], config.losses[name]
+        if not is_number(section.weight):
+            raise ConfigError(f"config.losses.{name}.weight: expected a finite number, got {section.weight!r}")
+        hyper = {k: v for k, v in section.to_dict().items() if k != "weight"}
+        lambdas = hyper.get("lambdas")
+        if lambdas is not None and not (isinstance(lambdas, (tuple, list)) and len(lambdas) == 3
+                                        and all(is_number(v) and v >= 0 for v in lambdas)):
+            raise ConfigError(f"config.losses.{name}.lambdas: expected three finite weights >= 0 (one per "
+                              f"edge-net layer), got {lambdas!r}")
+        nets = [FROZEN_NETS[net](jax.random.PRNGKey(0), num_classes) for net in term.needs]
+        outputs = [jax.ShapeDtypeStruct(OUTPUTS.get(out, OUTPUTS["logits"])(num_classes), jnp.float32)
+                   for out in term.reads]
+        labels = jax.ShapeDtypeStruct((1, PROBE_SIZE, PROBE_SIZE), jnp.int32)
+        try:
+            jax.eval_shape(lambda *inputs: term.fn(*inputs[:-1], inputs[-1], *nets, **hyper), *outputs, labels)
+        except (InputError, TypeError, ValueError) as error:
+            message = str(error).splitlines()[0]
+            field = message.split(":", 1)[0]
+            where = f"config.losses.{name}.{message}" if field in hyper else f"config.losses.{name}: {message}"
+            raise ConfigError(where) from None
 
 
 def check_outputs(config: ml_collections.ConfigDict, outputs, mix: str | None = None, key: str = "config.loss"):
@@ -146,9 +193,3 @@ class Objective:
     def __call__(self, outputs: dict, labels: jax.Array, frozen) -> tuple[jax.Array, dict]:
         values = {name: self.term(name, outputs, labels, frozen) for name in self.names}
         return sum(values.values()), values
-
-
-def build_loss_fn(config: ml_collections.ConfigDict, mix: str | None = None,
-                  key: str = "config.loss") -> Objective:
-    """The objective of `mix` (default config.loss) with the weights and hyperparameters of config.losses."""
-    return Objective(config, mix, key)

@@ -12,6 +12,17 @@ import optax
 from flax import traverse_util
 
 from semeda_jax.models.layers import frozen_bn_mask
+from semeda_jax.validation import ConfigError, check_fields, is_number
+
+CONFIG_FIELDS = ("learning_rate", "momentum", "weight_decay", "warmup_steps", "poly_power")  # of config.optimizer
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """config.optimizer (stages.check_config): only CONFIG_FIELDS; a finite learning rate > 0."""
+    check_fields(config.optimizer, CONFIG_FIELDS, "config.optimizer")
+    lr = config.optimizer.learning_rate
+    if not is_number(lr) or lr <= 0:
+        raise ConfigError(f"config.optimizer.learning_rate: expected a finite number > 0, got {lr!r}")
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int, *, base: float | None = None,

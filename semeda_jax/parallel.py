@@ -23,11 +23,25 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from semeda_jax.validation import ConfigError
+from semeda_jax.validation import ConfigError, check_fields, check_positive_ints
 
 DATA_AXIS, MODEL_AXIS = "data", "model"
 PARAM_SHARDINGS = ("replicated", "data")
+CONFIG_FIELDS = ("model_parallelism", "param_sharding")  # of config.parallel
 MIN_SHARDED_SIZE = 2 ** 14  # smaller leaves stay replicated under param_sharding="data": not worth a gather
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """config.parallel (stages.check_config): only CONFIG_FIELDS; model_parallelism an integer >= 1, a known
+    param_sharding (whether the devices split evenly is known only at make_mesh)."""
+    check_fields(config.parallel, CONFIG_FIELDS, "config.parallel")
+    check_positive_ints(config, ["parallel.model_parallelism"])
+    _check_param_sharding(config.parallel.param_sharding)
+
+
+def _check_param_sharding(mode: str) -> None:
+    if mode not in PARAM_SHARDINGS:
+        raise ConfigError(f"config.parallel.param_sharding: unknown {mode!r}; valid: {list(PARAM_SHARDINGS)}")
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -108,8 +122,7 @@ def _leaf_sharding(mesh: Mesh, leaf, mode: str) -> NamedSharding:
 def state_shardings(mesh: Mesh, abstract_state, mode: str):
     """Shardings for every leaf of a (train) state of ShapeDtypeStructs: replicated, or (mode "data", ZeRO-3
     style) big leaves split along `data`; optimiser moments follow their parameters (same shape, same rule)."""
-    if mode not in PARAM_SHARDINGS:
-        raise ConfigError(f"config.parallel.param_sharding: unknown {mode!r}; valid: {list(PARAM_SHARDINGS)}")
+    _check_param_sharding(mode)
     return jax.tree_util.tree_map(lambda leaf: _leaf_sharding(mesh, leaf, mode), abstract_state)
 
 

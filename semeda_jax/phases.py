@@ -26,7 +26,6 @@ import math
 import ml_collections
 import optax
 
-from semeda_jax import objective
 from semeda_jax.optim import learning_rate_schedule
 from semeda_jax.validation import ConfigError
 
@@ -63,7 +62,7 @@ def phase_names(config: ml_collections.ConfigDict) -> list[str]:
 
 def check_phases(config: ml_collections.ConfigDict) -> None:
     """A ConfigError naming the key of a phase that is missing, has an unknown field, no (or two) lengths, an
-    unknown schedule, or a section no phase order lists."""
+    unknown schedule, or a section no phase order lists (its loss mix: objective.check_config)."""
     names = phase_names(config)
     if config.get("phases") is None:
         return
@@ -83,8 +82,6 @@ def check_phases(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"{key}: give exactly one of steps or epochs, > 0")
         if section.get("schedule", "poly") not in SCHEDULES:
             raise ConfigError(f"{key}.schedule: unknown {section.schedule!r}; valid: {list(SCHEDULES)}")
-        if section.get("loss"):
-            objective.parse_mix(section.loss, f"{key}.loss")
 
 
 def _phase_schedule(config: ml_collections.ConfigDict, section, steps: int, first: bool) -> optax.Schedule:

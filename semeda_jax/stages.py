@@ -12,96 +12,93 @@ Eval and predict with config.eval.inference.fusion = "learned" read WORKDIR/fusi
 """
 from __future__ import annotations
 
-import functools
 import os
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
-from semeda_jax import (config_checks, edge_pretrain, evaluate, fusion, inference, objective, parallel, phases,
-                        predict, reporting, train)
+from semeda_jax import (edge_pretrain, evaluate, fusion, inference, objective, optim, parallel, phases, predict,
+                        reporting, train)
 from semeda_jax.checkpointing import Checkpoints, model_fingerprint
-from semeda_jax.data import DATASETS, build_reader, pipeline
-from semeda_jax.losses import init_edge_net
-from semeda_jax.validation import ConfigError, InputError
+from semeda_jax.data import DATASETS, build_reader, dataset_fields, pipeline
+from semeda_jax.models import builder
+from semeda_jax.validation import ConfigError, InputError, check_fields, check_pair, check_positive_ints, is_number
 
 Log = Callable[[str], None]
 
-# The fields each config section may set: those some code reads (configs/common.py sets them all; a test keeps
-# the two in step). Sections checked elsewhere: dataset (its builder), model (models/builder.py routes every
-# field to a component), losses (objective.check_loss_config), phases (phases.check_phases), eval.inference
-# (inference.spec_from_config), eval.crf (crf.options_from_config, when the CRF post-processes).
-KNOWN_FIELDS = {
-    "": ("seed", "stages", "dataset", "data", "model", "mixed_precision", "parallel", "loss", "losses", "edge_net",
-         "optimizer", "train", "eval", "phases"),
-    "data": ("crop_size", "scale_range", "batch_size", "mean", "std", "eval_pad_size", "eval_batch_size",
-             "input_scale"),
-    "edge_net": ("checkpoint", "steps", "batch_size", "learning_rate"),
-    "optimizer": ("learning_rate", "momentum", "weight_decay", "warmup_steps", "poly_power"),
-    "train": ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "grad_accum_steps",
-              "log_logit_grad_norms", "init_checkpoint"),
-    "eval": ("trimap_widths", "num_plot_images", "f1_groups", "inference", "crf", "learn_fusion"),
-    "parallel": ("model_parallelism", "param_sharding"),
-}
-
-
-def check_unused_fields(config: ml_collections.ConfigDict) -> None:
-    """A ConfigError naming the first field that no code reads (e.g. `config.eval.tta`, `config.schedule`)."""
-    for section, known in KNOWN_FIELDS.items():
-        fields = config if not section else config.get(section) or {}
-        for field in fields:
-            if field not in known:
-                key = f"config.{section + '.' if section else ''}{field}"
-                raise ConfigError(f"{key}: no code reads this field, so it would be silently ignored; valid "
-                                  f"fields{' of config.' + section if section else ''}: {list(known)}")
+# The sections and top-level fields of a config. Each section's fields are declared by the module that reads
+# it (configs/common.py sets them all; a test keeps the two in step): CONFIG_FIELDS of edge_pretrain.py
+# (edge_net), optim.py (optimizer), train.py (train), evaluate.py (eval), parallel.py (parallel), crf.py
+# (eval.crf), fusion.py (eval.learn_fusion); DATA_FIELDS here (data); a dataset's builder (dataset,
+# data/__init__.py); phases.FIELDS; TERMS' hyperparameters (losses, objective.py); InferenceSpec
+# (eval.inference); the model's components (model, models/builder.py).
+TOP_FIELDS = ("seed", "stages", "dataset", "data", "model", "mixed_precision", "parallel", "loss", "losses",
+              "edge_net", "optimizer", "train", "eval", "phases")
+# config.data: what the stages hand to the input pipeline (data/ imports no jax-side code, ConfigError included,
+# so its sections are checked here: check_data, check_dataset).
+DATA_FIELDS = ("crop_size", "scale_range", "batch_size", "mean", "std", "eval_pad_size", "eval_batch_size",
+               "input_scale")
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Fail fast (before data, compilation or training) with a one-line ConfigError on a bad loss mix, a field
-    no code reads, a bad phase or inference setting, dataset name, model setting (the model is traced on a
-    1x33x33 input; every loss term's outputs must be among its outputs), BN group, report option, input scale
-    or weights path."""
-    objective.check_loss_config(config)
-    config_checks.check_values(config)
-    model = train.build_segmentation_model(config, config.dataset.num_classes)
-    check_unused_fields(config)
+    """Fail fast (before data, compilation or training) with a one-line ConfigError naming the key: each
+    section is checked by the module that reads it (its fields, then its values); the model is traced on a
+    1x33x33 input and every loss term's and the inference's outputs must be among its outputs."""
+    check_fields(config, TOP_FIELDS, "config")
+    objective.check_config(config)
+    train.check_config(config)
+    check_data(config)
+    edge_pretrain.check_config(config)
+    optim.check_config(config)
+    parallel.check_config(config)
+    evaluate.check_config(config)
     phases.check_phases(config)
-    spec = inference.spec_for(config)
-    if spec.fusion == "learned":
-        fusion.options_from_config(config)
-    if config.model.get("crf_layer") and spec.postprocess == "guided_crf":
-        raise ConfigError("config.eval.inference.postprocess: 'guided_crf' would apply the CRF a second time, "
-                          "config.model.crf_layer already puts it on the model's logits")
-    if config.dataset.name not in DATASETS:
-        raise ConfigError(f"config.dataset.name: unknown {config.dataset.name!r}; valid: {sorted(DATASETS)}")
-    if config.eval.get("f1_groups", "") not in evaluate.F1_GROUPS:
-        raise ConfigError(f"config.eval.f1_groups: unknown {config.eval.f1_groups!r}; "
-                          f"valid: {sorted(evaluate.F1_GROUPS)}")
-    group = config.model.get("bn_group_size") or 0
-    micro_batch = config.data.batch_size // max(int(config.train.grad_accum_steps), 1)
-    if group < 0 or (group and micro_batch % group):
-        raise ConfigError(f"config.model.bn_group_size: {group} must be >= 0 and divide the (micro-)batch of "
-                          f"{micro_batch} images")
-    key = jax.random.PRNGKey(0)
-    try:
-        outputs = jax.eval_shape(functools.partial(model.init_with_output, train=False),
-                                 {"params": key, "dropout": key}, jax.ShapeDtypeStruct((1, 33, 33, 3), jnp.float32))[0]
-    except ConfigError:
-        raise
-    except ValueError as error:
-        raise ConfigError(f"config.model: {error}") from None
+    spec = inference.check_config(config)
+    fusion.check_config(config)
+    check_dataset(config.dataset)
+    outputs = builder.check_config(config)
     inference.check_outputs(spec, outputs)
-    for key_name, mix in objective.all_mixes(config).items():
-        objective.check_outputs(config, outputs, mix, key_name)
+    for key, mix in objective.all_mixes(config).items():
+        objective.check_outputs(config, outputs, mix, key)
+
+
+def check_run(config: ml_collections.ConfigDict, stages: Sequence[str], workdir: str) -> None:
+    """The run plan, before any work: a ConfigError when a stage would read what neither WORKDIR nor an earlier
+    stage of `stages` provides (fusion "learned" without WORKDIR/fusion_weights.json or learn_fusion)."""
+    fusion.check_run(config, stages, workdir)
+
+
+def check_data(config: ml_collections.ConfigDict) -> None:
+    """config.data: only DATA_FIELDS; global batch sizes integers >= 1, crop and pad sizes (H, W) (a crop side
+    below config.model.output_stride leaves the deepest features without one full cell), scale range
+    0 < min <= max, input_scale > 0."""
+    check_fields(config.data, DATA_FIELDS, "config.data")
+    check_positive_ints(config, ["data.batch_size", "data.eval_batch_size"])
+    stride = config.model.get("output_stride") or 1
+    crop = check_pair(config, "data.crop_size")
+    if min(crop) < stride:
+        raise ConfigError(f"config.data.crop_size: {crop} is smaller than config.model.output_stride={stride} "
+                          f"(the deepest features would not hold one full cell); use a crop >= {stride} per side")
+    check_pair(config, "data.eval_pad_size")
+    low, high = (tuple(config.data.scale_range) + (None, None))[:2]
+    if len(config.data.scale_range) != 2 or not (is_number(low) and is_number(high) and 0 < low <= high):
+        raise ConfigError(f"config.data.scale_range: expected (min, max) with 0 < min <= max, "
+                          f"got {tuple(config.data.scale_range)!r}")
     if not config.data.input_scale > 0:
         raise ConfigError(f"config.data.input_scale: {config.data.input_scale!r} must be > 0 (1 = full resolution)")
-    pretrained = config.model.get("pretrained")
-    if pretrained and not (os.path.isfile(os.path.expanduser(pretrained))
-                           and pretrained.endswith((".safetensors", ".npz"))):
-        raise ConfigError(f"config.model.pretrained: {pretrained} is not a .safetensors or .npz file (expected "
-                          f"a state dict of the {config.model.get('backbone', 'resnet')} backbone)")
+
+
+def check_dataset(section: ml_collections.ConfigDict) -> None:
+    """config.dataset (build_readers' section): a known name, and no key set (not None) that the dataset's code
+    does not read (data.dataset_fields), e.g. `num_train`, the synthetic generator's, for "voc"."""
+    if section.name not in DATASETS:
+        raise ConfigError(f"config.dataset.name: unknown {section.name!r}; valid: {sorted(DATASETS)}")
+    valid = dataset_fields(section.name)
+    for key in section:
+        if key not in valid and section[key] is not None:
+            raise ConfigError(f"config.dataset.{key}: no code reads this field for dataset {section.name!r}; valid "
+                              f"fields: {list(valid)}")
 
 
 def build_readers(config: ml_collections.ConfigDict) -> dict:
@@ -153,7 +150,7 @@ def load_edge_net(config: ml_collections.ConfigDict, workdir: str, log: Log = pr
     if os.path.isdir(os.path.join(path, "latest")):
         checkpoints = Checkpoints(path)
         if checkpoints.latest_step() is not None:
-            target = init_edge_net(jax.random.PRNGKey(0), config.dataset.num_classes)
+            target = objective.FROZEN_NETS["edge_net"](jax.random.PRNGKey(0), config.dataset.num_classes)
             params, meta = checkpoints.restore(target)
             log(f"[train] edge net from {path} (val edge F-score {meta.get('edge_f_score', float('nan')):.4f})")
             return params

@@ -34,6 +34,17 @@ from semeda_jax.models import build_segmentation_model, load_backbone_weights
 from semeda_jax.optim import count_params, create_optimizer, learning_rate_schedule
 from semeda_jax.preemption import Preempted, StopSignal
 from semeda_jax.validation import ConfigError
+from semeda_jax.validation import check_fields, check_positive_ints
+
+CONFIG_FIELDS = ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "grad_accum_steps",
+                 "log_logit_grad_norms", "init_checkpoint")  # of config.train
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """config.train (stages.check_config): only CONFIG_FIELDS; its step counts and cadences integers >= 1."""
+    check_fields(config.train, CONFIG_FIELDS, "config.train")
+    check_positive_ints(config, [f"train.{name}" for name in ("steps", "log_every", "eval_every", "checkpoint_every",
+                                                              "keep_checkpoints", "grad_accum_steps")])
 
 
 # jax.transfer_guard level of each training step (the batch's placement and the jitted step); the train-loop

@@ -1,4 +1,4 @@
-"""Eager input checks shared by the losses and metrics.
+"""Eager input checks shared by the losses and metrics, and the config checks' helpers (ConfigError).
 
 The numerical cores stay branch-free under `jax.jit`: shape checks run at trace time (shapes are static, so
 they cost nothing in the compiled program) and value checks (label range) run only when the labels are
@@ -8,6 +8,7 @@ of a silent NaN or an out-of-range gather.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import jax
@@ -96,3 +97,46 @@ def check_same_shape(names: Sequence[str], *arrays) -> None:
     if any(s != shapes[0] for s in shapes):
         listed = ", ".join(f"{n} {s}" for n, s in zip(names, shapes))
         raise InputError(f"shapes must match: {listed}")
+
+
+def config_value(config, path: str):
+    """config["a"]["b"] of the dotted `path` "a.b"."""
+    value = config
+    for part in path.split("."):
+        value = value[part]
+    return value
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_fields(section, known: Sequence[str], key: str) -> None:
+    """A ConfigError naming the first field of `section` (config key `key`, e.g. "config.train") that no code
+    reads, e.g. `config.eval.tta` or a typo: it would be silently ignored."""
+    for field in section:
+        if field not in known:
+            raise ConfigError(f"{key}.{field}: no code reads this field, so it would be silently ignored; valid "
+                              f"fields of {key}: {list(known)}")
+
+
+def check_positive_ints(config, paths: Sequence[str]) -> None:
+    """A ConfigError naming the first of the dotted `paths` of `config` that is not an integer >= 1."""
+    for path in paths:
+        value = config_value(config, path)
+        if not is_int(value) or value < 1:
+            raise ConfigError(f"config.{path}: expected an integer >= 1, got {value!r}")
+
+
+def check_pair(config, path: str, minimum: int = 1) -> tuple[int, int]:
+    """config's (H, W) at `path`, two integers >= minimum, else a ConfigError naming it."""
+    value = config_value(config, path)
+    if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(is_int(v) for v in value)
+            and min(value) >= minimum):
+        raise ConfigError(f"config.{path}: expected two integers (H, W) >= {minimum}, got {value!r}")
+    return tuple(value)

@@ -285,3 +285,75 @@ def loss_case(rng: np.random.Generator, num_classes: int, shape=(2, 6, 7), logit
     labels = np.where(np.isin(labels, absent), 0, labels).astype(np.int32)
     logits = rng.normal(scale=scale, size=(shape[0],) + (logits_hw or shape[1:]) + (num_classes,))
     return logits, labels, rng.random(shape) < 0.6
+
+
+def inner_band(mask: np.ndarray, width: int) -> np.ndarray:
+    """bool [H,W] -> bool [H,W]: mask pixels with a non-mask pixel, or the outside of the image, within
+    chessboard distance <= width (Cheng et al.'s mask minus its eroded zero-padded copy), pixel by pixel."""
+    padded = np.pad(mask, width)  # outside the image = not in the mask
+    band = np.zeros_like(mask)
+    for i, j in np.argwhere(mask):
+        band[i, j] = not padded[i:i + 2 * width + 1, j:j + 2 * width + 1].all()
+    return band
+
+
+def inner_contour(mask: np.ndarray) -> np.ndarray:
+    """bool [H,W] -> bool [H,W]: mask pixels with an in-image 8-neighbour outside the mask, by pixel loops."""
+    height, width = mask.shape
+    contour = np.zeros_like(mask)
+    for i in range(height):
+        for j in range(width):
+            for di in (-1, 0, 1):
+                for dj in (-1, 0, 1):
+                    ni, nj = i + di, j + dj
+                    if mask[i, j] and 0 <= ni < height and 0 <= nj < width and not mask[ni, nj]:
+                        contour[i, j] = True
+    return contour
+
+
+def matched_points(points: np.ndarray, targets: np.ndarray, tolerance: float) -> int:
+    """Number of True pixels of `points` with a True pixel of `targets` at Euclidean distance <= tolerance."""
+    target_yx = np.argwhere(targets).astype(np.float64)
+    if not len(target_yx):
+        return 0
+    return sum(int(np.min(np.hypot(*(target_yx - yx).T)) <= tolerance) for yx in np.argwhere(points))
+
+
+def boundary_counts(labels: np.ndarray, predictions: np.ndarray, num_classes: int, band_widths, tolerances,
+                    sizes) -> dict[str, np.ndarray]:
+    """Boundary IoU and F-score counts, int64 [C] each, image by image on the [:height, :width] crops; a pixel
+    whose truth is void is in no mask of either map."""
+    keys = ("iou_intersection", "iou_union", "pred_matched", "pred_contour", "truth_matched", "truth_contour")
+    out = {key: np.zeros(num_classes, np.int64) for key in keys}
+    for b, (height, width) in enumerate(sizes):
+        truth, pred = labels[b, :height, :width], predictions[b, :height, :width]
+        for c in range(num_classes):
+            g, p = truth == c, (pred == c) & (truth != VOID)
+            g_band, p_band = inner_band(g, band_widths[b]), inner_band(p, band_widths[b])
+            out["iou_intersection"][c] += np.sum(g_band & p_band)
+            out["iou_union"][c] += np.sum(g_band | p_band)
+            g_contour, p_contour = inner_contour(g), inner_contour(p)
+            out["pred_matched"][c] += matched_points(p_contour, g_contour, tolerances[b])
+            out["pred_contour"][c] += np.sum(p_contour)
+            out["truth_matched"][c] += matched_points(g_contour, p_contour, tolerances[b])
+            out["truth_contour"][c] += np.sum(g_contour)
+    return out
+
+
+def blob_labels(rng: np.random.Generator, shape, num_classes: int, num_blobs: int = 6) -> np.ndarray:
+    """int32 [B,H,W]: a random background class painted with random rectangles and discs of random classes
+    (objects of any size, some cut by the image border)."""
+    batch, height, width = shape
+    rows, cols = np.mgrid[:height, :width]
+    labels = np.zeros(shape, np.int32)
+    for b in range(batch):
+        labels[b] = rng.integers(num_classes)
+        for _ in range(num_blobs):
+            cy, cx = rng.integers(-2, height + 2), rng.integers(-2, width + 2)
+            ry, rx = rng.integers(0, max(height, width) // 2, 2)
+            if rng.random() < 0.5:
+                blob = (np.abs(rows - cy) <= ry) & (np.abs(cols - cx) <= rx)
+            else:
+                blob = (rows - cy) ** 2 + (cols - cx) ** 2 <= ry ** 2
+            labels[b][blob] = rng.integers(num_classes)
+    return labels

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from configs import semeda_paper
-from semeda_jax import objective, stages, train
+from configs import common
+from semeda_jax import data, objective, stages, train
 from semeda_jax.losses import init_edge_net
 from semeda_jax.validation import ConfigError
 import fake_datasets
@@ -21,8 +21,6 @@ import fake_datasets
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py")
                  if "def get_config" in p.read_text())
-# Configs that need a module a later issue builds: checking them must stop with an error naming it.
-PENDING_MODELS: dict[str, str] = {}
 FAKE_DATASETS = {"voc": fake_datasets.write_fake_voc_sbd, "cityscapes": fake_datasets.write_fake_cityscapes,
                  "helen": fake_datasets.write_fake_helen}
 
@@ -39,10 +37,6 @@ def test_every_config_file_is_covered():
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_builds_its_model_and_loss_on_tiny_shapes(name, arg):
     config = load(name, arg)
-    if name in PENDING_MODELS:
-        with pytest.raises(ConfigError, match=PENDING_MODELS[name]):
-            stages.check_config(config)
-        return
     stages.check_config(config)
     num_classes = config.dataset.num_classes
     model = train.build_segmentation_model(config, num_classes)
@@ -53,8 +47,8 @@ def test_config_builds_its_model_and_loss_on_tiny_shapes(name, arg):
     assert outputs["logits"].shape[0] == 2 and outputs["logits"].shape[-1] == num_classes
     labels = jax.ShapeDtypeStruct((2, 33, 33), jnp.int32)
     frozen = {"edge_net": jax.eval_shape(lambda: init_edge_net(key, num_classes))}
-    total, terms = jax.eval_shape(objective.build_loss_fn(config), outputs, labels, frozen)
-    assert total.shape == () and set(terms) == set(objective.loss_terms(config))
+    total, terms = jax.eval_shape(objective.Objective(config), outputs, labels, frozen)
+    assert total.shape == () and set(terms) == set(objective.parse_mix(config.loss))
 
 
 def test_semeda_variants_select_loss_model_and_backbone():
@@ -70,7 +64,27 @@ def test_semeda_variants_select_loss_model_and_backbone():
     assert load("helen", "ppce").loss == "ce"
     with pytest.raises(ValueError, match="unknown variant 'resnet50'.*known"):
         load("voc", "resnet50")
-    assert semeda_paper.parse_variants("smoke", "x")["smoke"]
+
+
+def test_one_variant_parser_serves_every_config_file():
+    groups = {"loss": ("semeda", ("semeda", "ppce")), **common.SMOKE}
+    assert common.parse_variants(None, "x.py", groups) == {"loss": "semeda", "smoke": None}
+    assert common.parse_variants(" smoke, ppce ", "x.py", groups) == {"loss": "ppce", "smoke": "smoke"}
+    with pytest.raises(ValueError, match=r"^x.py: unknown variant 'dice'; known: \['ppce', 'semeda', 'smoke'\]$"):
+        common.parse_variants("ppce,dice", "x.py", groups)
+    with pytest.raises(ValueError, match=r"^configs/voc.py: variants 'ppce' and 'sobel' both choose the loss; give "
+                                         r"one of \['semeda', 'ppce', 'sobel'\]$"):
+        load("voc", "ppce,sobel")
+    for name in ("demo", "pac_voc", "guidance_voc", "relationnet_cityscapes"):
+        with pytest.raises(ValueError, match=rf"^configs/{name}.py: unknown variant 'tiny'; known: \[.*'smoke'"):
+            load(name, "tiny")
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_smoke_writes_only_dataset_fields_the_dataset_reads(name):
+    config = load(name, "smoke")
+    written = {key for key, value in config.dataset.items() if value is not None}
+    assert written <= set(data.dataset_fields(config.dataset.name)), name
 
 
 # One run per dataset config, covering every loss, model and backbone variant (smoke: ResNet-18 / Xception-26),

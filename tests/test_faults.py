@@ -26,6 +26,7 @@ def voc_config(root, **overrides):
     """configs/demo.py:smoke reading `root` with the VOC reader (the synthetic one regenerates damaged files)."""
     config = demo.get_config("smoke")
     config.dataset.name, config.dataset.root, config.loss = "voc", str(root), "ce"
+    config.dataset.update(num_train=None, num_val=None, image_size=None, void_width=None, seed=None)  # synthetic's
     config.update_from_flattened_dict(overrides)
     return config
 

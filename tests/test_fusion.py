@@ -120,3 +120,21 @@ def test_training_leaves_the_learned_fusion_to_the_eval_stage():
     assert set(evaluate.evaluators(config)) == {"periodic"}
     config.eval.inference.fusion = "avg"
     assert set(evaluate.evaluators(config)) == {"periodic", "full"}
+
+
+def test_learned_fusion_without_weights_or_learn_fusion_is_refused_before_any_work(tmp_path):
+    from semeda_jax import stages
+
+    config = common.base_config()
+    config.eval.inference.fusion = "learned"
+    path = tmp_path / fusion.WEIGHTS_FILE
+    for plan in (["eval"], ["train", "eval"], ["eval", "learn_fusion"], ["predict"]):
+        with pytest.raises(ConfigError, match=rf"^config.eval.inference.fusion: 'learned' reads {path}, which does "
+                                              rf"not exist; add learn_fusion to --stages before "):
+            stages.check_run(config, plan, str(tmp_path))
+    for plan in (["train", "learn_fusion", "eval"], ["train"], ["learn_fusion", "predict"]):
+        stages.check_run(config, plan, str(tmp_path))
+    path.write_text("{}")  # an earlier run's weights (their views and classes are checked when read)
+    stages.check_run(config, ["eval"], str(tmp_path))
+    config.eval.inference.fusion = "avg"
+    stages.check_run(config, ["eval"], str(tmp_path / "new"))

@@ -13,9 +13,8 @@ from semeda_jax.data import generate_scene, read_label_png, write_synthetic_voc,
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_main(workdir, *flags, timeout=240):
-    command = [sys.executable, "-m", "semeda_jax.main", "--config=configs/demo.py:smoke", f"--workdir={workdir}",
-               *flags]
+def run_main(workdir, *flags, config="configs/demo.py:smoke", timeout=240):
+    command = [sys.executable, "-m", "semeda_jax.main", f"--config={config}", f"--workdir={workdir}", *flags]
     # TensorFlow, once imported by other tests, sets TF_CPP_MIN_LOG_LEVEL=1 in this process: a user's shell has not.
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
@@ -43,20 +42,25 @@ def copy_of(dataset, tmp_path):
     return root
 
 
+# configs/voc.py at smoke size with CE on ResNet-18: the VOC reader (the synthetic builder would regenerate a
+# damaged copy), whose dataset section holds no field of the synthetic generator.
+VOC = "configs/voc.py:smoke,ppce,resnet101"
+
+
 def as_voc(root):
-    """Flags reading `root` with the VOC reader (the synthetic builder would regenerate a damaged copy)."""
-    return "--config.dataset.name=voc", f"--config.dataset.root={root}", "--config.loss=ce"
+    """Flags reading `root`'s 8 classes and its train split with VOC."""
+    return f"--config.dataset.root={root}", "--config.dataset.num_classes=8", "--config.dataset.train_split=train"
 
 
 def test_missing_dataset_folder(tmp_path):
-    result = run_main(tmp_path / "run", "--config.dataset.name=voc", f"--config.dataset.root={tmp_path}/VOC2012")
+    result = run_main(tmp_path / "run", *as_voc(f"{tmp_path}/VOC2012"), config=VOC)
     assert_one_line_error(result, f"{tmp_path}/VOC2012", "JPEGImages")
 
 
 def test_image_without_its_label(dataset, tmp_path):
     root = copy_of(dataset, tmp_path)
     os.remove(root / "SegmentationClass" / "train_000002.png")
-    result = run_main(tmp_path / "run", *as_voc(root))
+    result = run_main(tmp_path / "run", *as_voc(root), config=VOC)
     assert_one_line_error(result, "train_000002.png")
 
 
@@ -67,7 +71,7 @@ def test_label_values_out_of_range(dataset, tmp_path):
         label = read_label_png(path)
         label[0, 0] = 77
         write_label_png(path, label)
-    result = run_main(tmp_path / "run", *as_voc(root))
+    result = run_main(tmp_path / "run", *as_voc(root), config=VOC)
     assert_one_line_error(result, "SegmentationClass/", "{77}", "[0, 8)")
 
 
@@ -79,6 +83,8 @@ def test_label_values_out_of_range(dataset, tmp_path):
     ("--stages=train,fly", "--stages: unknown stage(s) ['fly']"),
     ("--stages=predict", "--images: the predict stage needs a folder of images"),
     ("--images=/no/such/photos", "--images: /no/such/photos is not a folder"),
+    ("--config.eval.inference.fusion=learned", "config.eval.inference.fusion: 'learned' reads"),
+    ("--config.dataset.name=voc", "config.dataset.image_size: no code reads this field for dataset 'voc'"),
 ])
 def test_bad_config_is_named(tmp_path, flag, fragment):
     assert_one_line_error(run_main(tmp_path / "run", flag), fragment)
@@ -90,7 +96,7 @@ def test_truncated_val_jpeg_mid_run_is_named(dataset, tmp_path):
     path = root / "JPEGImages" / "val_000002.jpg"
     path.write_bytes(path.read_bytes()[:-400])  # the header stays readable: found when decoded, at the eval
     result = run_main(tmp_path / "run", *as_voc(root), "--stages=train", "--config.train.steps=4",
-                      "--config.train.eval_every=2", "--config.train.checkpoint_every=1")
+                      "--config.train.eval_every=2", "--config.train.checkpoint_every=1", config=VOC)
     assert_one_line_error(result, f"error: {path}: cannot read the image")
     assert os.listdir(tmp_path / "run" / "checkpoints" / "latest") == ["1"]  # the steps before it are kept
 

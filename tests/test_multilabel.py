@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from semeda_jax.losses import LOSSES, multilabel_loss, present_classes
+from semeda_jax import objective
+from semeda_jax.losses import multilabel_loss, present_classes
 from semeda_jax.validation import InputError
 
 
@@ -56,7 +57,8 @@ def test_loss_matches_the_float64_reference(rng, scale):
     expected = reference_loss(z, brute_force_targets(labels, 5))
     got = float(multilabel_loss(jnp.asarray(z), jnp.asarray(labels)))
     np.testing.assert_allclose(got, expected, rtol=1e-12)
-    assert LOSSES["multilabel"] is multilabel_loss
+    term = objective.TERMS["multilabel"]  # the registered term reads the classification branch's scores
+    assert term.fn is multilabel_loss and term.reads == ("class_logits",)
 
 
 def test_gradient_is_sigmoid_minus_target_over_the_pairs(rng):

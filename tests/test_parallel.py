@@ -75,7 +75,7 @@ def one_step(config, state, mesh, batch):
     dropout_key = jax.random.PRNGKey(1)
     batch = parallel.global_batch(batch, mesh)
     loss, _, _, grads = jax.jit(lambda s, b: train.compute_gradients(
-        s, b, None, loss_fn=objective.build_loss_fn(config), key=dropout_key,
+        s, b, None, loss_fn=objective.Objective(config), key=dropout_key,
         accum_steps=config.train.grad_accum_steps))(state, batch)
     state, metrics = train.jit_train_step(config, state, mesh, dropout_key)(state, batch, None)
     flat = {"loss": loss, "metric_loss": metrics["loss"]}

@@ -38,9 +38,9 @@ def test_variants_are_the_rows_of_table_one():
         assert re.search(rf"^    {row}{re.escape(default)} .* {miou:.2f} / {macc:.2f}$", relationnet.__doc__,
                          re.M), row
     assert relationnet.get_config().to_dict() == relationnet.get_config("stage3").to_dict()
-    with pytest.raises(ValueError, match=r"variant 'ohem,dcn': give one row"):
+    with pytest.raises(ValueError, match=r"variants 'ohem' and 'dcn' both choose the row; give one of"):
         relationnet.get_config("ohem,dcn")
-    with pytest.raises(ValueError, match=r"variant 'resnet101': give one row"):
+    with pytest.raises(ValueError, match=r"unknown variant 'resnet101'; known: \['ce', "):
         relationnet.get_config("resnet101")
 
 

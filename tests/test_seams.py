@@ -1,5 +1,8 @@
 """The seams a new paper plugs into: named model outputs read by registered loss terms, the frozen-nets argument,
 per-term logit gradient norms, and config fields that no code reads."""
+import dataclasses
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,7 +11,8 @@ import numpy as np
 import pytest
 
 from configs import common
-from semeda_jax import objective, parallel, stages, train
+from semeda_jax import (crf, data, edge_pretrain, evaluate, fusion, inference, objective, optim, parallel, stages,
+                        train)
 from semeda_jax.models import AUX_HEADS
 from semeda_jax.validation import ConfigError
 
@@ -86,7 +90,7 @@ def test_a_term_reading_a_missing_output_is_a_one_line_config_error(toy_register
     assert "\n" not in str(error.value)
     # the objective itself says the same at trace time
     with pytest.raises(ConfigError, match="reads the model output 'pair_logits'"):
-        objective.build_loss_fn(config)({"logits": jnp.zeros((1, 4, 4, 3))}, jnp.zeros((1, 4, 4), jnp.int32), {})
+        objective.Objective(config)({"logits": jnp.zeros((1, 4, 4, 3))}, jnp.zeros((1, 4, 4), jnp.int32), {})
 
 
 def test_registry_derives_the_frozen_nets_and_checks_sections():
@@ -115,7 +119,7 @@ def test_logit_grad_norms_match_the_cross_entropy_gradient(rng):
     logits = rng.normal(size=(2, 8, 8, 3))
     labels = rng.integers(0, 3, (2, 8, 8))
     labels[0, :2] = 255
-    loss_fn = objective.build_loss_fn(config)
+    loss_fn = objective.Objective(config)
     norms = jax.jit(lambda o, l: train.logit_grad_norms(loss_fn, o, l, {}))(
         {"logits": jnp.asarray(logits, jnp.float32)}, jnp.asarray(labels, jnp.int32))
     assert set(norms) == {"logit_grad_norm_ce", "logit_grad_norm_sobel"}
@@ -157,11 +161,77 @@ def test_a_field_no_code_reads_is_rejected_with_its_name(field, value, key):
 
 def test_the_known_fields_are_those_of_the_base_config():
     config = common.base_config()
-    for section, known in stages.KNOWN_FIELDS.items():
+    known_fields = {"": stages.TOP_FIELDS, "data": stages.DATA_FIELDS, "edge_net": edge_pretrain.CONFIG_FIELDS,
+                    "optimizer": optim.CONFIG_FIELDS, "train": train.CONFIG_FIELDS, "eval": evaluate.CONFIG_FIELDS,
+                    "parallel": parallel.CONFIG_FIELDS}
+    for section, known in known_fields.items():
         assert set(config if not section else config[section]) == set(known), section
+    assert set(config.dataset) == {field for name in data.DATASETS for field in data.dataset_fields(name)}
+    assert set(config.losses) == set(objective.TERMS)
+    assert set(config.eval.crf) == set(crf.CONFIG_FIELDS)
+    assert set(config.eval.learn_fusion) == set(fusion.CONFIG_FIELDS)
+    assert set(config.eval.inference) == set(dataclasses.asdict(inference.InferenceSpec())) - {
+        "postprocess_options", "view_weights"}
     model = ml_collections.ConfigDict(config.model.to_dict())
     model.unknown_width = 3
     config.model = model
     with pytest.raises(ConfigError, match=r"config.model: model 'deeplab_v3plus': unknown argument\(s\) "
                                           r"\['unknown_width'\]"):
+        stages.check_config(config)
+
+
+def test_a_dataset_field_its_dataset_does_not_read_is_rejected_with_its_name():
+    config = tiny_config(**{"dataset.name": "voc", "dataset.root": "/data/VOC2012"})  # smoke wrote synthetic's sizes
+    with pytest.raises(ConfigError, match=r"^config.dataset.image_size: no code reads this field for dataset 'voc'; "
+                                          r"valid fields: \['name', 'num_classes', 'train_split', 'val_split', "
+                                          r"'root', 'label_dir', 'sbd_root', 'cache_dir'\]$"):
+        stages.check_config(config)
+    config.dataset.update(num_train=None, num_val=None, image_size=None)  # None = unset
+    stages.check_config(config)
+    config.dataset.annotation = "gtCoarse"  # Cityscapes' field
+    with pytest.raises(ConfigError, match=r"^config.dataset.annotation: no code reads this field for dataset 'voc'"):
+        stages.check_config(config)
+
+
+@pytest.mark.parametrize("mix, key", [("ce+ce", "config.loss"), ("ohem+scl+ohem", "config.phases.a.loss")])
+def test_a_term_named_twice_in_a_mix_is_rejected(mix, key):
+    config = tiny_config()
+    if key == "config.loss":
+        config.loss = mix
+    else:
+        config.phases = ml_collections.ConfigDict(dict(order="a", a=dict(steps=2, loss=mix)))
+    name = mix.split("+")[0]
+    with pytest.raises(ConfigError, match=rf"^{key}: term '{name}' appears twice in '{re.escape(mix)}'; set its "
+                                          rf"weight in config.losses.{name}.weight instead$"):
+        stages.check_config(config)
+
+
+def test_a_term_is_traced_on_the_output_shapes_and_frozen_nets_of_the_registry(monkeypatch):
+    """A term reading an image-level output and a new frozen net: one TERMS entry, its OUTPUTS shape and its
+    FROZEN_NETS init make check_config trace it (a wrong shape or missing net would fail there)."""
+    def image_loss(scores, labels, net, *, margin=1.0):
+        assert scores.shape == (1, 5) and net["w"].shape == (5,)
+        return jnp.mean(jax.nn.relu(margin - scores * net["w"]))
+
+    monkeypatch.setitem(objective.TERMS, "image", objective.Term(image_loss, reads=("scores",), needs=("toy_net",)))
+    monkeypatch.setitem(objective.OUTPUTS, "scores", lambda num_classes: (1, num_classes))
+    monkeypatch.setitem(objective.FROZEN_NETS, "toy_net", lambda key, num_classes: {"w": jnp.ones(num_classes)})
+    config = tiny_config(**{"dataset.num_classes": 5})
+    config.losses.image = ml_collections.ConfigDict(dict(weight=1.0, margin=0.5))
+    config.loss = "ce+image"
+    objective.check_config(config)
+    assert objective.frozen_nets(config) == {"toy_net"}
+    config.losses.image = ml_collections.ConfigDict(dict(weight=1.0, margin="wide"))
+    with pytest.raises(ConfigError, match=r"^config.losses.image: "):
+        objective.check_config(config)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("parallel.param_sharding", "zero3", "config.parallel.param_sharding: unknown 'zero3'; valid: ['replicated', "
+                                         "'data']"),
+    ("parallel.model_parallelism", 0, "config.parallel.model_parallelism: expected an integer >= 1, got 0"),
+])
+def test_bad_parallel_settings_are_named_before_anything_runs(field, value, message):
+    config = tiny_config(**{field: value})
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
         stages.check_config(config)

@@ -121,7 +121,7 @@ def test_scl_term_downsamples_and_counts_like_brute_force(label_size, rng):
     same, valid = pair_targets(jnp.asarray(small))
     assert (int(same.sum()), int((valid & ~same).sum())) == (n_same, n_diff) and n_same > 0 and n_diff > 0
     config = ml_collections.ConfigDict(dict(loss="scl", losses=dict(scl=dict(weight=0.1))))
-    total, terms = objective.build_loss_fn(config)({"pair_logits": jnp.asarray(pair_logits)}, jnp.asarray(labels),
+    total, terms = objective.Objective(config)({"pair_logits": jnp.asarray(pair_logits)}, jnp.asarray(labels),
                                                    {})
     np.testing.assert_allclose(float(terms["scl"]), 0.1 * expected, rtol=1e-12)
     np.testing.assert_allclose(float(total), 0.1 * expected, rtol=1e-12)

@@ -6,8 +6,9 @@
 
 `DATASETS` maps a dataset name ("synthetic", "voc", "cityscapes", "helen") to `builder(config, split) ->
 reader` (a reader.SegmentationReader), where `config` is any mapping (dict, ml_collections.ConfigDict) with the
-keys documented on each builder; `build_reader` also runs the reader's existence check. The pipeline functions
-are imported lazily so that the generators and the readers work without loading TensorFlow.
+keys documented on each builder and declared by it (`dataset_fields`, which stages.check_dataset holds a config
+to); `build_reader` also runs the reader's existence check. The pipeline functions are imported lazily so that
+the generators and the readers work without loading TensorFlow.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any, Callable, Mapping
 from semeda_jax.data.cityscapes import CITYSCAPES_CLASSES, LABEL_TO_TRAIN_ID, CityscapesSegmentation
 from semeda_jax.data.errors import IGNORE_LABEL, DatasetError
 from semeda_jax.data.helen import HELEN_CLASSES, HelenSegmentation
-from semeda_jax.data.palette import VOC_COLORMAP, colorize, colourise, read_label_png, voc_colormap, write_label_png
+from semeda_jax.data.palette import VOC_COLORMAP, colorize, read_label_png, voc_colormap, write_label_png
 from semeda_jax.data.reader import SegmentationReader, validate_label
 from semeda_jax.data.sbd import convert_sbd_labels, read_sbd_mat
 from semeda_jax.data.synthetic import DEFAULTS as SYNTHETIC_DEFAULTS
@@ -46,6 +47,15 @@ def _get(config: Mapping, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+def _reads(*keys: str) -> Callable:
+    """Declares the config keys a builder reads (dataset_fields: with COMMON_FIELDS, the valid ones)."""
+    def declare(builder: Callable) -> Callable:
+        builder.fields = keys
+        return builder
+    return declare
+
+
+@_reads("root", "cache_dir", "num_train", "num_val", "image_size", "num_classes", "void_width", "seed")
 def build_synthetic(config: Mapping, split: str) -> VOCSegmentation:
     """Keys: root (explicit folder) or cache_dir (default ~/.cache/semeda_jax; a parameter-hash sub-folder),
     num_train, num_val, image_size, num_classes, void_width, seed (write_synthetic_voc's defaults)."""
@@ -73,6 +83,7 @@ def _fixed_num_classes(config: Mapping, name: str, num_classes: int) -> None:
         raise DatasetError(f"dataset {name!r} has {num_classes} classes; config key num_classes is {given}")
 
 
+@_reads("root", "num_classes", "label_dir", "sbd_root", "cache_dir")
 def build_voc(config: Mapping, split: str) -> SegmentationReader:
     """Keys: root (.../VOCdevkit/VOC2012, required), num_classes (21), label_dir ("SegmentationClass");
     sbd_root (.../benchmark_RELEASE/dataset) and cache_dir (~/.cache/semeda_jax, for the converted SBD labels)
@@ -92,6 +103,7 @@ def build_voc(config: Mapping, split: str) -> SegmentationReader:
     return reader
 
 
+@_reads("root", "annotation", "num_classes")
 def build_cityscapes(config: Mapping, split: str) -> CityscapesSegmentation:
     """Keys: root (the folder holding leftImg8bit/, required), annotation ("gtFine" | "gtCoarse"), num_classes
     (19 if set). Splits: train, val, test, train_extra, or "a+b" (cityscapes.py)."""
@@ -100,6 +112,7 @@ def build_cityscapes(config: Mapping, split: str) -> CityscapesSegmentation:
                                   split, annotation=_get(config, "annotation", "gtFine"))
 
 
+@_reads("root", "num_classes")
 def build_helen(config: Mapping, split: str) -> HelenSegmentation:
     """Keys: root (the folder holding images/ and labels/, required), num_classes (11 if set). Splits: train,
     test, val, or any list file name (helen.py)."""
@@ -123,6 +136,14 @@ def get_dataset_builder(name: str) -> Callable[[Mapping, str], SegmentationReade
         raise KeyError(f"unknown dataset {name!r}; valid: {sorted(DATASETS)}") from None
 
 
+COMMON_FIELDS = ("name", "num_classes", "train_split", "val_split")  # read for every dataset (the stages, the model)
+
+
+def dataset_fields(name: str) -> tuple[str, ...]:
+    """The config.dataset keys some code reads for dataset `name` (COMMON_FIELDS + its builder's)."""
+    return tuple(dict.fromkeys((*COMMON_FIELDS, *get_dataset_builder(name).fields)))
+
+
 def build_reader(config: Mapping, split: str, check: bool = True) -> SegmentationReader:
     """The reader of `config["name"]` for `split` (e.g. "train", "val").
 
@@ -135,12 +156,13 @@ def build_reader(config: Mapping, split: str, check: bool = True) -> Segmentatio
 
 
 __all__ = [
-    "IGNORE_LABEL", "DatasetError", "VOC_COLORMAP", "voc_colormap", "colorize", "colourise", "read_label_png",
-    "write_label_png", "generate_scene", "write_synthetic_voc", "ensure_synthetic_voc", "synthetic_class_names",
-    "void_band", "VOC_CLASSES", "VOCSegmentation", "validate_label", "DATASETS", "get_dataset_builder",
-    "build_reader", "build_synthetic", "build_voc", "build_cityscapes", "build_helen", "SegmentationReader",
-    "VOCAugSegmentation", "train_aug_ids", "convert_sbd_labels", "read_sbd_mat", "CITYSCAPES_CLASSES",
-    "LABEL_TO_TRAIN_ID", "CityscapesSegmentation", "HELEN_CLASSES", "HelenSegmentation", *_PIPELINE,
+    "IGNORE_LABEL", "DatasetError", "VOC_COLORMAP", "voc_colormap", "colorize", "read_label_png", "write_label_png",
+    "generate_scene", "write_synthetic_voc", "ensure_synthetic_voc", "synthetic_class_names", "void_band",
+    "VOC_CLASSES", "VOCSegmentation", "validate_label", "DATASETS", "get_dataset_builder", "build_reader",
+    "dataset_fields", "build_synthetic", "build_voc", "build_cityscapes", "build_helen",
+    "SegmentationReader", "VOCAugSegmentation", "train_aug_ids", "convert_sbd_labels", "read_sbd_mat",
+    "CITYSCAPES_CLASSES", "LABEL_TO_TRAIN_ID", "CityscapesSegmentation", "HELEN_CLASSES", "HelenSegmentation",
+    *_PIPELINE,
 ]
 
 

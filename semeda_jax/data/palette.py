@@ -48,9 +48,6 @@ def colorize(label: np.ndarray, colormap: np.ndarray = VOC_COLORMAP) -> np.ndarr
     return colormap[label]
 
 
-colourise = colorize  # British spelling, as in the design notes.
-
-
 def write_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
     """Write a class map uint8 [H,W] as a palette PNG with the VOC palette (the pixel values are unchanged)."""
     label = np.asarray(label)

@@ -1,7 +1,7 @@
 """Pure jnp losses: logits [B,h,w,C] float, labels [B,H,W] int (void 255) -> scalar.
 
 `from semeda_jax.losses import semeda_loss` needs no model: the edge net g_phi is a pure function here too.
-`LOSSES` maps the names used in configs to the functions; `get_loss` raises with the valid names.
+The names configs use for them are registered in semeda_jax/objective.py (TERMS).
 """
 from semeda_jax.losses.bal import boundary_aware_loss, boundary_kernel, boundary_weight_map, class_boundary_map
 from semeda_jax.losses.ce import cross_entropy
@@ -11,7 +11,7 @@ from semeda_jax.losses.multilabel import multilabel_loss, present_classes
 from semeda_jax.losses.ohem import ohem_cross_entropy, ohem_kept_mask
 from semeda_jax.losses.scl import (downsample_labels_nearest, pair_targets, spatial_correlation_loss,
                                    spatial_correlation_loss_from_labels)
-from semeda_jax.losses.semeda import CITYSCAPES_LAMBDAS, VOC_LAMBDAS, semeda_layer_losses, semeda_loss
+from semeda_jax.losses.semeda import VOC_LAMBDAS, semeda_layer_losses, semeda_loss
 from semeda_jax.losses.sobel import sobel_loss, sobel_responses
 # The loss zoo: overlap (Dice, generalised Dice, Tversky), focal, Lovasz-softmax, boundary (surface) losses.
 from semeda_jax.losses.dice import dice_loss, generalized_dice_loss, tversky_loss
@@ -19,28 +19,10 @@ from semeda_jax.losses.focal import focal_loss
 from semeda_jax.losses.lovasz import lovasz_extension, lovasz_softmax_loss
 from semeda_jax.losses.surface import signed_distance_maps, surface_loss
 
-LOSSES = {
-    "ce": cross_entropy,
-    "semeda": semeda_loss,
-    "sobel": sobel_loss,
-    "bal": boundary_aware_loss,
-    "ohem": ohem_cross_entropy,
-    "scl": spatial_correlation_loss,
-    "multilabel": multilabel_loss,
-}
-
-
-def get_loss(name: str):
-    """The loss function registered as `name`; a ValueError lists the valid names."""
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid names: {sorted(LOSSES)}")
-    return LOSSES[name]
-
-
 __all__ = [
-    "CITYSCAPES_LAMBDAS", "LOSSES", "VOC_LAMBDAS", "boundary_aware_loss", "boundary_kernel", "boundary_weight_map",
-    "class_boundary_map", "cross_entropy", "downsample_labels_nearest", "edge_net_embeddings", "edge_net_forward",
-    "edge_pretrain_loss", "get_loss", "init_edge_net", "multilabel_loss", "ohem_cross_entropy", "ohem_kept_mask",
+    "VOC_LAMBDAS", "boundary_aware_loss", "boundary_kernel", "boundary_weight_map", "class_boundary_map",
+    "cross_entropy", "downsample_labels_nearest", "edge_net_embeddings", "edge_net_forward", "edge_pretrain_loss",
+    "init_edge_net", "multilabel_loss", "ohem_cross_entropy", "ohem_kept_mask",
     "pair_targets", "pixel_cross_entropy", "present_classes", "resize_to_labels", "semeda_layer_losses",
     "semeda_loss", "sobel_loss", "sobel_responses", "spatial_correlation_loss", "spatial_correlation_loss_from_labels",
 ]

@@ -30,7 +30,6 @@ from semeda_jax.losses.edge_net import EdgeNetParams, check_edge_net_params, edg
 from semeda_jax.validation import IGNORE_LABEL, InputError, check_logits_labels
 
 VOC_LAMBDAS = (2.0, 4.0, 0.0)
-CITYSCAPES_LAMBDAS = (4.0, 2.0, 0.0)
 # Floor of the normalising mean |psi_l(S*)| (a batch whose truth embedding is all zero, e.g. no valid pixel).
 _MIN_SCALE = 1e-6
 

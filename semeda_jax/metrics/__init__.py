@@ -1,5 +1,16 @@
 """Evaluation metrics (pure jnp counting, numpy float64 summaries): confusion-matrix scores (mIoU, accuracy,
-F1, HELEN merged F1), per-image E-measure, trimap boundary / interior matrices, predictive entropy."""
+F1, HELEN merged F1), per-image E-measure, trimap boundary / interior matrices, Boundary IoU and boundary
+F-score, predictive entropy."""
+from semeda_jax.metrics.boundary import (
+    BOUNDARY_BAND_RATIO,
+    BOUNDARY_COUNT_KEYS,
+    BOUNDARY_TOLERANCE_RATIO,
+    boundary_band_width,
+    boundary_counts,
+    boundary_fscore,
+    boundary_iou,
+    boundary_tolerance,
+)
 from semeda_jax.metrics.confusion import (
     HELEN_F1_GROUPS,
     confusion_matrix,
@@ -18,8 +29,16 @@ from semeda_jax.metrics.entropy import prediction_entropy
 from semeda_jax.metrics.trimap import DEFAULT_TRIMAP_WIDTHS, trimap_bands, trimap_confusion, trimap_miou
 
 __all__ = [
+    "BOUNDARY_BAND_RATIO",
+    "BOUNDARY_COUNT_KEYS",
+    "BOUNDARY_TOLERANCE_RATIO",
     "DEFAULT_TRIMAP_WIDTHS",
     "HELEN_F1_GROUPS",
+    "boundary_band_width",
+    "boundary_counts",
+    "boundary_fscore",
+    "boundary_iou",
+    "boundary_tolerance",
     "confusion_matrix",
     "emeasure_dataset",
     "emeasure_from_counts",

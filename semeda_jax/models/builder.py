@@ -19,8 +19,11 @@ outputs and are added to "logits" before upsampling.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -165,3 +168,29 @@ def build_segmentation_model(config: ml_collections.ConfigDict, num_classes: int
     if config.model.get("crf_layer"):  # the guidance CRF on the logits, in training and inference (crf.py)
         model = model.clone(refiner=crf.CRFLayer(**crf.options_from_config(config.eval.crf, config.data)))
     return model
+
+
+def check_config(config: ml_collections.ConfigDict) -> dict:
+    """config.model (stages.check_config) -> the model's abstract outputs {name: ShapeDtypeStruct} on a 1x33x33
+    input: a one-line ConfigError "config.model..." when the model does not build or trace, its BN groups do not
+    divide the (micro-)batch, or `pretrained` is not a weights file."""
+    model = build_segmentation_model(config, config.dataset.num_classes)
+    group = config.model.get("bn_group_size") or 0
+    micro_batch = config.data.batch_size // max(int(config.train.grad_accum_steps), 1)
+    if group < 0 or (group and micro_batch % group):
+        raise ConfigError(f"config.model.bn_group_size: {group} must be >= 0 and divide the (micro-)batch of "
+                          f"{micro_batch} images")
+    key = jax.random.PRNGKey(0)
+    try:
+        outputs = jax.eval_shape(functools.partial(model.init_with_output, train=False),
+                                 {"params": key, "dropout": key}, jax.ShapeDtypeStruct((1, 33, 33, 3), jnp.float32))[0]
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(f"config.model: {error}") from None
+    pretrained = config.model.get("pretrained")
+    if pretrained and not (os.path.isfile(os.path.expanduser(pretrained))
+                           and pretrained.endswith((".safetensors", ".npz"))):
+        raise ConfigError(f"config.model.pretrained: {pretrained} is not a .safetensors or .npz file (expected "
+                          f"a state dict of the {config.model.get('backbone', 'resnet')} backbone)")
+    return outputs
