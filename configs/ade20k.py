@@ -37,4 +37,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         arg, config_file="configs/ade20k.py",
         dataset=dict(name="ade20k", num_classes=150, train_split="training", val_split="validation"),
         crop_size=(512, 512), steps={"80k": 80_000, "160k": 160_000}, learning_rate=0.01, weight_decay=5e-4,
-        input_scale=1.0, eval_pad_size=(1024, 1024), variants={"tfds": TFDS})
+        input_scale=1.0, eval_pad_size=(1024, 1024), variants={"source": {"tfds": TFDS}})

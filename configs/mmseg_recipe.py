@@ -18,7 +18,8 @@ cat_max_ratio=0.75 retry, the learning-rate floor (mmseg decays to 1e-4, ours to
 BN parameters (ours: kernels only), and the V1c stem widths (32-32-64; our "deeplab" deep stem is 64-64-128, so
 mmseg's resnet101_v1c weights do not load: config.model.pretrained = timm's resnet101s.gluon_in1k, README).
 
-Variants (comma-separated after the file name): a token maps to config overrides (`variant_overrides`):
+Variants (comma-separated after the file name, one per group; common.parse_variants): a token maps to config
+overrides (OVERRIDES):
     <n>k       train.steps = n * 1000 (the file's schedules)
     ms_flip    evaluation at scales 0.5, 0.75, 1.0, 1.25, 1.5, 1.75 with flips (mmseg's aug test)
     semeda     loss CE + SEMEDA (lambdas 2, 4, 0: the paper's VOC setting; g_phi pre-trained first)
@@ -34,24 +35,13 @@ import ml_collections
 from configs import common
 
 MS_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-COMMON_VARIANTS = {
+# token -> config overrides (dotted paths); the groups below say which tokens exclude each other.
+OVERRIDES = {
     "ms_flip": {"eval.inference.scales": MS_SCALES, "eval.inference.flip": True},
     "semeda": {"loss": "ce+semeda"},
     "bal": {"loss": "bal"},
 }
-
-
-def variant_overrides(arg: str | None, config_file: str, variants: Mapping[str, Mapping]) -> tuple[list, bool]:
-    """'160k,semeda,smoke' -> ([overrides of each token, in order], smoke); ValueError naming an unknown token."""
-    chosen, smoke = [], False
-    for token in filter(None, (t.strip() for t in (arg or "").split(","))):
-        if token == "smoke":
-            smoke = True
-        elif token in variants:
-            chosen.append(variants[token])
-        else:
-            raise ValueError(f"{config_file}: unknown variant {token!r}; known: {sorted([*variants, 'smoke'])}")
-    return chosen, smoke
+GROUPS = {"eval": (None, ("ms_flip",)), "loss": (None, ("semeda", "bal")), **common.SMOKE}
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping) -> None:
@@ -68,9 +58,13 @@ def mmseg_config(arg: str | None, *, config_file: str, dataset: dict, crop_size:
                  learning_rate: float, weight_decay: float, input_scale: float, eval_pad_size: Sequence[int],
                  variants: Mapping[str, Mapping] | None = None) -> ml_collections.ConfigDict:
     """The recipe on `dataset` (config.dataset fields); `steps` {"80k": 80000, ...}: the schedules, the first
-    the default; `variants`: the file's own tokens besides those of COMMON_VARIANTS and `steps`."""
-    tokens = {**{name: {"train.steps": n} for name, n in steps.items()}, **COMMON_VARIANTS, **(variants or {})}
-    chosen, smoke = variant_overrides(arg, config_file, tokens)
+    the default; `variants` {group: {token: overrides}}: the file's own variant groups (default: none)."""
+    overrides = {**{name: {"train.steps": n} for name, n in steps.items()}, **OVERRIDES}
+    groups = {"steps": (next(iter(steps)), tuple(steps)), **GROUPS}
+    for group, tokens in (variants or {}).items():
+        overrides.update(tokens)
+        groups[group] = (None, tuple(tokens))
+    chosen = common.parse_variants(arg, config_file, groups)
     config = common.base_config()
     config.dataset.update(dataset)
     config.model.update(name="deeplab_v3plus", backbone="resnet", depth=101, output_stride=8, stem="deeplab",
@@ -80,10 +74,11 @@ def mmseg_config(arg: str | None, *, config_file: str, dataset: dict, crop_size:
     config.loss = "ce"
     config.optimizer.update(learning_rate=learning_rate, momentum=0.9, weight_decay=weight_decay, warmup_steps=0,
                             poly_power=0.9)
-    config.train.update(steps=next(iter(steps.values())), log_every=50, eval_every=8000, checkpoint_every=4000)
-    for overrides in chosen:
-        apply_overrides(config, overrides)
-    if smoke:
+    config.train.update(log_every=50, eval_every=8000, checkpoint_every=4000)
+    for group, token in chosen.items():
+        if token is not None and group != "smoke":
+            apply_overrides(config, overrides[token])
+    if chosen["smoke"]:
         common.shrink_for_smoke(config)
         config.data.input_scale = 1.0  # the generated images fit the smoke eval_pad_size as they are
     return config

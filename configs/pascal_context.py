@@ -26,6 +26,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         arg, config_file="configs/pascal_context.py",
         dataset=dict(name="pascal_context", num_classes=60, train_split="train", val_split="val"),
         crop_size=(480, 480), steps={"40k": 40_000, "80k": 80_000}, learning_rate=0.004, weight_decay=1e-4,
-        input_scale=520 / 500, eval_pad_size=(500, 500), variants={"59": {"dataset.num_classes": 59}})
+        input_scale=520 / 500, eval_pad_size=(500, 500), variants={"classes": {"59": {"dataset.num_classes": 59}}})
     config.eval.inference.update(mode="sliding", window=(480, 480), stride=(320, 320))
     return config

@@ -173,6 +173,7 @@ from semeda_jax.data.pascal_context import PASCAL_CONTEXT_CLASSES, PascalContext
 from semeda_jax.data.tfds_reader import TFDSSegmentation  # noqa: E402
 
 
+@_reads("root", "num_classes")
 def build_ade20k(config: Mapping, split: str) -> ADE20KSegmentation:
     """Keys: root (ADEChallengeData2016, holding images/ and annotations/, required), num_classes (150 if set).
     Splits: training, validation (ade20k.py)."""
@@ -180,6 +181,7 @@ def build_ade20k(config: Mapping, split: str) -> ADE20KSegmentation:
     return ADE20KSegmentation(_root(config, "ade20k", "the ADEChallengeData2016 folder holding images/"), split)
 
 
+@_reads("root", "label_format", "num_classes")
 def build_coco_stuff(config: Mapping, split: str) -> COCOStuffSegmentation:
     """Keys: root (the folder holding images/ and annotations/, required), label_format ("auto" |
     "stuffthingmaps" | "trainids"), num_classes (171 if set). Splits: train2017, val2017 (coco_stuff.py)."""
@@ -188,6 +190,7 @@ def build_coco_stuff(config: Mapping, split: str) -> COCOStuffSegmentation:
                                  label_format=_get(config, "label_format", "auto"))
 
 
+@_reads("root", "num_classes")
 def build_pascal_context(config: Mapping, split: str) -> PascalContextSegmentation:
     """Keys: root (.../VOCdevkit/VOC2010 holding JPEGImages/ and SegmentationClassContext/, required),
     num_classes (60: background a class, default; 59: background void). Splits: train, val (pascal_context.py)."""
@@ -195,6 +198,8 @@ def build_pascal_context(config: Mapping, split: str) -> PascalContextSegmentati
     return PascalContextSegmentation(root, split, int(_get(config, "num_classes", 60)))
 
 
+@_reads("tfds_name", "num_classes", "data_dir", "image_key", "label_key", "label_offset", "void_values",
+        "class_names", "cache_dir")
 def build_tfds(config: Mapping, split: str) -> TFDSSegmentation:
     """Keys: tfds_name (required), num_classes (required), data_dir (TFDS's default if unset), image_key
     ("image"), label_key ("segmentation_mask"), label_offset (0), void_values ((255,)), class_names (unset =
