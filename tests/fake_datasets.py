@@ -5,6 +5,12 @@
     write_fake_cityscapes(root) leftImg8bit PNGs, gtFine / gtCoarse 8-bit labelIds PNGs using all ids 0..33
     write_fake_helen(root)      images/*.jpg + labels/*.png index maps + train/test lists; `soft_maps=True`
                                 writes Smith et al.'s release instead (labels/<id>/<id>_lbl00..10.png, argmax)
+    write_fake_ade20k(root)     ADEChallengeData2016: images/{training,validation}/*.jpg, annotations/*.png with
+                                codes 0 (other) .. 150
+    write_fake_coco_stuff(root) images/{train2017,val2017}/*.jpg + stuffthingmaps codes 0..181 / 255, or
+                                (`train_ids=True`) mmseg's *_labelTrainIds.png beside them
+    write_fake_pascal_context(root) VOC2010 JPEGImages/, SegmentationClassContext/*.png codes 0..59,
+                                ImageSets/SegmentationContext/{train,val}.txt
 
 Each returns a dict: "dataset" (config.dataset keys that read it), "splits" ({split: ids in reader order}),
 "labels" ({id: uint8 [H,W] class map a reader must decode with the default settings}), "images" ({id: uint8 [H,W,3] as Pillow decodes
@@ -199,3 +205,90 @@ def write_fake_helen(root: str | Path, soft_maps: bool = False) -> dict:
             _write_list(root / f"{split}.txt", split_ids)
     return {"dataset": {"name": "helen", "root": str(root), "num_classes": 11},
             "splits": dict(HELEN_SPLITS), "images": images, "labels": labels}
+
+
+def _codes(seed: int, hw: tuple[int, int], codes: list[int]) -> np.ndarray:
+    """A label map of raw dataset codes: horizontal bands cycling through `codes` and one rectangle each of
+    the first two (so every code occurs and the map is not a plain stripe pattern)."""
+    rng = np.random.default_rng(seed)
+    label = np.array([codes[(y // 3) % len(codes)] for y in range(hw[0])], np.uint8)[:, None].repeat(hw[1], 1)
+    for code in codes[:2]:
+        top, left = rng.integers(0, hw[0] - 6), rng.integers(0, hw[1] - 6)
+        label[top:top + 5, left:left + 5] = code
+    return label
+
+
+def _write_gray_png(path: Path, label: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(label).save(path)  # mode "L": 8-bit grayscale codes, as these datasets ship them
+
+
+ADE20K_SPLITS = {"training": ["ADE_train_00000001", "ADE_train_00000002", "ADE_train_00000003",
+                              "ADE_train_00000004"],
+                 "validation": ["ADE_val_00000001", "ADE_val_00000002", "ADE_val_00000003"]}
+
+
+def write_fake_ade20k(root: str | Path) -> dict:
+    """root/images/<split>/<id>.jpg and root/annotations/<split>/<id>.png (grayscale codes 0..150: 0 "other"
+    in every map, 150 and 1 too). "labels": the classes (code - 1, 0 -> 255); "codes": the raw maps."""
+    root = Path(root)
+    images, codes = {}, {}
+    for n, (split, image_id) in enumerate((s, i) for s, ids in ADE20K_SPLITS.items() for i in ids):
+        hw = (24, 32) if n % 2 == 0 else (28, 26)
+        images[image_id] = _save_image(root / "images" / split / f"{image_id}.jpg", _image(500 + n, hw))
+        codes[image_id] = _codes(600 + n, hw, [0, 150, 1, 1 + 37 * n % 149])
+        _write_gray_png(root / "annotations" / split / f"{image_id}.png", codes[image_id])
+    labels = {i: np.where(c == 0, VOID, c.astype(np.int16) - 1).astype(np.uint8) for i, c in codes.items()}
+    return {"dataset": {"name": "ade20k", "root": str(root), "num_classes": 150},
+            "splits": dict(ADE20K_SPLITS), "images": images, "labels": labels, "codes": codes}
+
+
+# COCO-Stuff stuffthingmaps code (COCO category id - 1) -> class, for the codes the generator uses: things
+# before and after the unused codes 11 (street sign) and 90 (hair brush), the first and last stuff codes.
+COCO_STUFF_CODES = {0: 0, 10: 10, 12: 11, 89: 79, 91: 80, 181: 170}
+COCO_STUFF_UNUSED_CODE = 11
+COCO_STUFF_SPLITS = {"train2017": ["000000000009", "000000000025", "000000000030"],
+                     "val2017": ["000000000139", "000000000285"]}
+
+
+def write_fake_coco_stuff(root: str | Path, train_ids: bool = False) -> dict:
+    """root/images/<split>/<id>.jpg and root/annotations/<split>/<id>.png (stuffthingmaps: codes of
+    COCO_STUFF_CODES, 255 unlabeled, and the unused code 11); `train_ids` also writes <id>_labelTrainIds.png
+    (mmseg's conversion) holding the same classes. "labels": the 171-class maps; "codes": the released maps."""
+    root = Path(root)
+    table = np.full(256, VOID, np.uint8)
+    for code, index in COCO_STUFF_CODES.items():
+        table[code] = index
+    images, codes = {}, {}
+    for n, (split, image_id) in enumerate((s, i) for s, ids in COCO_STUFF_SPLITS.items() for i in ids):
+        hw = (24, 32) if n % 2 == 0 else (30, 24)
+        images[image_id] = _save_image(root / "images" / split / f"{image_id}.jpg", _image(700 + n, hw))
+        codes[image_id] = _codes(800 + n, hw, [*COCO_STUFF_CODES, VOID, COCO_STUFF_UNUSED_CODE])
+        _write_gray_png(root / "annotations" / split / f"{image_id}.png", codes[image_id])
+        if train_ids:
+            _write_gray_png(root / "annotations" / split / f"{image_id}_labelTrainIds.png", table[codes[image_id]])
+    return {"dataset": {"name": "coco_stuff", "root": str(root), "num_classes": 171},
+            "splits": dict(COCO_STUFF_SPLITS), "images": images, "codes": codes,
+            "labels": {i: table[c] for i, c in codes.items()}}
+
+
+PASCAL_CONTEXT_SPLITS = {"train": ["2008_000002", "2008_000003", "2008_000007"], "val": ["2008_000008",
+                                                                                     "2008_000015"]}
+
+
+def write_fake_pascal_context(root: str | Path) -> dict:
+    """root = VOC2010: JPEGImages/<id>.jpg, SegmentationClassContext/<id>.png (codes 0..59, 0 = background in
+    every map) and ImageSets/SegmentationContext/{train,val}.txt. "labels": the 60-class maps (= the codes);
+    "labels59": the 59-class maps (0 -> 255, k -> k - 1)."""
+    root = Path(root)
+    images, codes = {}, {}
+    for n, image_id in enumerate(PASCAL_CONTEXT_SPLITS["train"] + PASCAL_CONTEXT_SPLITS["val"]):
+        hw = (24, 32) if n % 2 == 0 else (26, 30)
+        images[image_id] = _save_image(root / "JPEGImages" / f"{image_id}.jpg", _image(900 + n, hw))
+        codes[image_id] = _codes(950 + n, hw, [0, 59, 1, 2 + 11 * n % 57])
+        _write_gray_png(root / "SegmentationClassContext" / f"{image_id}.png", codes[image_id])
+    for split, ids in PASCAL_CONTEXT_SPLITS.items():
+        _write_list(root / "ImageSets" / "SegmentationContext" / f"{split}.txt", ids)
+    return {"dataset": {"name": "pascal_context", "root": str(root), "num_classes": 60},
+            "splits": dict(PASCAL_CONTEXT_SPLITS), "images": images, "labels": codes,
+            "labels59": {i: np.where(c == 0, VOID, c.astype(np.int16) - 1).astype(np.uint8) for i, c in codes.items()}}

@@ -164,3 +164,62 @@ __all__ = [
     "CITYSCAPES_CLASSES", "LABEL_TO_TRAIN_ID", "CityscapesSegmentation", "HELEN_CLASSES", "HelenSegmentation",
     *_PIPELINE,
 ]
+
+
+# ------------------------------------------------- ADE20K, COCO-Stuff, Pascal Context and TFDS datasets by name
+from semeda_jax.data.ade20k import ADE20K_CLASSES, ADE20K_COLORMAP, ADE20KSegmentation  # noqa: E402
+from semeda_jax.data.coco_stuff import COCO_STUFF_CLASSES, COCOStuffSegmentation  # noqa: E402
+from semeda_jax.data.pascal_context import PASCAL_CONTEXT_CLASSES, PascalContextSegmentation  # noqa: E402
+from semeda_jax.data.tfds_reader import TFDSSegmentation  # noqa: E402
+
+
+@_reads("root", "num_classes")
+def build_ade20k(config: Mapping, split: str) -> ADE20KSegmentation:
+    """Keys: root (ADEChallengeData2016, holding images/ and annotations/, required), num_classes (150 if set).
+    Splits: training, validation (ade20k.py)."""
+    _fixed_num_classes(config, "ade20k", len(ADE20K_CLASSES))
+    return ADE20KSegmentation(_root(config, "ade20k", "the ADEChallengeData2016 folder holding images/"), split)
+
+
+@_reads("root", "label_format", "num_classes")
+def build_coco_stuff(config: Mapping, split: str) -> COCOStuffSegmentation:
+    """Keys: root (the folder holding images/ and annotations/, required), label_format ("auto" |
+    "stuffthingmaps" | "trainids"), num_classes (171 if set). Splits: train2017, val2017 (coco_stuff.py)."""
+    _fixed_num_classes(config, "coco_stuff", len(COCO_STUFF_CLASSES))
+    return COCOStuffSegmentation(_root(config, "coco_stuff", "the folder holding images/ and annotations/"), split,
+                                 label_format=_get(config, "label_format", "auto"))
+
+
+@_reads("root", "num_classes")
+def build_pascal_context(config: Mapping, split: str) -> PascalContextSegmentation:
+    """Keys: root (.../VOCdevkit/VOC2010 holding JPEGImages/ and SegmentationClassContext/, required),
+    num_classes (60: background a class, default; 59: background void). Splits: train, val (pascal_context.py)."""
+    root = _root(config, "pascal_context", "the VOC2010 folder holding JPEGImages/ and SegmentationClassContext/")
+    return PascalContextSegmentation(root, split, int(_get(config, "num_classes", 60)))
+
+
+@_reads("tfds_name", "num_classes", "data_dir", "image_key", "label_key", "label_offset", "void_values",
+        "class_names", "cache_dir")
+def build_tfds(config: Mapping, split: str) -> TFDSSegmentation:
+    """Keys: tfds_name (required), num_classes (required), data_dir (TFDS's default if unset), image_key
+    ("image"), label_key ("segmentation_mask"), label_offset (0), void_values ((255,)), class_names (unset =
+    none), cache_dir (~/.cache/semeda_jax, for the export). Splits: TFDS split names, slices too (tfds_reader.py)."""
+    name = _get(config, "tfds_name")
+    if name is None:
+        raise DatasetError("dataset 'tfds' needs config key 'tfds_name' (a TFDS dataset name, e.g. scene_parse150)")
+    if _get(config, "num_classes") is None:
+        raise DatasetError(f"dataset 'tfds' ({name}) needs config key 'num_classes'")
+    return TFDSSegmentation(name, split, int(_get(config, "num_classes")),
+                            _get(config, "cache_dir", DEFAULT_CACHE_DIR), data_dir=_get(config, "data_dir"),
+                            image_key=_get(config, "image_key", "image"),
+                            label_key=_get(config, "label_key", "segmentation_mask"),
+                            label_offset=int(_get(config, "label_offset", 0)),
+                            void_values=tuple(_get(config, "void_values", (IGNORE_LABEL,))),
+                            class_names=_get(config, "class_names"))
+
+
+DATASETS.update(ade20k=build_ade20k, coco_stuff=build_coco_stuff, pascal_context=build_pascal_context,
+                tfds=build_tfds)
+__all__ += ["ADE20K_CLASSES", "ADE20K_COLORMAP", "ADE20KSegmentation", "COCO_STUFF_CLASSES", "COCOStuffSegmentation",
+            "PASCAL_CONTEXT_CLASSES", "PascalContextSegmentation", "TFDSSegmentation", "build_ade20k",
+            "build_coco_stuff", "build_pascal_context", "build_tfds"]

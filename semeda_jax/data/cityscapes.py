@@ -21,7 +21,7 @@ import numpy as np
 
 from semeda_jax.data.errors import IGNORE_LABEL, DatasetError
 from semeda_jax.data.palette import read_label_png
-from semeda_jax.data.reader import SegmentationReader
+from semeda_jax.data.reader import SegmentationReader, shown_values
 
 CITYSCAPES_CLASSES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
@@ -86,7 +86,7 @@ class CityscapesSegmentation(SegmentationReader):
         counts = np.bincount(label_ids.ravel(), minlength=256)
         bad = np.nonzero(counts[MAX_LABEL_ID + 1:])[0] + MAX_LABEL_ID + 1
         if bad.size:
-            shown = ", ".join(str(v) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
-            raise DatasetError(f"{path}: values {{{shown}}} are not Cityscapes labelIds (expected 0..{MAX_LABEL_ID}: "
-                               f"a *_{self.annotation}_labelIds.png, not labelTrainIds, instanceIds or colour)")
+            raise DatasetError(f"{path}: values {{{shown_values(bad.tolist())}}} are not Cityscapes labelIds "
+                               f"(expected 0..{MAX_LABEL_ID}: a *_{self.annotation}_labelIds.png, not labelTrainIds, "
+                               f"instanceIds or colour)")
         return LABEL_TO_TRAIN_ID[label_ids]

@@ -6,12 +6,16 @@ that turns a label file into class indices (0..C-1, void 255). The pipeline call
 `tf.numpy_function`, so a dataset whose files hold other codes (Cityscapes labelIds) maps them there, once,
 with no second code path. Construction does no I/O; `check()` verifies that every file exists (stat calls only,
 cheap enough to run before any compilation); `load(id)` returns the decoded arrays for tests and plots.
+
+Label codes that need a mapping go through a 256-entry table (`code_table`, `shift_table`) and `map_label`, which
+names the file and every code the format does not define. `SplitFolderSegmentation` is the layout of the
+datasets that list a split by its image folder (ADE20K, COCO-Stuff).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -20,12 +24,17 @@ from semeda_jax.data.errors import IGNORE_LABEL, DatasetError
 from semeda_jax.data.palette import read_label_png
 
 
+def shown_values(values: Sequence[int]) -> str:
+    """'1, 2, 3' (the first ten values, then ', ...'): how errors list bad label values."""
+    return ", ".join(str(v) for v in values[:10]) + (", ..." if len(values) > 10 else "")
+
+
 def validate_label(label: np.ndarray, num_classes: int, path: str | os.PathLike) -> np.ndarray:
     """Raise DatasetError naming `path` and the bad values unless uint8 `label` holds only [0, C) and 255."""
     counts = np.bincount(np.asarray(label, dtype=np.uint8).ravel(), minlength=256)
     bad = [v for v in range(num_classes, 256) if v != IGNORE_LABEL and counts[v]]
     if bad:
-        shown = ", ".join(str(v) for v in bad[:10]) + (", ..." if len(bad) > 10 else "")
+        shown = shown_values(bad)
         raise DatasetError(
             f"{path}: label values {{{shown}}} are outside [0, {num_classes}) and not the void label "
             f"{IGNORE_LABEL} (is num_classes={num_classes} right for this dataset?)")
@@ -158,3 +167,60 @@ class SegmentationReader:
     def image_size(self, image_id: str) -> tuple[int, int]:
         """(H, W) read from the image header only."""
         return image_hw(self.image_path(image_id))
+
+
+INVALID_CODE = -1  # a code_table entry: the format defines no such code
+
+
+def code_table(classes: Mapping[int, int], void: Sequence[int] = (IGNORE_LABEL,)) -> np.ndarray:
+    """int16 [256]: code -> class for `classes`, -> 255 for the `void` codes, INVALID_CODE for any other code."""
+    table = np.full(256, INVALID_CODE, np.int16)
+    table[list(void)] = IGNORE_LABEL
+    for code, index in classes.items():
+        table[code] = index
+    return table
+
+
+def shift_table(num_classes: int, offset: int = 0, void: Sequence[int] = (IGNORE_LABEL,)) -> np.ndarray:
+    """code_table of `code + offset` for every code landing in [0, num_classes) (the `void` codes -> 255).
+    offset=-1, void=(0, 255) is mmseg's reduce_zero_label (ADE20K, Pascal Context 59): 0 -> 255, k -> k - 1."""
+    classes = {code: code + offset for code in range(256) if 0 <= code + offset < num_classes and code not in void}
+    return code_table(classes, void)
+
+
+def map_label(codes: np.ndarray, table: np.ndarray, path: str | os.PathLike, expected: str) -> np.ndarray:
+    """table[codes] -> class indices uint8 [H,W] (void 255); DatasetError naming `path` and the codes the table
+    marks INVALID_CODE, with `expected` (what the file should hold) in the message."""
+    codes = np.asarray(codes, dtype=np.uint8)
+    bad = np.flatnonzero((np.bincount(codes.ravel(), minlength=256) > 0) & (table == INVALID_CODE))
+    if bad.size:
+        raise DatasetError(f"{path}: label values {{{shown_values(bad.tolist())}}} are out of range (expected "
+                           f"{expected})")
+    return table.astype(np.uint8)[codes]
+
+
+class SplitFolderSegmentation(SegmentationReader):
+    """A split listed by its image folder: `root/images/<split>/<id><image_ext>` and
+    `root/annotations/<split>/<id><label_suffix>`; the ids are the sorted image names. Subclasses set
+    `image_ext`, `label_suffix` and `label_contents` (what the label files hold, for the layout line)."""
+
+    image_ext = ".jpg"
+    label_suffix = ".png"
+    label_contents = "class-index PNG"
+
+    def expected_layout(self) -> str:
+        return (f"expected layout: {self.root}/ holding images/{self.split}/<id>{self.image_ext} and "
+                f"annotations/{self.split}/<id>{self.label_suffix} ({self.label_contents})")
+
+    def _read_ids(self) -> list[str]:
+        self._require_root()
+        folder = self.root / "images" / self.split
+        if not folder.is_dir():
+            raise self._error(f"image folder {folder} does not exist")
+        return sorted(name[:-len(self.image_ext)] for name in os.listdir(folder) if name.endswith(self.image_ext))
+
+    def image_path(self, image_id: str) -> str:
+        return str(self.root / "images" / self.split / f"{image_id}{self.image_ext}")
+
+    def label_path(self, image_id: str) -> str:
+        return str(self.root / "annotations" / self.split / f"{image_id}{self.label_suffix}")
