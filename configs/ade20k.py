@@ -25,11 +25,10 @@ from configs import mmseg_recipe
 from semeda_jax.data.ade20k import ADE20K_CLASSES
 
 # The same data from TFDS (scene_parse150: raw 0 = other -> void, 1..150 -> 0..149); its "test" split is the
-# validation set. New dataset fields are added by the variant (mmseg_recipe.apply_overrides).
+# validation set.
 TFDS = {"dataset.name": "tfds", "dataset.tfds_name": "scene_parse150", "dataset.train_split": "train",
-        "dataset.val_split": "test", "dataset.data_dir": ml_collections.config_dict.placeholder(str),
-        "dataset.image_key": "image", "dataset.label_key": "annotation", "dataset.label_offset": -1,
-        "dataset.void_values": (0, 255), "dataset.class_names": ADE20K_CLASSES}
+        "dataset.val_split": "test", "dataset.image_key": "image", "dataset.label_key": "annotation",
+        "dataset.label_offset": -1, "dataset.void_values": (0, 255), "dataset.class_names": ADE20K_CLASSES}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -45,6 +45,17 @@ def base_config() -> ml_collections.ConfigDict:
         label_dir=ml_collections.config_dict.placeholder(str),
         # cityscapes: "gtFine" | "gtCoarse"
         annotation=ml_collections.config_dict.placeholder(str),
+        # coco_stuff: "auto" (default) | "stuffthingmaps" | "trainids"
+        label_format=ml_collections.config_dict.placeholder(str),
+        # tfds: a TFDS dataset by name (data/tfds_reader.py), exported once under cache_dir; unset = the defaults
+        # data_dir TFDS's own, image_key "image", label_key "segmentation_mask", label_offset 0, void_values (255,)
+        tfds_name=ml_collections.config_dict.placeholder(str),
+        data_dir=ml_collections.config_dict.placeholder(str),
+        image_key=ml_collections.config_dict.placeholder(str),
+        label_key=ml_collections.config_dict.placeholder(str),
+        label_offset=ml_collections.config_dict.placeholder(int),
+        void_values=ml_collections.config_dict.placeholder(tuple),
+        class_names=ml_collections.config_dict.placeholder(tuple),
     ))
     config.data = ml_collections.ConfigDict(dict(
         crop_size=(321, 321),

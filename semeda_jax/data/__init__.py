@@ -4,7 +4,8 @@
     reader = build_reader({"name": "voc", "root": ".../VOC2012", "sbd_root": ".../dataset"}, "train_aug")
     ds = train_dataset(reader, crop_size=(96, 96), batch_size=8, seed=0)
 
-`DATASETS` maps a dataset name ("synthetic", "voc", "cityscapes", "helen") to `builder(config, split) ->
+`DATASETS` maps a dataset name ("synthetic", "voc", "cityscapes", "helen", "ade20k", "coco_stuff",
+"pascal_context", "tfds") to `builder(config, split) ->
 reader` (a reader.SegmentationReader), where `config` is any mapping (dict, ml_collections.ConfigDict) with the
 keys documented on each builder and declared by it (`dataset_fields`, which stages.check_dataset holds a config
 to); `build_reader` also runs the reader's existence check. The pipeline functions are imported lazily so that
@@ -15,15 +16,19 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Mapping
 
+from semeda_jax.data.ade20k import ADE20K_CLASSES, ADE20K_COLORMAP, ADE20KSegmentation
 from semeda_jax.data.cityscapes import CITYSCAPES_CLASSES, LABEL_TO_TRAIN_ID, CityscapesSegmentation
+from semeda_jax.data.coco_stuff import COCO_STUFF_CLASSES, COCOStuffSegmentation
 from semeda_jax.data.errors import IGNORE_LABEL, DatasetError
 from semeda_jax.data.helen import HELEN_CLASSES, HelenSegmentation
 from semeda_jax.data.palette import VOC_COLORMAP, colorize, read_label_png, voc_colormap, write_label_png
+from semeda_jax.data.pascal_context import PASCAL_CONTEXT_CLASSES, PascalContextSegmentation
 from semeda_jax.data.reader import SegmentationReader, validate_label
 from semeda_jax.data.sbd import convert_sbd_labels, read_sbd_mat
 from semeda_jax.data.synthetic import DEFAULTS as SYNTHETIC_DEFAULTS
 from semeda_jax.data.synthetic import (ensure_synthetic_voc, generate_scene, synthetic_class_names, void_band,
                                        write_synthetic_voc)
+from semeda_jax.data.tfds_reader import TFDSSegmentation
 from semeda_jax.data.voc import VOC_CLASSES, VOCSegmentation
 from semeda_jax.data.voc_aug import VOCAugSegmentation, train_aug_ids
 
@@ -120,59 +125,6 @@ def build_helen(config: Mapping, split: str) -> HelenSegmentation:
     return HelenSegmentation(_root(config, "helen", "the folder holding images/ and labels/"), split)
 
 
-DATASETS: dict[str, Callable[[Mapping, str], SegmentationReader]] = {
-    "synthetic": build_synthetic,
-    "voc": build_voc,
-    "cityscapes": build_cityscapes,
-    "helen": build_helen,
-}
-
-
-def get_dataset_builder(name: str) -> Callable[[Mapping, str], SegmentationReader]:
-    """DATASETS[name], or a KeyError listing the valid names."""
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise KeyError(f"unknown dataset {name!r}; valid: {sorted(DATASETS)}") from None
-
-
-COMMON_FIELDS = ("name", "num_classes", "train_split", "val_split")  # read for every dataset (the stages, the model)
-
-
-def dataset_fields(name: str) -> tuple[str, ...]:
-    """The config.dataset keys some code reads for dataset `name` (COMMON_FIELDS + its builder's)."""
-    return tuple(dict.fromkeys((*COMMON_FIELDS, *get_dataset_builder(name).fields)))
-
-
-def build_reader(config: Mapping, split: str, check: bool = True) -> SegmentationReader:
-    """The reader of `config["name"]` for `split` (e.g. "train", "val").
-
-    With `check` (the default) it runs `reader.check()`, so a missing root, list, image or label fails here,
-    before any compilation, with a DatasetError naming the root, the file and the expected layout (the VOC +
-    SBD "train_aug" check also converts the SBD labels the first time).
-    """
-    reader = get_dataset_builder(_get(config, "name"))(config, split)
-    return reader.check() if check else reader
-
-
-__all__ = [
-    "IGNORE_LABEL", "DatasetError", "VOC_COLORMAP", "voc_colormap", "colorize", "read_label_png", "write_label_png",
-    "generate_scene", "write_synthetic_voc", "ensure_synthetic_voc", "synthetic_class_names", "void_band",
-    "VOC_CLASSES", "VOCSegmentation", "validate_label", "DATASETS", "get_dataset_builder", "build_reader",
-    "dataset_fields", "build_synthetic", "build_voc", "build_cityscapes", "build_helen",
-    "SegmentationReader", "VOCAugSegmentation", "train_aug_ids", "convert_sbd_labels", "read_sbd_mat",
-    "CITYSCAPES_CLASSES", "LABEL_TO_TRAIN_ID", "CityscapesSegmentation", "HELEN_CLASSES", "HelenSegmentation",
-    *_PIPELINE,
-]
-
-
-# ------------------------------------------------- ADE20K, COCO-Stuff, Pascal Context and TFDS datasets by name
-from semeda_jax.data.ade20k import ADE20K_CLASSES, ADE20K_COLORMAP, ADE20KSegmentation  # noqa: E402
-from semeda_jax.data.coco_stuff import COCO_STUFF_CLASSES, COCOStuffSegmentation  # noqa: E402
-from semeda_jax.data.pascal_context import PASCAL_CONTEXT_CLASSES, PascalContextSegmentation  # noqa: E402
-from semeda_jax.data.tfds_reader import TFDSSegmentation  # noqa: E402
-
-
 @_reads("root", "num_classes")
 def build_ade20k(config: Mapping, split: str) -> ADE20KSegmentation:
     """Keys: root (ADEChallengeData2016, holding images/ and annotations/, required), num_classes (150 if set).
@@ -218,8 +170,55 @@ def build_tfds(config: Mapping, split: str) -> TFDSSegmentation:
                             class_names=_get(config, "class_names"))
 
 
-DATASETS.update(ade20k=build_ade20k, coco_stuff=build_coco_stuff, pascal_context=build_pascal_context,
-                tfds=build_tfds)
-__all__ += ["ADE20K_CLASSES", "ADE20K_COLORMAP", "ADE20KSegmentation", "COCO_STUFF_CLASSES", "COCOStuffSegmentation",
-            "PASCAL_CONTEXT_CLASSES", "PascalContextSegmentation", "TFDSSegmentation", "build_ade20k",
-            "build_coco_stuff", "build_pascal_context", "build_tfds"]
+
+DATASETS: dict[str, Callable[[Mapping, str], SegmentationReader]] = {
+    "synthetic": build_synthetic,
+    "voc": build_voc,
+    "cityscapes": build_cityscapes,
+    "helen": build_helen,
+    "ade20k": build_ade20k,
+    "coco_stuff": build_coco_stuff,
+    "pascal_context": build_pascal_context,
+    "tfds": build_tfds,
+}
+
+
+def get_dataset_builder(name: str) -> Callable[[Mapping, str], SegmentationReader]:
+    """DATASETS[name], or a KeyError listing the valid names."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise KeyError(f"unknown dataset {name!r}; valid: {sorted(DATASETS)}") from None
+
+
+COMMON_FIELDS = ("name", "num_classes", "train_split", "val_split")  # read for every dataset (the stages, the model)
+
+
+def dataset_fields(name: str) -> tuple[str, ...]:
+    """The config.dataset keys some code reads for dataset `name` (COMMON_FIELDS + its builder's)."""
+    return tuple(dict.fromkeys((*COMMON_FIELDS, *get_dataset_builder(name).fields)))
+
+
+def build_reader(config: Mapping, split: str, check: bool = True) -> SegmentationReader:
+    """The reader of `config["name"]` for `split` (e.g. "train", "val").
+
+    With `check` (the default) it runs `reader.check()`, so a missing root, list, image or label fails here,
+    before any compilation, with a DatasetError naming the root, the file and the expected layout (the VOC +
+    SBD "train_aug" check also converts the SBD labels the first time).
+    """
+    reader = get_dataset_builder(_get(config, "name"))(config, split)
+    return reader.check() if check else reader
+
+
+__all__ = [
+    "IGNORE_LABEL", "DatasetError", "VOC_COLORMAP", "voc_colormap", "colorize", "read_label_png", "write_label_png",
+    "generate_scene", "write_synthetic_voc", "ensure_synthetic_voc", "synthetic_class_names", "void_band",
+    "VOC_CLASSES", "VOCSegmentation", "validate_label", "DATASETS", "get_dataset_builder", "build_reader",
+    "dataset_fields", "build_synthetic", "build_voc", "build_cityscapes", "build_helen",
+    "SegmentationReader", "VOCAugSegmentation", "train_aug_ids", "convert_sbd_labels", "read_sbd_mat",
+    "CITYSCAPES_CLASSES", "LABEL_TO_TRAIN_ID", "CityscapesSegmentation", "HELEN_CLASSES", "HelenSegmentation",
+    "ADE20K_CLASSES", "ADE20K_COLORMAP", "ADE20KSegmentation", "COCO_STUFF_CLASSES", "COCOStuffSegmentation",
+    "PASCAL_CONTEXT_CLASSES", "PascalContextSegmentation", "TFDSSegmentation", "build_ade20k", "build_coco_stuff",
+    "build_pascal_context", "build_tfds", *_PIPELINE,
+]
+
