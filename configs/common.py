@@ -3,7 +3,7 @@
 Sections: dataset (what to read), data (crops, batches, augmentation), model, loss (a '+'-joined mix of term
 names), losses (each term's weight and hyperparameters, `losses.<name>`), edge_net (g_phi pre-training or a
 checkpoint), optimizer (SGD + momentum, warm-up then poly decay), train (length, logging, eval and checkpoint
-cadence), eval (trimap widths, plots), parallel (device mesh and parameter sharding), mixed_precision.
+cadence), eval (trimap and boundary widths, plots), parallel (device mesh and parameter sharding), mixed_precision.
 
 Batch sizes are GLOBAL: `data.batch_size` images per step over all processes and devices (each process reads
 batch_size / process_count); it must be a multiple of the data-parallel device count times
@@ -123,8 +123,11 @@ def base_config() -> ml_collections.ConfigDict:
         # 0 (fresh optimiser and schedule; same parameter tree); "" = random / config.model.pretrained init.
         init_checkpoint=""))
     # f1_groups: "" or "helen" (merged F1 of brows, eyes, nose, mouth and overall, SPEC.md 1(c)).
+    # Boundary IoU band width and boundary F tolerance in pixels, 0 = per image from its diagonal (2% and 0.8%);
+    # num_worst_images: the galleries of the images of lowest mIoU / Boundary IoU in the report (0 = none).
     config.eval = ml_collections.ConfigDict(dict(trimap_widths=(1, 2, 3, 5, 10, 20, 40), num_plot_images=8,
-                                                 f1_groups=""))
+                                                 f1_groups="", boundary_width=0, boundary_tolerance=0,
+                                                 num_worst_images=8))
     # The eval stage's and predict's inference (semeda_jax/inference.py); periodic evaluation during training is
     # always whole-image single-scale, and this one runs once more at the end of training when it differs.
     # mode: whole | sliding (window, stride, blend) | shifted (shifts = n x n); views: scales x flip, fused by

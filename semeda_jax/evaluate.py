@@ -1,14 +1,18 @@
 """Evaluation of a segmentation state on a validation split: one jitted count step, totals kept on device.
 
 The step turns a padded eval batch into exact counts (confusion matrix, trimap band/interior matrices,
-per-image E-measure sums); a jitted add keeps their running totals on device, exactly (`add_counts`: integer
-counts in two 32-bit words, float sums with their rounding error), and the totals come to the host once per
-evaluation, so the result does not depend on the batch size or the number of processes. Every process reads its
-share of each global eval batch (config.data.eval_batch_size is global, like the training batch; `eval_batches`,
-shared with fusion.py); the step runs on the global batch sharded on the `data` mesh axis, so the counts are
-already summed over processes (replicated) and only the per-image outputs (predictions, entropy) stay sharded,
-each process keeping its own rows, pulled while plot samples are still wanted. A SIGTERM stops the pass at the
-next batch (preemption.check_batch).
+per-image E-measure sums, Boundary IoU / boundary F counts) and two float32 scores per image (mIoU and Boundary
+IoU, each a mean over the classes in the image's truth or prediction); a jitted add keeps the running totals on
+device, exactly (`add_counts`: integer counts in two 32-bit words, float sums with their rounding error), and the
+totals come to the host once per evaluation, so the result does not depend on the batch size or the number of
+processes. Every process reads its share of each global eval batch (config.data.eval_batch_size is global, like
+the training batch; `eval_batches`, shared with fusion.py); the step runs on the global batch sharded on the
+`data` mesh axis, so the counts are already summed over processes (replicated) and only the per-image maps
+(predictions, entropy) stay sharded, each process keeping its own rows, pulled while plot samples are still
+wanted. The per-image scores stay on device too (replicated: 12 bytes an image, with its index in the split) and
+come to the host with the totals, in the same pull; the `num_worst` images of lowest score are then predicted
+once more (a second pass over those images only, read by every process) for the worst-image galleries, so no
+prediction is kept for the whole split. A SIGTERM stops the pass at the next batch (preemption.check_batch).
 
 Predictions come from the inference seam (inference.py): two named evaluators, "periodic" (whole image, single
 scale, no flip: the SEMEDA protocol; every config.train.eval_every steps, it picks the best checkpoint) and
@@ -26,9 +30,11 @@ import numpy as np
 from PIL import Image
 
 from semeda_jax import inference, metrics, parallel, preemption
-from semeda_jax.validation import IGNORE_LABEL, ConfigError, check_fields
+from semeda_jax.validation import IGNORE_LABEL, ConfigError, check_fields, is_int
 
-COUNTS = ("cm", "band_cm", "interior_cm", "emeasure_sums", "emeasure_counts")
+COUNTS = ("cm", "band_cm", "interior_cm", "emeasure_sums", "emeasure_counts", *metrics.BOUNDARY_COUNT_KEYS)
+PER_IMAGE = ("image_index", "image_miou", "image_boundary_iou")  # replicated [B] per batch, -1 / NaN for fillers
+WORST = {"miou": "image_miou", "boundary_iou": "image_boundary_iou"}  # report["worst_images"] key -> score
 PERIODIC = inference.InferenceSpec()  # whole image, one scale, no flip
 
 
@@ -43,18 +49,56 @@ def evaluators(config: ml_collections.ConfigDict) -> dict[str, tuple[inference.I
     return named
 
 
+def present_mean(intersection: jax.Array, union: jax.Array) -> jax.Array:
+    """intersection, union int [B,C] -> float32 [B]: each image's mean IoU over its classes with union > 0
+    (in its truth or prediction); NaN for an image with none (all void, a filler)."""
+    present = union > 0
+    iou = jnp.where(present, intersection / jnp.maximum(union, 1), 0.0).astype(jnp.float32)
+    return jnp.sum(iou, axis=1) / jnp.where(present.any(axis=1), jnp.sum(present, axis=1), jnp.nan)
+
+
 def eval_counts(variables, batch: dict, *, predict_fn, num_classes: int, widths: Sequence[int]) -> dict:
     """Counts of one eval batch at the labels' resolution (predictions are made at it, whatever the input
-    scale); filler examples (mask False) are all void and count nothing."""
+    scale), and the per-image outputs; filler examples (mask False) are all void and count nothing. `batch`:
+    image, label, mask and the `step_inputs` keys (the split index and Boundary IoU sizes / widths per image)."""
     probs = predict_fn(variables, batch["image"], batch["label"].shape[1:3])
     predictions = jnp.argmax(probs, axis=-1).astype(jnp.int32)
     labels = jnp.where(batch["mask"][:, None, None], batch["label"], IGNORE_LABEL)
     band_cm, interior_cm = metrics.trimap_confusion(labels, predictions, num_classes, tuple(widths))
     scores, present = metrics.emeasure_per_image(labels, predictions, num_classes)
     emeasure_sums, emeasure_counts = metrics.emeasure_totals(scores, present)
-    return {"cm": metrics.confusion_matrix(labels, predictions, num_classes), "band_cm": band_cm,
-            "interior_cm": interior_cm, "emeasure_sums": emeasure_sums, "emeasure_counts": emeasure_counts,
+    image_cm = metrics.per_image_confusion_matrix(labels, predictions, num_classes)  # [B,C,C]
+    image_tp = jnp.diagonal(image_cm, axis1=1, axis2=2)
+    image_boundary = jax.vmap(lambda *image: metrics.boundary_counts(  # {key: [B,C]}, one image at a time
+        image[0][None], image[1][None], num_classes, sizes=image[2][None], band_width=image[3][None],
+        tolerance=image[4][None]))(labels, predictions, batch["boundary_sizes"], batch["boundary_band_width"],
+                                   batch["boundary_tolerance"])
+    return {"cm": jnp.sum(image_cm, axis=0, dtype=jnp.int32), "band_cm": band_cm, "interior_cm": interior_cm,
+            "emeasure_sums": emeasure_sums, "emeasure_counts": emeasure_counts,
+            **{key: jnp.sum(value, axis=0, dtype=jnp.int32) for key, value in image_boundary.items()},
+            "image_index": batch["index"],
+            "image_miou": present_mean(image_tp, image_cm.sum(1) + image_cm.sum(2) - image_tp),
+            "image_boundary_iou": present_mean(image_boundary["iou_intersection"], image_boundary["iou_union"]),
             "predictions": predictions, "entropy": metrics.prediction_entropy(jnp.log(probs), normalize=True)}
+
+
+def boundary_widths(config: ml_collections.ConfigDict) -> tuple[int, int]:
+    """(config.eval.boundary_width, config.eval.boundary_tolerance) in pixels; 0 (or unset) = the default of
+    each image's diagonal (metrics.boundary_band_width: 2%, boundary_tolerance: 0.8%)."""
+    return int(config.eval.get("boundary_width") or 0), int(config.eval.get("boundary_tolerance") or 0)
+
+
+def step_inputs(batch: dict, index_of: Mapping[str, int], boundary_pixels: tuple[int, int] = (0, 0)) -> dict:
+    """A NumPy eval batch -> the host arrays eval_counts reads: image, label, mask, the index of each image in
+    the split (`index_of` id -> index; -1 for fillers) and the Boundary IoU inputs: each image's true label
+    size (height, width) (predictions are made at the labels' resolution, so it is also the prediction's), its
+    band width and tolerance in pixels (`boundary_pixels`; 0 = from the diagonal)."""
+    sizes = np.stack([batch["height"], batch["width"]], -1).astype(np.int32)
+    per_image = lambda fixed, default: np.full(len(sizes), fixed, np.int32) if fixed else default(sizes)
+    return {**{key: batch[key] for key in ("image", "label", "mask")},
+            "index": np.array([index_of.get(i.decode(), -1) for i in batch["id"]], np.int32),
+            "boundary_sizes": sizes, "boundary_band_width": per_image(boundary_pixels[0], metrics.boundary_band_width),
+            "boundary_tolerance": per_image(boundary_pixels[1], metrics.boundary_tolerance)}
 
 
 def sample_image(image: np.ndarray, label_size: Sequence[int], data_config) -> np.ndarray:
@@ -68,23 +112,34 @@ def sample_image(image: np.ndarray, label_size: Sequence[int], data_config) -> n
     return np.asarray(Image.fromarray(image).resize(tuple(label_size)[::-1], Image.BILINEAR))
 
 
+WHEN_ZERO = {"boundary_width": "2% of the image diagonal", "boundary_tolerance": "0.8% of the image diagonal",
+             "num_worst_images": "no worst-image galleries"}
 # config.eval.f1_groups -> the class groups whose merged F1 the report adds ("" = none).
 F1_GROUPS = {"": {}, "helen": metrics.HELEN_F1_GROUPS}
-CONFIG_FIELDS = ("trimap_widths", "num_plot_images", "f1_groups", "inference", "crf", "learn_fusion")  # of config.eval
+CONFIG_FIELDS = ("trimap_widths", "num_plot_images", "f1_groups", "boundary_width", "boundary_tolerance",
+                 "num_worst_images", "inference", "crf", "learn_fusion")  # of config.eval
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """config.eval (stages.check_config): only CONFIG_FIELDS (inference, crf and learn_fusion are checked by
-    inference.py, crf.py and fusion.py); a known f1_groups."""
+    inference.py, crf.py and fusion.py); boundary_width, boundary_tolerance and num_worst_images integers
+    >= 0 (unset = 0); a known f1_groups."""
     check_fields(config.eval, CONFIG_FIELDS, "config.eval")
+    for name in ("boundary_width", "boundary_tolerance", "num_worst_images"):
+        value = config.eval.get(name)
+        if value is not None and (not is_int(value) or value < 0):
+            raise ConfigError(f"config.eval.{name}: expected an integer >= 0 (0 = {WHEN_ZERO[name]}), got {value!r}")
     if config.eval.get("f1_groups", "") not in F1_GROUPS:
         raise ConfigError(f"config.eval.f1_groups: unknown {config.eval.f1_groups!r}; valid: {sorted(F1_GROUPS)}")
 
 
 def summarize(totals: dict, widths: Sequence[int], class_names: Sequence[str] | None = None,
-              f1_groups: Mapping[str, Sequence[int]] | None = None) -> dict:
-    """Accumulated counts -> the report: mIoU, per-class IoU/F1, accuracies, E-measure, trimap curves, and the
-    merged F1 of `f1_groups` (e.g. HELEN's brows / eyes / nose / mouth / overall) when given."""
+              f1_groups: Mapping[str, Sequence[int]] | None = None,
+              boundary_pixels: tuple[int, int] = (0, 0)) -> dict:
+    """Accumulated counts -> the report: mIoU, per-class IoU/F1, accuracies, E-measure, trimap curves, Boundary
+    IoU and boundary F (means and per class, with the band width and tolerance `boundary_pixels`, 0 = from the
+    diagonal), and the merged F1 of `f1_groups` (e.g. HELEN's brows / eyes / nose / mouth / overall) when
+    given."""
     report = metrics.segmentation_summary(totals["cm"], class_names)
     if f1_groups:
         report["merged_f1"] = metrics.merged_f1(totals["cm"], f1_groups)
@@ -95,19 +150,41 @@ def summarize(totals: dict, widths: Sequence[int], class_names: Sequence[str] | 
     boundary, interior = metrics.trimap_miou(totals["band_cm"], totals["interior_cm"])
     report["trimap"] = {"widths": [int(w) for w in widths], "boundary_miou": [float(v) for v in boundary],
                         "interior_miou": [float(v) for v in interior]}
+    for name, score in (("boundary_iou", metrics.boundary_iou), ("boundary_fscore", metrics.boundary_fscore)):
+        per_class, mean = score(totals)
+        report[name] = float(mean)
+        report[f"{name}_per_class"] = {n: float(v) for n, v in zip(names, per_class)}
+    report["boundary"] = {"width": boundary_pixels[0] or "2% of diagonal",
+                          "tolerance": boundary_pixels[1] or "0.8% of diagonal"}
     report["confusion_matrix"] = np.asarray(totals["cm"]).tolist()
     return report
+
+
+def worst_images(scores: Sequence[dict], ids: Sequence[str], count: int) -> dict:
+    """The per-image outputs of every batch (PER_IMAGE, on the host) -> {"miou": [{"id", "miou"}, ...],
+    "boundary_iou": [{"id", "boundary_iou"}, ...]}: the `count` images with the lowest score, lowest first
+    (ties in split order); fillers and images without a score (all void) are left out."""
+    merged = {key: np.concatenate([np.asarray(s[key]) for s in scores]) for key in PER_IMAGE}
+    real = merged["image_index"] >= 0
+    index = merged["image_index"][real]
+    worst = {}
+    for name, key in WORST.items():
+        value = merged[key][real].astype(np.float64)
+        order = [i for i in np.lexsort((index, value)) if np.isfinite(value[i])][:count]
+        worst[name] = [{"id": ids[index[i]], name: float(value[i])} for i in order]
+    return worst
 
 
 @functools.lru_cache(maxsize=4)
 def jit_eval_counts(apply_fn, spec: inference.InferenceSpec, output_stride: int, num_classes: int,
                     widths: tuple[int, ...], mesh) -> Callable:
-    """eval_counts of `spec`'s predictions jitted for `mesh` (counts replicated, per-image maps batch-sharded);
+    """eval_counts of `spec`'s predictions jitted for `mesh` (counts and per-image scores replicated, per-image
+    maps batch-sharded);
     cached, so the periodic evaluations of one training run compile it once."""
     per_image = parallel.batch_sharding(mesh)
     predict_fn = inference.build_predict_fn(spec, apply_fn, output_stride=output_stride)
     return jax.jit(functools.partial(eval_counts, predict_fn=predict_fn, num_classes=num_classes, widths=widths),
-                   out_shardings={**{key: parallel.replicated(mesh) for key in COUNTS},
+                   out_shardings={**{key: parallel.replicated(mesh) for key in COUNTS + PER_IMAGE},
                                   "predictions": per_image, "entropy": per_image})
 
 
@@ -149,49 +226,88 @@ def host_totals(totals: dict) -> dict:
     return {key: value(key) for key in COUNTS}
 
 
-def eval_batches(reader, config: ml_collections.ConfigDict, mesh, stage: str):
+class _Subset:
+    """`reader` restricted to `ids` (what eval_dataset reads of it: ids, paths, decode_label)."""
+
+    def __init__(self, reader, ids: Sequence[str]):
+        self.reader, self.ids = reader, list(ids)
+
+    def __getattr__(self, name):
+        return getattr(self.reader, name)
+
+
+def eval_batches(reader, config: ml_collections.ConfigDict, mesh, stage: str, *, ids: Sequence[str] | None = None):
     """The eval stream of `reader`'s split (data/pipeline.eval_dataset of config.data; its files checked once per
     reader) -> (this process's NumPy batch, the global device batch {"image", "label", "mask"} on `data`);
-    Preempted(stage=stage) before the next batch once any process got SIGTERM."""
+    Preempted(stage=stage) before the next batch once any process got SIGTERM. With `ids`, only those images,
+    each read by every process (so that every process holds them all; the split's files were checked)."""
     from semeda_jax.data import pipeline  # TensorFlow is imported where data is read, not with the eval step
 
-    dataset = pipeline.eval_dataset(reader, pad_size=config.data.eval_pad_size,
+    shard = (jax.process_index(), jax.process_count()) if ids is None else (0, 1)
+    dataset = pipeline.eval_dataset(reader if ids is None else _Subset(reader, ids),
+                                    pad_size=config.data.eval_pad_size,
                                     batch_size=parallel.local_eval_batch_size(config.data.eval_batch_size, mesh),
-                                    mean=config.data.mean, std=config.data.std, process_index=jax.process_index(),
-                                    process_count=jax.process_count(), input_scale=config.data.input_scale)
+                                    mean=config.data.mean, std=config.data.std, process_index=shard[0],
+                                    process_count=shard[1], input_scale=config.data.input_scale, check=ids is None)
     for batch in dataset.as_numpy_iterator():
         preemption.check_batch(stage)
         yield batch, parallel.global_batch({k: batch[k] for k in ("image", "label", "mask")}, mesh)
 
 
-def evaluate(state, reader, config: ml_collections.ConfigDict, *, num_samples: int = 0,
+def evaluate(state, reader, config: ml_collections.ConfigDict, *, num_samples: int = 0, num_worst: int = 0,
              class_names: Sequence[str] | None = None, spec: inference.InferenceSpec | None = None,
              stage: str = "eval") -> dict:
     """Evaluation of `state` (apply_fn, params, batch_stats) on `reader`'s split with the inference `spec`
     (default config.eval.inference) -> report dict; with `num_samples`, also the first `num_samples` images as
-    report["samples"] (image, label, prediction, entropy arrays for the plots). `stage` names the pass in
-    Preempted."""
-    widths = tuple(config.eval.trimap_widths)
+    report["samples"] (image, label, prediction, entropy arrays for the plots); with `num_worst`, the
+    `num_worst` images of lowest mIoU and of lowest Boundary IoU as report["worst_images"] (ids and scores) and
+    their plot arrays as report["worst_panels"] {id: arrays}. `stage` names the pass in Preempted."""
+    widths, boundary_pixels = tuple(config.eval.trimap_widths), boundary_widths(config)
     mesh = parallel.make_mesh(config)
     spec = inference.spec_for(config) if spec is None else spec
     step = jit_eval_counts(state.apply_fn, spec, int(config.model.output_stride), config.dataset.num_classes,
                            widths, mesh)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    totals, samples = None, []
-    for batch, device_batch in eval_batches(reader, config, mesh, stage):
-        out = step(variables, device_batch)
+    index_of = {image_id: n for n, image_id in enumerate(reader.ids)}
+
+    def outputs(ids=None):
+        """(NumPy batch, step outputs) of the split, or of the images `ids` only."""
+        for batch, device_batch in eval_batches(reader, config, mesh, stage, ids=ids):
+            inputs = step_inputs(batch, index_of, boundary_pixels)
+            extra = parallel.global_batch({k: v for k, v in inputs.items() if k not in device_batch}, mesh)
+            yield batch, step(variables, {**device_batch, **extra})
+
+    totals, samples, scores = None, [], []
+    for batch, out in outputs():
         totals = add_counts(totals, {key: out[key] for key in COUNTS})
+        if num_worst:
+            scores.append({key: out[key] for key in PER_IMAGE})
         wanted = np.flatnonzero(batch["mask"])[:max(num_samples - len(samples), 0)]
-        if len(wanted):
-            out = {key: parallel.host_rows(out[key]) for key in ("predictions", "entropy")}
-        for i in wanted:
-            h, w = int(batch["height"][i]), int(batch["width"][i])
-            samples.append({"id": batch["id"][i].decode(),
-                            "image": sample_image(batch["image"][i], batch["label"].shape[1:3], config.data)[:h, :w],
-                            "label": batch["label"][i, :h, :w], "prediction": out["predictions"][i, :h, :w],
-                            "entropy": out["entropy"][i, :h, :w]})
-    report = summarize(host_totals(jax.device_get(totals)), widths, class_names,
-                       F1_GROUPS[config.eval.get("f1_groups", "")])
+        samples += plot_arrays(batch, out, wanted, config.data)
+    totals, scores = jax.device_get((totals, scores))
+    report = summarize(host_totals(totals), widths, class_names, F1_GROUPS[config.eval.get("f1_groups", "")],
+                       boundary_pixels)
     if num_samples:
         report["samples"] = samples
+    if num_worst:
+        report["worst_images"] = worst_images(scores, reader.ids, num_worst)
+        shown = list(dict.fromkeys(entry["id"] for entries in report["worst_images"].values() for entry in entries))
+        report["worst_panels"] = {panel["id"]: panel for batch, out in (outputs(shown) if shown else ())
+                                  for panel in plot_arrays(batch, out, np.flatnonzero(batch["mask"]), config.data)}
     return report
+
+
+def plot_arrays(batch: dict, out: dict, rows: Sequence[int], data_config) -> list[dict]:
+    """The plot arrays of this process's `rows` of a batch, cropped to each image's size: [{"id", "image" uint8
+    [H,W,3], "label", "prediction" int [H,W], "entropy" float [H,W]}] (pulls the rows' batch only when any)."""
+    if not len(rows):
+        return []
+    maps = {key: parallel.host_rows(out[key]) for key in ("predictions", "entropy")}
+    panels = []
+    for i in rows:
+        h, w = int(batch["height"][i]), int(batch["width"][i])
+        panels.append({"id": batch["id"][i].decode(),
+                       "image": sample_image(batch["image"][i], batch["label"].shape[1:3], data_config)[:h, :w],
+                       "label": batch["label"][i, :h, :w], "prediction": maps["predictions"][i, :h, :w],
+                       "entropy": maps["entropy"][i, :h, :w]})
+    return panels

@@ -246,10 +246,12 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, log: Log = print) 
     readers = build_readers(config)
     state = restore_for_inference(config, workdir, log)
     report = evaluate.evaluate(state, readers["val"], config, num_samples=config.eval.num_plot_images,
+                               num_worst=config.eval.get("num_worst_images") or 0,
                                class_names=readers["val"].class_names, spec=inference_spec(config, workdir))
     if jax.process_index() == 0:
         path = reporting.write_report(report, workdir, title=f"{config.model.name}, loss {config.loss}")
-        log(f"[eval] mIoU {report['miou']:.4f}  mean F1 {report['mean_f1']:.4f}  E-measure {report['emeasure']:.4f}")
+        log(f"[eval] mIoU {report['miou']:.4f}  mean F1 {report['mean_f1']:.4f}  E-measure {report['emeasure']:.4f}  "
+            f"boundary IoU {report['boundary_iou']:.4f}  boundary F {report['boundary_fscore']:.4f}")
         log(f"[eval] report written to {path}")
     return report
 

@@ -267,7 +267,8 @@ def phase_reader(readers: dict, name: str):
 
 def _eval_line(name: str, step: int, results: dict) -> str:
     return (f"[eval{'' if name == 'periodic' else ':' + name}] step {step}: mIoU {results['miou']:.4f}  "
-            f"mean F1 {results['mean_f1']:.4f}  E-measure {results['emeasure']:.4f}")
+            f"mean F1 {results['mean_f1']:.4f}  E-measure {results['emeasure']:.4f}  "
+            f"boundary IoU {results['boundary_iou']:.4f}  boundary F {results['boundary_fscore']:.4f}")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, readers: dict, frozen,
@@ -452,7 +453,8 @@ class TrainingRun:
                 results = evaluate.evaluate(state, self.readers["val"], self.config, spec=spec, stage="train")
                 self.log(_eval_line(name, step, results))
                 prefix = "val" if name == "periodic" else name
-                self.writer.write_scalars(step, {f"{prefix}_{k}": results[k] for k in ("miou", "mean_f1", "emeasure")})
+                self.writer.write_scalars(step, {f"{prefix}_{k}": results[k] for k in (
+                    "miou", "mean_f1", "emeasure", "boundary_iou", "boundary_fscore")})
                 if name == "periodic":
                     self.checkpoints.save(step, state, {**meta, "miou": results["miou"]},
                                           metrics={"miou": results["miou"]})
