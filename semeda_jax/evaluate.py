@@ -236,11 +236,13 @@ class _Subset:
         return getattr(self.reader, name)
 
 
-def eval_batches(reader, config: ml_collections.ConfigDict, mesh, stage: str, *, ids: Sequence[str] | None = None):
+def eval_batches(reader, config: ml_collections.ConfigDict, mesh, stage: str, *, ids: Sequence[str] | None = None,
+                 inputs: Callable[[dict], dict] = lambda batch: {k: batch[k] for k in ("image", "label", "mask")}):
     """The eval stream of `reader`'s split (data/pipeline.eval_dataset of config.data; its files checked once per
-    reader) -> (this process's NumPy batch, the global device batch {"image", "label", "mask"} on `data`);
-    Preempted(stage=stage) before the next batch once any process got SIGTERM. With `ids`, only those images,
-    each read by every process (so that every process holds them all; the split's files were checked)."""
+    reader) -> (this process's NumPy batch, the global device batch of `inputs(batch)`, default {"image",
+    "label", "mask"}, on `data`); Preempted(stage=stage) before the next batch once any process got SIGTERM. With
+    `ids`, only those images, each read by every process (so that every process holds them all; the split's
+    files were checked)."""
     from semeda_jax.data import pipeline  # TensorFlow is imported where data is read, not with the eval step
 
     shard = (jax.process_index(), jax.process_count()) if ids is None else (0, 1)
@@ -251,7 +253,7 @@ def eval_batches(reader, config: ml_collections.ConfigDict, mesh, stage: str, *,
                                     process_count=shard[1], input_scale=config.data.input_scale, check=ids is None)
     for batch in dataset.as_numpy_iterator():
         preemption.check_batch(stage)
-        yield batch, parallel.global_batch({k: batch[k] for k in ("image", "label", "mask")}, mesh)
+        yield batch, parallel.global_batch(inputs(batch), mesh)
 
 
 def evaluate(state, reader, config: ml_collections.ConfigDict, *, num_samples: int = 0, num_worst: int = 0,
@@ -269,13 +271,12 @@ def evaluate(state, reader, config: ml_collections.ConfigDict, *, num_samples: i
                            widths, mesh)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     index_of = {image_id: n for n, image_id in enumerate(reader.ids)}
+    inputs = functools.partial(step_inputs, index_of=index_of, boundary_pixels=boundary_pixels)
 
     def outputs(ids=None):
         """(NumPy batch, step outputs) of the split, or of the images `ids` only."""
-        for batch, device_batch in eval_batches(reader, config, mesh, stage, ids=ids):
-            inputs = step_inputs(batch, index_of, boundary_pixels)
-            extra = parallel.global_batch({k: v for k, v in inputs.items() if k not in device_batch}, mesh)
-            yield batch, step(variables, {**device_batch, **extra})
+        for batch, device_batch in eval_batches(reader, config, mesh, stage, ids=ids, inputs=inputs):
+            yield batch, step(variables, device_batch)
 
     totals, samples, scores = None, [], []
     for batch, out in outputs():

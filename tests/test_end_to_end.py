@@ -141,8 +141,8 @@ def test_sigterm_during_a_periodic_eval_checkpoints_its_step(trained, tmp_path, 
     config.edge_net.checkpoint = os.path.join(workdir, "edge_net")
     eval_batches = evaluate.eval_batches
 
-    def signal_after_the_first_batch(*args):
-        batches = eval_batches(*args)
+    def signal_after_the_first_batch(*args, **kwargs):
+        batches = eval_batches(*args, **kwargs)
         yield next(batches)
         signal.raise_signal(signal.SIGTERM)
         yield from batches

@@ -1,6 +1,8 @@
 """The evaluation loop (semeda_jax/evaluate.py) on a 1x1-conv "network" and the synthetic VOC split: the totals
 summed on device equal the per-batch counts summed on the host in int64 / float64 and come to the host once;
-a split's files are checked once per reader; a SIGTERM stops eval and the learned-fusion pass at the next batch."""
+Boundary IoU / boundary F and the per-image scores of the worst images equal NumPy references on the step's
+predictions; a split's files are checked once per reader; a SIGTERM stops eval and the learned-fusion pass at
+the next batch."""
 import signal
 
 import jax
@@ -8,9 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import references
 from configs import common
-from semeda_jax import data, evaluate, fusion, inference, parallel, preemption, train
+from semeda_jax import data, evaluate, fusion, inference, metrics, parallel, preemption, train
 from semeda_jax.data import pipeline
+from semeda_jax.validation import ConfigError
 
 C = 6  # synth_root's classes
 
@@ -33,14 +37,21 @@ def pointwise_state(rng):
     return train.ModelState(apply_fn, {"kernel": jnp.asarray(rng.normal(size=(3, C)), jnp.float32)}, {})
 
 
-def host_sums(state, reader, config):
-    """The per-batch counts of the jitted count step summed on the host in int64 / float64 (the reference)."""
+def step_outputs(state, reader, config):
+    """(NumPy batch, the jitted count step's outputs on the host) of every eval batch (batches of 1)."""
     mesh = parallel.make_mesh(config)
     step = evaluate.jit_eval_counts(state.apply_fn, evaluate.PERIODIC, 1, C, tuple(config.eval.trimap_widths), mesh)
-    totals = {}
+    index_of = {image_id: n for n, image_id in enumerate(reader.ids)}
     for batch in pipeline.eval_dataset(reader, pad_size=(48, 64), batch_size=1).as_numpy_iterator():
-        out = jax.device_get(step({"params": state.params, "batch_stats": {}},
-                                  parallel.global_batch({k: batch[k] for k in ("image", "label", "mask")}, mesh)))
+        inputs = evaluate.step_inputs(batch, index_of, evaluate.boundary_widths(config))
+        yield batch, jax.device_get(step({"params": state.params, "batch_stats": {}},
+                                         parallel.global_batch(inputs, mesh)))
+
+
+def host_sums(state, reader, config):
+    """The per-batch counts of the jitted count step summed on the host in int64 / float64 (the reference)."""
+    totals = {}
+    for _, out in step_outputs(state, reader, config):
         for key in evaluate.COUNTS:
             totals[key] = totals.get(key, 0) + np.asarray(out[key], np.float64 if key == "emeasure_sums" else np.int64)
     return totals
@@ -54,10 +65,12 @@ def test_eval_totals_match_host_sums_and_come_to_the_host_once(synth_root, rng, 
     monkeypatch.setattr(jax, "device_get", lambda tree: pulls.append(tree) or device_get(tree))
     with jax.transfer_guard("disallow"):  # explicit transfers only: the batches' placement and one pull
         got = evaluate.evaluate(state, reader, config, spec=evaluate.PERIODIC)
-    assert len(pulls) == 1
+    assert len(pulls) == 1 and "worst_images" not in got
     assert got["confusion_matrix"] == want["confusion_matrix"] and np.sum(got["confusion_matrix"]) > 0
     np.testing.assert_equal(got["trimap"], want["trimap"])  # NaN (a class absent from a band) equal to NaN
-    np.testing.assert_allclose([got["miou"], got["emeasure"]], [want["miou"], want["emeasure"]], rtol=1e-12)
+    np.testing.assert_allclose([got["miou"], got["emeasure"], got["boundary_iou"], got["boundary_fscore"]],
+                               [want["miou"], want["emeasure"], want["boundary_iou"], want["boundary_fscore"]],
+                               rtol=1e-12)
 
 
 def test_device_totals_are_exact_beyond_32_bits_and_float_precision(rng):
@@ -108,3 +121,59 @@ def test_sigterm_stops_the_pass_at_the_next_batch(synth_root, rng, monkeypatch, 
         else:
             fusion.collect_candidates(state, reader, config, inference.InferenceSpec(), 4)
     assert len(placed) == 1  # 3 batches in the split
+
+
+def reference_scores(state, reader, config):
+    """From the step's predictions, image by image in NumPy: the split's Boundary IoU / F counts (pixel-loop
+    reference at the config's band width and tolerance, else the diagonal's) and {id: (mIoU, Boundary IoU)}."""
+    width, tolerance = evaluate.boundary_widths(config)
+    totals, per_image = {}, {}
+    for batch, out in step_outputs(state, reader, config):
+        sizes = np.stack([batch["height"], batch["width"]], -1)
+        counts = references.boundary_counts(batch["label"], out["predictions"], C,
+                                            [width] if width else metrics.boundary_band_width(sizes),
+                                            [tolerance] if tolerance else metrics.boundary_tolerance(sizes), sizes)
+        totals = {key: totals.get(key, 0) + counts[key] for key in counts}
+        cm = np.zeros((C, C), np.int64)
+        valid = batch["label"][0] != references.VOID
+        np.add.at(cm, (batch["label"][0][valid], out["predictions"][0][valid]), 1)
+        iou = metrics.per_class_iou(cm)
+        biou = counts["iou_intersection"] / np.where(counts["iou_union"] > 0, counts["iou_union"], np.nan)
+        per_image[batch["id"][0].decode()] = (np.nanmean(iou), np.nanmean(biou))
+    return totals, per_image
+
+
+def test_boundary_scores_and_worst_images_equal_numpy_references(synth_root, rng):
+    """Default widths (2% / 0.8% of the 48x64 diagonal: d = 2, t = 1) and fixed ones (d = 3, t = 2): the
+    report's Boundary IoU / F equal the metric's summary of reference counts over the same predictions, and the
+    worst images are the NumPy per-image mIoU / Boundary IoU ranking."""
+    config, state = eval_config(), pointwise_state(rng)
+    reader = data.VOCSegmentation(synth_root, "val", C)
+    reports = {}
+    for width, tolerance in ((0, 0), (3, 2)):
+        config.eval.boundary_width, config.eval.boundary_tolerance = width, tolerance
+        got = evaluate.evaluate(state, reader, config, spec=evaluate.PERIODIC, num_worst=2)
+        totals, per_image = reference_scores(state, reader, config)
+        for name, score in (("boundary_iou", metrics.boundary_iou), ("boundary_fscore", metrics.boundary_fscore)):
+            per_class, mean = score(totals)
+            assert got[name] == pytest.approx(mean, rel=1e-12)
+            np.testing.assert_allclose(list(got[f"{name}_per_class"].values()), per_class, rtol=1e-12)
+        assert got["boundary"] == {"width": width or "2% of diagonal", "tolerance": tolerance or "0.8% of diagonal"}
+        for column, key in enumerate(("miou", "boundary_iou")):
+            want = sorted(per_image, key=lambda image_id: per_image[image_id][column])[:2]
+            assert [entry["id"] for entry in got["worst_images"][key]] == want
+            np.testing.assert_allclose([entry[key] for entry in got["worst_images"][key]],
+                                       [per_image[i][column] for i in want], rtol=1e-6)
+        assert set(got["worst_panels"]) == {e["id"] for entries in got["worst_images"].values() for e in entries}
+        panel = got["worst_panels"][want[0]]
+        assert panel["prediction"].shape == panel["label"].shape == (48, 64)
+        reports[width] = got
+    assert reports[0]["miou"] == reports[3]["miou"] and reports[0]["boundary_iou"] != reports[3]["boundary_iou"]
+
+
+@pytest.mark.parametrize("field", ["boundary_width", "boundary_tolerance", "num_worst_images"])
+def test_eval_fields_must_be_integers_at_least_zero(field):
+    config = common.base_config()
+    config.eval[field] = -1
+    with pytest.raises(ConfigError, match=f"config.eval.{field}: expected an integer >= 0"):
+        evaluate.check_config(config)

@@ -278,7 +278,7 @@ def test_mask_equals_eval_prediction_at_the_bucket(synth_root, tmp_path):
     def eval_masks(pad_size):
         batch = next(pipeline.eval_dataset(reader, pad_size=pad_size, batch_size=len(reader.ids), mean=MEAN,
                                            std=STD).as_numpy_iterator())
-        out = evaluate.eval_counts(variables_of(state), {k: batch[k] for k in ("image", "label", "mask")},
+        out = evaluate.eval_counts(variables_of(state), evaluate.step_inputs(batch, {}),
                                    predict_fn=predict_fn, num_classes=6, widths=(1,))
         return [np.asarray(out["predictions"][i, :h, :w]) for i, (h, w) in enumerate(zip(batch["height"],
                                                                                          batch["width"]))]
