@@ -90,7 +90,8 @@ def _add_legend(fig, maps: Sequence[np.ndarray], class_names: Sequence[str], bot
     fig.subplots_adjust(bottom=bottom_inches / fig.get_figheight())
 
 
-def _legend_inches(maps: Sequence[np.ndarray], class_names: Sequence[str], width_inches: float) -> float:
+def legend_inches(maps: Sequence[np.ndarray], class_names: Sequence[str], width_inches: float) -> float:
+    """The height of the legend of `maps` in a figure `width_inches` wide."""
     rows = -(-len(legend_entries(maps, class_names)) // max(1, int(width_inches / 1.6)))
     return 0.15 + 0.22 * rows
 
@@ -111,7 +112,7 @@ def plot_samples(samples: Sequence[dict], class_names: Sequence[str], path: str)
     """image | truth | prediction | entropy, a row per sample, with the class legend."""
     columns = ("image", "truth", "prediction", "entropy")
     maps = [m for sample in samples for m in (sample["label"], sample["prediction"])]
-    legend = _legend_inches(maps, class_names, 10)
+    legend = legend_inches(maps, class_names, 10)
     fig, axes = plt.subplots(len(samples), 4, figsize=(10, 2.4 * len(samples) + legend), squeeze=False)
     for row, sample in zip(axes, samples):
         panels = (sample["image"], _overlay(sample["image"], sample["label"]),
@@ -127,12 +128,12 @@ def plot_samples(samples: Sequence[dict], class_names: Sequence[str], path: str)
     plt.close(fig)
 
 
-def gallery_size(num_images: int, image_size: Sequence[int], legend_inches: float) -> tuple[float, float]:
+def gallery_size(num_images: int, image_size: Sequence[int], legend_height: float) -> tuple[float, float]:
     """(width, height) in inches of a gallery of `num_images` columns of images of `image_size` (H, W), the
-    largest shown, and a legend of `legend_inches`."""
+    largest shown, and a legend `legend_height` inches high."""
     row = 0.9 * GALLERY_COLUMN_INCHES * image_size[0] / image_size[1] + 0.1
     width = GALLERY_MARGIN_INCHES + GALLERY_COLUMN_INCHES * num_images + 0.1
-    return width, GALLERY_TOP_INCHES + row * len(GALLERY_ROWS) + legend_inches
+    return width, GALLERY_TOP_INCHES + row * len(GALLERY_ROWS) + legend_height
 
 
 def plot_gallery(panels: Sequence[dict], scores: Sequence[str], class_names: Sequence[str], title: str,
@@ -141,7 +142,7 @@ def plot_gallery(panels: Sequence[dict], scores: Sequence[str], class_names: Seq
     (plot arrays), headed by its id and `scores` text; the class legend below."""
     maps = [m for panel in panels for m in (panel["label"], panel["prediction"])]
     largest = max((panel["label"].shape for panel in panels), key=lambda shape: shape[0] / shape[1])
-    legend = _legend_inches(maps, class_names, GALLERY_COLUMN_INCHES * len(panels))
+    legend = legend_inches(maps, class_names, GALLERY_COLUMN_INCHES * len(panels))
     width, height = gallery_size(len(panels), largest, legend)
     fig, axes = plt.subplots(len(GALLERY_ROWS), len(panels), figsize=(width, height), squeeze=False)
     for column, (panel, score) in enumerate(zip(panels, scores)):

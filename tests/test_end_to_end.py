@@ -10,6 +10,7 @@ import pytest
 
 from configs import demo
 from semeda_jax import checkpointing, evaluate, inference, predict, preemption, stages, train
+from semeda_jax import data
 from semeda_jax.data import generate_scene
 
 pytestmark = pytest.mark.usefixtures("float32_jax")
@@ -73,14 +74,22 @@ def test_report_files_have_the_expected_keys(trained):
     with open(os.path.join(workdir, "report.json")) as f:
         saved = json.load(f)
     assert {"miou", "pixel_acc", "mean_acc", "mean_f1", "emeasure", "iou", "f1", "emeasure_per_class",
-            "trimap", "confusion_matrix"} <= set(saved)
+            "trimap", "boundary_iou", "boundary_fscore", "boundary_iou_per_class", "boundary_fscore_per_class",
+            "boundary", "confusion_matrix", "worst_images"} <= set(saved)
+    assert saved["boundary_iou"] == pytest.approx(report["boundary_iou"]) and 0 <= saved["boundary_fscore"] <= 1
+    assert list(saved["boundary_iou_per_class"]) == list(saved["iou"]) == list(data.synthetic_class_names(
+        config.dataset.num_classes))
+    # num_worst_images 8 of the 6 val images: every image in each list, lowest first.
+    for key in ("miou", "boundary_iou"):
+        scores = [entry[key] for entry in saved["worst_images"][key]]
+        assert len(scores) == 6 and scores == sorted(scores)
     assert saved["trimap"]["widths"] == list(config.eval.trimap_widths)
     assert len(saved["trimap"]["boundary_miou"]) == len(config.eval.trimap_widths)
     assert np.asarray(saved["confusion_matrix"]).shape == (config.dataset.num_classes,) * 2
     # Every valid pixel of the 6 val images is counted once.
     assert np.asarray(saved["confusion_matrix"]).sum() > 0.5 * 6 * 40 * 48
     assert saved["miou"] == pytest.approx(report["miou"])
-    for name in ("report.md", "trimap.png", "confusion.png", "samples.png"):
+    for name in ("report.md", "trimap.png", "confusion.png", "samples.png", "worst_miou.png", "worst_boundary.png"):
         assert os.path.getsize(os.path.join(workdir, name)) > 0
 
 
