@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from configs import demo
-from semeda_jax import checkpointing, evaluate, inference, predict, preemption, stages, train
-from semeda_jax import data
+from semeda_jax import checkpointing, data, evaluate, inference, predict, preemption, stages, train
 from semeda_jax.data import generate_scene
 
 pytestmark = pytest.mark.usefixtures("float32_jax")
