@@ -94,11 +94,11 @@ def step_inputs(batch: dict, index_of: Mapping[str, int], boundary_pixels: tuple
     size (height, width) (predictions are made at the labels' resolution, so it is also the prediction's), its
     band width and tolerance in pixels (`boundary_pixels`; 0 = from the diagonal)."""
     sizes = np.stack([batch["height"], batch["width"]], -1).astype(np.int32)
-    per_image = lambda fixed, default: np.full(len(sizes), fixed, np.int32) if fixed else default(sizes)
+    width, tolerance = (np.full(len(sizes), fixed, np.int32) if fixed else default(sizes) for fixed, default in
+                        zip(boundary_pixels, (metrics.boundary_band_width, metrics.boundary_tolerance)))
     return {**{key: batch[key] for key in ("image", "label", "mask")},
             "index": np.array([index_of.get(i.decode(), -1) for i in batch["id"]], np.int32),
-            "boundary_sizes": sizes, "boundary_band_width": per_image(boundary_pixels[0], metrics.boundary_band_width),
-            "boundary_tolerance": per_image(boundary_pixels[1], metrics.boundary_tolerance)}
+            "boundary_sizes": sizes, "boundary_band_width": width, "boundary_tolerance": tolerance}
 
 
 def sample_image(image: np.ndarray, label_size: Sequence[int], data_config) -> np.ndarray:
@@ -179,8 +179,7 @@ def worst_images(scores: Sequence[dict], ids: Sequence[str], count: int) -> dict
 def jit_eval_counts(apply_fn, spec: inference.InferenceSpec, output_stride: int, num_classes: int,
                     widths: tuple[int, ...], mesh) -> Callable:
     """eval_counts of `spec`'s predictions jitted for `mesh` (counts and per-image scores replicated, per-image
-    maps batch-sharded);
-    cached, so the periodic evaluations of one training run compile it once."""
+    maps batch-sharded); cached, so the periodic evaluations of one training run compile it once."""
     per_image = parallel.batch_sharding(mesh)
     predict_fn = inference.build_predict_fn(spec, apply_fn, output_stride=output_stride)
     return jax.jit(functools.partial(eval_counts, predict_fn=predict_fn, num_classes=num_classes, widths=widths),
