@@ -3,7 +3,7 @@
 Sections: dataset (what to read), data (crops, batches, augmentation), model, loss (a '+'-joined mix of term
 names), losses (each term's weight and hyperparameters, `losses.<name>`), edge_net (g_phi pre-training or a
 checkpoint), optimizer (SGD + momentum, warm-up then poly decay), train (length, logging, eval and checkpoint
-cadence), eval (trimap and boundary widths, plots), parallel (device mesh and parameter sharding), mixed_precision.
+cadence), eval (trimap widths, plots), parallel (device mesh and parameter sharding), mixed_precision.
 
 Batch sizes are GLOBAL: `data.batch_size` images per step over all processes and devices (each process reads
 batch_size / process_count); it must be a multiple of the data-parallel device count times
