@@ -1,5 +1,5 @@
 """PAC + BAL on the synthetic data: the PAC paper's Table 3 rows (DeepLab v3 + CE, v3 + BAL, PAC + BAL) with
-paired seeds (pre-registered in README.md, "PAC + BAL on the synthetic data").
+paired seeds (pre-registered in docs/results.md, "PAC + BAL on the synthetic data").
 
     python -m benchmarks.pac_bal --workdir=/tmp/pac_bal            # the registered run: 3 arms x seeds 0, 1, 2
     python -m benchmarks.pac_bal --workdir=/tmp/p --tiny            # seconds: the CI smoke run

@@ -1,4 +1,4 @@
-"""SEMEDA against PPCE in the paper's protocol, scaled down to the synthetic data (pre-registered in README.md).
+"""SEMEDA against PPCE in the paper's protocol, scaled down to the synthetic data (pre-registered in docs/results.md).
 
     python -m benchmarks.protocol --workdir=/tmp/protocol                      # the registered run
     python -m benchmarks.protocol --workdir=/tmp/p --seeds=0,1 --steps=200     # shorter (reported as such)
@@ -52,7 +52,7 @@ ARMS = {
     "semeda_only": ("semeda", {}),  # CE weight 0: does mIoU hold from the pre-trained checkpoint?
 }
 
-# The registered budget (README "The paper's protocol on the synthetic data").
+# The registered budget (docs/results.md, "The paper's protocol on the synthetic data").
 # Amended before any number at the first budget (1000 steps; 3000 pre-training steps on 20 000 images) was seen.
 REGISTERED = dict(seeds=(0, 1, 2, 3, 4), steps=500, pretrain_steps=2000, pretrain_images=5000)
 PRETRAIN_DATA_SEED = 1000  # the pre-training images: disjoint from the benchmark's (data seed 0)
