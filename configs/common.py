@@ -121,7 +121,10 @@ def base_config() -> ml_collections.ConfigDict:
         log_logit_grad_norms=False,
         # A WORKDIR/checkpoints folder (or a run's workdir) whose params + BN statistics start this run at step
         # 0 (fresh optimiser and schedule; same parameter tree); "" = random / config.model.pretrained init.
-        init_checkpoint=""))
+        init_checkpoint="",
+        # Comma-separated training fields a resume may find changed (e.g. "data.batch_size"); each change is
+        # logged. Any other change of what training does refuses the resume (checkpointing.training_fingerprint).
+        resume_changes=""))
     # f1_groups: "" or "helen" (merged F1 of brows, eyes, nose, mouth and overall, SPEC.md 1(c)).
     config.eval = ml_collections.ConfigDict(dict(trimap_widths=(1, 2, 3, 5, 10, 20, 40), num_plot_images=8,
                                                  f1_groups=""))

@@ -77,7 +77,10 @@ def run(config, workdir: str, stages, images: str | None) -> None:
     stage_lib.check_run(config, stages, workdir)
     workdir = workdir_lib.prepare(workdir)
     options = {"predict": {"images": images}}  # the stages' own flags
-    with workdir_lib.WorkdirLock(workdir, jax.process_index()):
+    # Training stages hold the workdir exclusively; eval and predict alone run beside a training (they read only
+    # finished checkpoints and write only reports, plots and predictions/).
+    training = bool({"edge_pretrain", "train", "learn_fusion"} & set(stages))
+    with workdir_lib.WorkdirLock(workdir, jax.process_index(), exclusive=training):
         for stage in stages:
             preemption.check_stage_boundary(stage)
             stage_lib.STAGES[stage](config, workdir, log=log, **options.get(stage, {}))
