@@ -243,7 +243,8 @@ class Objective:
     """The weighted sum of a mix's terms: objective(outputs, labels, frozen) -> (total, {name: weighted term}).
 
     Pure and jit-able; `term(name, outputs, labels, frozen)` is one weighted term (for per-term gradients).
-    With a sampler (config.sampler.name), the terms that take a `pixel_mask` get its pixels (`pixel_mask`).
+    With a sampler (config.sampler.name), `pixel_mask(outputs, labels)` is its mask, computed once per call (per
+    micro-batch with grad_accum_steps) and passed to the terms that take a `pixel_mask`.
     """
 
     def __init__(self, config: ml_collections.ConfigDict, mix: str | None = None, key: str = "config.loss"):
