@@ -11,9 +11,10 @@
    frozen BN, batch 6, learning rate 5e-4 with poly decay, random scale + horizontal mirroring (the pipeline's),
    the same fixed step budget. Seed s fixes the data order, augmentation and dropout of every arm (paired).
 3. Per arm: mIoU, mean F1, E-measure, trimap boundary mIoU at widths 1, 3, 5, 10 (and boundary IoU / boundary F
-   when the eval reports have them) of the final checkpoint on the validation split; per arm against PPCE: mean delta, its standard deviation over seeds,
-   a 95% confidence interval (t distribution) and the seeds won (semeda_jax/stats.py); and the mean ratio of the SEMEDA (or Sobel)
-   gradient norm to the CE gradient norm at the logits over training (config.train.log_logit_grad_norms).
+   when the eval reports have them) of the final checkpoint on the validation split; per arm against PPCE: mean
+   delta, its standard deviation over seeds, a 95% confidence interval (t distribution) and the seeds won
+   (semeda_jax/stats.py); and the mean ratio of the SEMEDA (or Sobel) gradient norm to the CE gradient norm at
+   the logits over training (config.train.log_logit_grad_norms).
 
 Finished arms are reused (their WORKDIR/<arm>/seed<s>/report.json), so an interrupted run continues.
 Writes WORKDIR/protocol.json and WORKDIR/protocol.md.

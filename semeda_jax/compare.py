@@ -104,10 +104,9 @@ def scalars(report: dict) -> dict[str, float]:
 
 
 def class_tables(report: dict) -> dict[str, dict[str, float]]:
-    """Every per-class table of a report: the top-level {class: score} dicts (iou, f1, boundary ones, ...)."""
+    """Every per-class table of a report: iou, f1, merged_f1 and every "*_per_class" {class: score} dict."""
     return {k: {c: _float(v) for c, v in table.items()} for k, table in report.items()
-            if isinstance(table, dict) and table and all(v is None or isinstance(v, (int, float))
-                                                         for v in table.values())}
+            if k in ("iou", "f1", "merged_f1") or k.endswith("_per_class")}
 
 
 def ordered(keys, names: dict) -> list:
@@ -120,20 +119,13 @@ def _mean(values) -> float:
     return float(np.mean(values)) if len(values) else np.nan
 
 
-def image_scores(report: dict) -> dict[str, float] | None:
-    """The per-image scores of a report's "worst_images" ({id: score}, or entries {"id", score...}), or None."""
-    entries = report.get("worst_images")
-    if entries is None:
+def image_scores(report: dict) -> dict[str, dict[str, float]] | None:
+    """A report's "worst_images" ({score: [{"id", score: value}, ...]}, lowest first) as {score: {id: value}},
+    or None when the report has none."""
+    worst = report.get("worst_images")
+    if worst is None:
         return None
-    if isinstance(entries, dict):
-        return {str(k): _float(v) for k, v in entries.items()}
-    out = {}
-    for entry in entries:
-        numbers = {k: v for k, v in entry.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        key = next((k for k in IMAGE_SCORE_KEYS if k in numbers), next(iter(numbers), None))
-        if key is not None:
-            out[str(entry.get("id"))] = float(numbers[key])
-    return out
+    return {name: {str(e["id"]): _float(e.get(name)) for e in entries} for name, entries in worst.items()}
 
 
 def mask_names(workdir: str) -> set[str] | None:
@@ -151,21 +143,26 @@ def _most_different(rows: list[dict], columns: list[str], top: int, reference=()
 
 
 def image_differences(arms: dict[str, list[str]], reports: dict[str, list[dict]], top: int) -> dict:
-    """The `top` images that differ most between the arms -> {"source", "measure", "note", "rows"}: per image
-    each arm's mean score (worst_images), or each arm's mean fraction of pixels unlike the first arm's masks."""
+    """The `top` images that differ most between the arms -> {"source", "note", "tables": [{"measure", "rows"}]}:
+    per image each arm's mean score (worst_images: a table per score, over the images every run lists), or each
+    arm's mean fraction of pixels unlike the first arm's masks (predictions/, runs paired by position)."""
     names = list(arms)
     scores = {a: [image_scores(r) for r in reports[a]] for a in names}
-    if all(s is not None for runs in scores.values() for s in runs):
-        common = set.intersection(*(set(s) for runs in scores.values() for s in runs))
-        rows = [dict(id=i, **{a: _mean([s[i] for s in scores[a]]) for a in names}) for i in sorted(common)]
-        note = "" if rows else "need scores of the same images in every run: the runs' worst_images share none"
-        return dict(source="worst_images", measure="per-image score (%)", note=note,
-                    rows=_most_different(rows, names, top))
+    every = [s for runs in scores.values() for s in runs]
+    if all(s is not None for s in every):
+        tables = []
+        for name in ordered(set.intersection(*(set(s) for s in every)), METRIC_NAMES):
+            common = set.intersection(*(set(s[name]) for s in every))
+            rows = [dict(id=i, **{a: _mean([s[name][i] for s in scores[a]]) for a in names}) for i in sorted(common)]
+            tables.append(dict(measure=f"{METRIC_NAMES.get(name, name)} (%) of the images in every run's "
+                                       f"worst_images", rows=_most_different(rows, names, top)))
+        note = "" if any(t["rows"] for t in tables) else \
+            "need scores of the same images in every run: the runs' worst_images share none"
+        return dict(source="worst_images", note=note, tables=tables)
     masks = {a: [mask_names(d) for d in arms[a]] for a in names}
     if all(m is not None for runs in masks.values() for m in runs):
-        common = sorted(set.intersection(*(m for runs in masks.values() for m in runs)))
         rows = []
-        for image in common:
+        for image in sorted(set.intersection(*(m for runs in masks.values() for m in runs))):
             row = dict(id=image)
             for arm in names[1:]:
                 fractions = []
@@ -175,11 +172,11 @@ def image_differences(arms: dict[str, list[str]], reports: dict[str, list[dict]]
                 row[arm] = _mean(fractions)
             rows.append(row)
         note = "" if rows else "need masks of the same images in every run: the predictions/ folders share none"
-        return dict(source="predictions", measure=f"pixels unlike {names[0]}'s mask (%)", note=note,
-                    rows=_most_different(rows, names[1:], top, reference=(0.0,)))
-    return dict(source=None, measure=None, rows=[],
-                note="skipped: they need per-image scores (report.json \"worst_images\") or "
-                     "predictions/ masks (main.py --images) in every workdir")
+        return dict(source="predictions", note=note, tables=[dict(
+            measure=f"pixels unlike {names[0]}'s mask (%)", rows=_most_different(rows, names[1:], top, (0.0,)))])
+    return dict(source=None, tables=[],
+                note="skipped: they need per-image scores (report.json \"worst_images\", config.eval.num_worst_images)"
+                     " or predictions/ masks (main.py --images) in every workdir")
 
 
 def compare(arms: dict[str, list[str]], top_images: int = 10) -> dict:
@@ -208,6 +205,9 @@ def compare(arms: dict[str, list[str]], top_images: int = 10) -> dict:
             paired = stats.paired_statistics(per_run[arm], per_run[base], common)
             result["paired"][arm] = {m: dict(s, decision=stats.decision(s)) for m, s in paired.items()}
     result["images"] = image_differences(arms, reports, top_images)
+    settings = {a: [r.get("boundary") for r in runs] for a, runs in reports.items()}
+    result["boundary_settings_differ"] = len({json.dumps(b, sort_keys=True) for v in settings.values() for b in v}) > 1
+    result["boundary_settings"] = settings
     return result
 
 
@@ -242,15 +242,20 @@ def markdown(result: dict) -> str:
         cells = [_pct(result["arms"][a]["scores"][m]) for a in names]
         cells += [_pct(result["differences"][a][m], "+") for a in others]
         lines.append(f"| {_metric_name(m)} | " + " | ".join(cells) + " |")
+    if result["boundary_settings_differ"]:
+        lines += ["", "Boundary IoU / F were measured with different band widths or tolerances (report.json "
+                  "\"boundary\"): " + "; ".join(f"{a}: {json.dumps(v)}" for a, v in
+                                                  result["boundary_settings"].items()) + "."]
     if result["paired"]:
         lines += ["", f"## Paired against {base} over {len(result['arms'][base]['runs'])} seeds (run i of each arm: "
-                  "seed i)", "", "Points: mean delta [95% CI], std, seeds won; the decision rule: better / worse when the interval "
-                  "lies above / below 0, otherwise no difference shown.", "",
+                  "seed i)", "", "Points: mean delta [95% CI], std, seeds won; the decision rule: better / worse "
+                  "when the interval lies above / below 0, otherwise no difference shown.", "",
                   "| metric | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
         for m in next(iter(result["paired"].values())):
+            cells = [result["paired"][a][m] for a in others]
             lines.append(f"| {_metric_name(m)} | " + " | ".join(
-                f"{stats.paired_cell(result['paired'][a][m])}: {result['paired'][a][m]['decision']}"
-                for a in others) + " |")
+                f"{stats.paired_cell(s)}: {s['decision']}" if np.isfinite(s["mean_delta"]) else "n/a"
+                for s in cells) + " |")
     else:
         lines += ["", "One run per arm: no interval. Give several seeds per arm (NAME=dir1,dir2,...) for the paired "
                   "statistics."]
@@ -264,14 +269,15 @@ def markdown(result: dict) -> str:
             lines.append(f"| {c} | " + " | ".join(_pct(values[a]) for a in names) + " | "
                          + " | ".join(_pct(values[a] - values[base], "+") for a in others) + " |")
     images = result["images"]
-    lines += ["", "## Images that differ most", ""]
-    if images["rows"]:
-        columns = names if images["source"] == "worst_images" else others
-        lines += [f"{images['measure']}, from {images['source']}:", "",
-                  "| image | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-        lines += [f"| {r['id']} | " + " | ".join(_pct(r[a]) for a in columns) + " |" for r in images["rows"]]
+    lines += ["", "## Images that differ most"]
+    columns = names if images["source"] == "worst_images" else others
+    for table in images["tables"]:
+        if table["rows"]:
+            lines += ["", f"{table['measure']}:", "", "| image | " + " | ".join(columns) + " |",
+                      "|---|" + "---|" * len(columns)]
+            lines += [f"| {r['id']} | " + " | ".join(_pct(r[a]) for a in columns) + " |" for r in table["rows"]]
     if images["note"]:
-        lines.append(f"Per-image differences {images['note']}.")
+        lines += ["", f"Per-image differences {images['note']}."]
     lines += ["", "![curves](curves.png) ![per-class IoU](per_class.png)"]
     if shows_masks(result):
         lines.append("![images](images.png)")
@@ -335,7 +341,7 @@ def plot_per_class(result: dict, path: str, table: str = "iou") -> None:
 
 def plot_images(result: dict, arms: dict[str, list[str]], path: str) -> None:
     """The first run's masks of each arm for the images that differ most (one row per image)."""
-    rows, names = result["images"]["rows"], list(arms)
+    rows, names = result["images"]["tables"][0]["rows"], list(arms)
     fig, axes = plt.subplots(len(rows), len(names), figsize=(2.4 * len(names), 2.4 * len(rows)), squeeze=False)
     for row, axs in zip(rows, axes):
         for arm, ax in zip(names, axs):
@@ -365,7 +371,7 @@ def write(result: dict, arms: dict[str, list[str]], out: str) -> str:
 
 def shows_masks(result: dict) -> bool:
     """Whether images.png is written: the most different images come from predictions/ masks."""
-    return result["images"]["source"] == "predictions" and bool(result["images"]["rows"])
+    return result["images"]["source"] == "predictions" and bool(result["images"]["tables"][0]["rows"])
 
 
 def main(argv: list[str] | None = None) -> int:

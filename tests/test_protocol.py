@@ -56,7 +56,8 @@ Paired against PPCE (points): mean delta [95% CI], std, seeds won
 |---|---|---|---|---|---|---|---|
 | semeda | {semeda} |
 | sobel | {sobel} |
-""".format(semeda=" | ".join(["+4.00 [-0.97, +8.97], 2.00, 3/3"] * 7), sobel=" | ".join(["-1.50 [-7.85, +4.85], 0.71, 0/2"] * 7))
+""".format(semeda=" | ".join(["+4.00 [-0.97, +8.97], 2.00, 3/3"] * 7),
+           sobel=" | ".join(["-1.50 [-7.85, +4.85], 0.71, 0/2"] * 7))
 
 
 def test_tables_unchanged_on_a_fixed_input(tmp_path):
