@@ -342,11 +342,11 @@ def plot_per_class(result: dict, path: str, table: str = "iou") -> None:
 def plot_images(result: dict, arms: dict[str, list[str]], path: str) -> None:
     """The first run's masks of each arm for the images that differ most (one row per image)."""
     rows, names = result["images"]["tables"][0]["rows"], list(arms)
-    fig, axes = plt.subplots(len(rows), len(names), figsize=(2.4 * len(names), 2.4 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), len(names), figsize=(3.0 * len(names), 2.6 * len(rows)), squeeze=False)
     for row, axs in zip(rows, axes):
         for arm, ax in zip(names, axs):
             ax.imshow(colorize(read_label_png(os.path.join(arms[arm][0], "predictions", row["id"]))))
-            title = arm if arm == names[0] else f"{arm}: {_pct(row[arm])}% unlike"
+            title = arm if arm == names[0] else f"{arm}: {_pct(row[arm])}% of pixels unlike {names[0]}"
             ax.set_title(f"{row['id']}\n{title}" if arm == names[0] else title, fontsize=8)
             ax.axis("off")
     fig.tight_layout()
