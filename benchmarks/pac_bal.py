@@ -23,7 +23,6 @@ import ml_collections
 import numpy as np
 
 from benchmarks import protocol
-from configs import demo
 from semeda_jax import stats
 
 # arm -> (model name, loss mix)

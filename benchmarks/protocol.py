@@ -164,10 +164,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, log) -> str:
 
 def edge_net(config: ml_collections.ConfigDict, workdir: str, log) -> str:
     """g_phi pre-trained once on the benchmark's training masks, shared by every SEMEDA arm and seed."""
-    path = os.path.join(workdir, "edge_net")
-    if not os.path.isdir(os.path.join(path, "latest")):
-        stages.run_edge_pretrain(config, workdir, log=log)
-    return path
+    stages.run_edge_pretrain(config, workdir, log=log)  # resumes a stopped pre-training, returns a finished one
+    return os.path.join(workdir, "edge_net")
 
 
 def format_table(result: dict) -> str:
