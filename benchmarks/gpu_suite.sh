@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The README's GPU table in one command (< 8 minutes on one H100/H200): our train step against the PyTorch peer
-# (segmentation_models_pytorch DeepLabV3Plus) at the papers' sizes, bf16 and fp32 (rows: benchmarks/peer.py
+# The GPU table of docs/benchmarks.md in one command (< 8 minutes on one H100/H200): our train step against the
+# PyTorch peer (segmentation_models_pytorch DeepLabV3Plus) at the papers' sizes, bf16 and fp32 (rows: benchmarks/peer.py
 # GPU_SUITE: VOC 513x513 and Cityscapes 769x769 crops, batch 8, DeepLab v3+ ResNet-101 / Xception-71 OS 16; ours
 # CE and CE+SEMEDA; the peer eager in fp32, torch.compile + AMP in bf16). MFU is against the device's dense
 # spec-sheet peak for the precision.

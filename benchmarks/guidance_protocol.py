@@ -1,5 +1,5 @@
 """Classification guidance on the synthetic data: the guidance paper's Table 3 steps with paired seeds
-(pre-registered in README.md, "Classification guidance on the synthetic data").
+(pre-registered in docs/results.md, "Classification guidance on the synthetic data").
 
     python -m benchmarks.guidance_protocol --workdir=/tmp/guidance     # the registered run, seeds 0, 1, 2
     python -m benchmarks.guidance_protocol --workdir=/tmp/g --tiny     # seconds: smoke-sized

@@ -1,5 +1,5 @@
 """PAC + BAL on the synthetic data: the PAC paper's Table 3 rows (DeepLab v3 + CE, v3 + BAL, PAC + BAL) with
-paired seeds (pre-registered in README.md, "PAC + BAL on the synthetic data").
+paired seeds (pre-registered in docs/results.md, "PAC + BAL on the synthetic data").
 
     python -m benchmarks.pac_bal --workdir=/tmp/pac_bal            # the registered run: 3 arms x seeds 0, 1, 2
     python -m benchmarks.pac_bal --workdir=/tmp/p --tiny            # seconds: the CI smoke run
@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from benchmarks import protocol
-from configs import demo
+from semeda_jax import stats
 
 # arm -> (model name, loss mix)
 ARMS = {"v3_ce": ("deeplab_v3", "ce"), "v3_bal": ("deeplab_v3", "bal"), "pac_bal": ("deeplab_v3_pac", "bal")}
@@ -61,11 +61,12 @@ def write(result: dict, workdir: str, name: str = "pac_bal", comparisons=COMPARI
     """The paired statistics of the runs so far (the (arm, baseline) pairs of `comparisons`) ->
     WORKDIR/<name>.{json,md} (benchmarks/guidance_protocol.py writes its own through it)."""
     rows = {arm: {r["seed"]: r["scores"] for r in runs if "scores" in r} for arm, runs in result["arms"].items()}
+    metrics = protocol.columns(row for by_seed in rows.values() for row in by_seed.values())
     for arm, base in comparisons:
         common = sorted(set(rows[arm]) & set(rows[base]))
         if common:
-            result["paired"][f"{arm} - {base}"] = protocol.paired_statistics(
-                [rows[arm][s] for s in common], [rows[base][s] for s in common])
+            result["paired"][f"{arm} - {base}"] = stats.paired_statistics(
+                [rows[arm][s] for s in common], [rows[base][s] for s in common], metrics)
     with open(os.path.join(workdir, f"{name}.json"), "w") as f:
         json.dump(result, f, indent=1)
     with open(os.path.join(workdir, f"{name}.md"), "w") as f:
@@ -74,16 +75,17 @@ def write(result: dict, workdir: str, name: str = "pac_bal", comparisons=COMPARI
 
 def format_tables(result: dict) -> str:
     """Markdown: mean scores per arm (%), then the paired differences (points)."""
-    names = [protocol.METRIC_NAMES[m] for m in protocol.METRICS]
+    metrics = protocol.columns(r["scores"] for runs in result["arms"].values() for r in runs if "scores" in r)
+    names = [protocol.METRIC_NAMES[m] for m in metrics]
     lines = ["| arm | seeds | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for arm, runs in result["arms"].items():
         scored = [r["scores"] for r in runs if "scores" in r]
         if scored:
-            means = [100 * np.mean([r[m] for r in scored]) for m in protocol.METRICS]
+            means = [100 * np.mean([r[m] for r in scored]) for m in metrics]
             lines.append(f"| {arm} | {len(scored)} | " + " | ".join(f"{v:.2f}" for v in means) + " |")
     lines += ["", "Paired differences (points): mean delta [95% CI], std, seeds won", "",
               "| pair | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    lines += [protocol.paired_row(pair, paired) for pair, paired in result["paired"].items()]
+    lines += [protocol.paired_row(pair, paired, metrics) for pair, paired in result["paired"].items()]
     return "\n".join(lines) + "\n"
 
 

@@ -5,7 +5,7 @@
     python -m benchmarks.peer --models resnet101 xception71 --strides 16 8 --losses ce ce+semeda \\
         --peer-modes eager compile --rounds 2 --steps 5
     python -m benchmarks.peer --tiny                  # seconds: tiny shapes, checks that the script works
-    python -m benchmarks.peer --gpu-suite [--plan]    # the README's GPU table (benchmarks/gpu_suite.sh)
+    python -m benchmarks.peer --gpu-suite [--plan]    # the GPU table of docs/benchmarks.md (benchmarks/gpu_suite.sh)
 
 For each (model, output stride, precision) group, our steps (one per loss) and the peer's (one worker process
 per mode: torch eager, torch.compile) are compiled / warmed up first, then timed in `--rounds` alternating
@@ -48,7 +48,7 @@ WORKER = Path(__file__).with_name("peer_torch.py")
 MODELS = {"resnet101": ("voc:ppce,resnet101", "resnet101"), "xception71": ("voc:ppce", "tu-xception71"),
           "tiny": ("voc:ppce,resnet101,smoke", "resnet18")}
 # Dense peak TFLOP/s by (device kind substring, precision), from the vendors' spec sheets (SXM, no sparsity).
-# The README's GPU table (benchmarks/gpu_suite.sh): the papers' sizes, batch 8.
+# The GPU table of docs/benchmarks.md (benchmarks/gpu_suite.sh): the papers' sizes, batch 8.
 GPU_SUITE = (
     dict(models=["resnet101"], crop=513, precisions=["fp32"], losses=["ce", "ce+semeda"], peer_modes=["eager"]),
     dict(models=["resnet101"], crop=513, precisions=["bf16"], losses=["ce", "ce+semeda"], peer_modes=["compile"]),

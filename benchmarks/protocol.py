@@ -1,4 +1,4 @@
-"""SEMEDA against PPCE in the paper's protocol, scaled down to the synthetic data (pre-registered in README.md).
+"""SEMEDA against PPCE in the paper's protocol, scaled down to the synthetic data (pre-registered in docs/results.md).
 
     python -m benchmarks.protocol --workdir=/tmp/protocol                      # the registered run
     python -m benchmarks.protocol --workdir=/tmp/p --seeds=0,1 --steps=200     # shorter (reported as such)
@@ -10,10 +10,11 @@
 2. Fine-tuning arms (ARMS), every one from the pre-trained checkpoint with the paper's recipe scaled down:
    frozen BN, batch 6, learning rate 5e-4 with poly decay, random scale + horizontal mirroring (the pipeline's),
    the same fixed step budget. Seed s fixes the data order, augmentation and dropout of every arm (paired).
-3. Per arm: mIoU, mean F1, E-measure, trimap boundary mIoU at widths 1, 3, 5, 10 of the final checkpoint on
-   the validation split; per arm against PPCE: mean delta, its standard deviation over seeds,
-   a 95% confidence interval (t distribution) and the seeds won; and the mean ratio of the SEMEDA (or Sobel)
-   gradient norm to the CE gradient norm at the logits over training (config.train.log_logit_grad_norms).
+3. Per arm: mIoU, mean F1, E-measure, trimap boundary mIoU at widths 1, 3, 5, 10 (and boundary IoU / boundary F
+   when the eval reports have them) of the final checkpoint on the validation split; per arm against PPCE: mean
+   delta, its standard deviation over seeds, a 95% confidence interval (t distribution) and the seeds won
+   (semeda_jax/stats.py); and the mean ratio of the SEMEDA (or Sobel) gradient norm to the CE gradient norm at
+   the logits over training (config.train.log_logit_grad_norms).
 
 Finished arms are reused (their WORKDIR/<arm>/seed<s>/report.json), so an interrupted run continues.
 Writes WORKDIR/protocol.json and WORKDIR/protocol.md.
@@ -29,15 +30,17 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from scipy import stats
 
 from configs import demo
-from semeda_jax import stages
+from semeda_jax import stages, stats
 from semeda_jax.checkpointing import NonFiniteError
 
 METRICS = ("miou", "mean_f1", "emeasure", "boundary_w1", "boundary_w3", "boundary_w5", "boundary_w10")
+# Reported when every compared report has them (the eval stage's boundary IoU and boundary F-score means).
+OPTIONAL_METRICS = ("boundary_iou", "boundary_fscore")
 METRIC_NAMES = dict(miou="mIoU", mean_f1="mean F1", emeasure="E-measure", boundary_w1="trimap w=1",
-                    boundary_w3="trimap w=3", boundary_w5="trimap w=5", boundary_w10="trimap w=10")
+                    boundary_w3="trimap w=3", boundary_w5="trimap w=5", boundary_w10="trimap w=10",
+                    boundary_iou="boundary IoU", boundary_fscore="boundary F")
 TRIMAP_WIDTHS = (1, 3, 5, 10)
 BASELINE = "ppce"
 
@@ -52,7 +55,7 @@ ARMS = {
     "semeda_only": ("semeda", {}),  # CE weight 0: does mIoU hold from the pre-trained checkpoint?
 }
 
-# The registered budget (README "The paper's protocol on the synthetic data").
+# The registered budget (docs/results.md, "The paper's protocol on the synthetic data").
 # Amended before any number at the first budget (1000 steps; 3000 pre-training steps on 20 000 images) was seen.
 REGISTERED = dict(seeds=(0, 1, 2, 3, 4), steps=500, pretrain_steps=2000, pretrain_images=5000)
 PRETRAIN_DATA_SEED = 1000  # the pre-training images: disjoint from the benchmark's (data seed 0)
@@ -96,12 +99,24 @@ def finetune_config(config: ml_collections.ConfigDict, arm: str, seed: int, step
 
 
 def scores(report: dict) -> dict:
-    """The compared numbers of one eval report (fractions)."""
+    """The compared numbers of one eval report (fractions): METRICS, and the OPTIONAL_METRICS it has."""
     trimap = report["trimap"]
     row = {"miou": report["miou"], "mean_f1": report["mean_f1"], "emeasure": report["emeasure"]}
     for width in TRIMAP_WIDTHS:
         row[f"boundary_w{width}"] = trimap["boundary_miou"][trimap["widths"].index(width)]
+    row.update({metric: report[metric] for metric in OPTIONAL_METRICS if metric in report})
     return row
+
+
+def columns(rows) -> tuple:
+    """The metrics of a table of score rows: METRICS, then the OPTIONAL_METRICS that every row has."""
+    rows = list(rows)
+    return METRICS + tuple(m for m in OPTIONAL_METRICS if rows and all(m in r for r in rows))
+
+
+def result_columns(result: dict) -> tuple:
+    """columns() of every scored run of a run_protocol result."""
+    return columns(r["scores"] for entry in result["arms"].values() for r in entry["per_seed"] if "scores" in r)
 
 
 def grad_norm_ratio(history: list) -> float | None:
@@ -113,20 +128,6 @@ def grad_norm_ratio(history: list) -> float | None:
         if ce and other is not None:
             ratios.append(other / ce)
     return float(np.mean(ratios)) if ratios else None
-
-
-def paired_statistics(arm_rows: list[dict], base_rows: list[dict]) -> dict:
-    """Per metric over paired seeds: mean delta (arm - baseline), std (ddof 1), 95% t CI, seeds won."""
-    out = {}
-    for metric in METRICS:
-        deltas = np.array([a[metric] - b[metric] for a, b in zip(arm_rows, base_rows)], np.float64)
-        n = len(deltas)
-        std = float(deltas.std(ddof=1)) if n > 1 else math.nan
-        half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else math.nan
-        mean = float(deltas.mean())
-        out[metric] = dict(mean_delta=mean, std=std, ci95=[mean - half, mean + half],
-                           seeds_won=int((deltas > 0).sum()), seeds=n)
-    return out
 
 
 def run_arm(config: ml_collections.ConfigDict, workdir: str, log) -> dict:
@@ -163,41 +164,38 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, log) -> str:
 
 def edge_net(config: ml_collections.ConfigDict, workdir: str, log) -> str:
     """g_phi pre-trained once on the benchmark's training masks, shared by every SEMEDA arm and seed."""
-    path = os.path.join(workdir, "edge_net")
-    if not os.path.isdir(os.path.join(path, "latest")):
-        stages.run_edge_pretrain(config, workdir, log=log)
-    return path
+    stages.run_edge_pretrain(config, workdir, log=log)  # resumes a stopped pre-training, returns a finished one
+    return os.path.join(workdir, "edge_net")
 
 
 def format_table(result: dict) -> str:
     """Markdown: per arm the mean scores, then per arm against PPCE the paired statistics (points, i.e. %)."""
     arms = [a for a in result["arms"] if result["arms"][a]["per_seed"]]
-    lines = ["| arm | seeds | " + " | ".join(METRIC_NAMES[m] for m in METRICS) + " | SEMEDA/CE grad ratio |",
-             "|---|---|" + "---|" * (len(METRICS) + 1)]
+    metrics = result_columns(result)
+    lines = ["| arm | seeds | " + " | ".join(METRIC_NAMES[m] for m in metrics) + " | SEMEDA/CE grad ratio |",
+             "|---|---|" + "---|" * (len(metrics) + 1)]
     for arm in arms:
         entry = result["arms"][arm]
         rows = [r["scores"] for r in entry["per_seed"] if "scores" in r]
-        means = [100 * np.mean([r[m] for r in rows]) if rows else math.nan for m in METRICS]
+        means = [100 * np.mean([r[m] for r in rows]) if rows else math.nan for m in metrics]
         ratios = [r["grad_norm_ratio"] for r in entry["per_seed"] if r.get("grad_norm_ratio") is not None]
         ratio = f"{np.mean(ratios):.3g}" if ratios else "n/a"
         failed = sum("failed" in r for r in entry["per_seed"])
         seeds = f"{len(rows)}" + (f" (+{failed} failed)" if failed else "")
         lines.append(f"| {arm} | {seeds} | " + " | ".join(f"{v:.2f}" for v in means) + f" | {ratio} |")
     lines += ["", "Paired against PPCE (points): mean delta [95% CI], std, seeds won", "",
-              "| arm | " + " | ".join(METRIC_NAMES[m] for m in METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+              "| arm | " + " | ".join(METRIC_NAMES[m] for m in metrics) + " |", "|---|" + "---|" * len(metrics)]
     for arm in arms:
         paired = result["arms"][arm].get("vs_ppce")
         if arm == BASELINE or not paired:
             continue
-        lines.append(paired_row(arm, paired))
+        lines.append(paired_row(arm, paired, metrics))
     return "\n".join(lines) + "\n"
 
 
-def paired_row(label: str, paired: dict) -> str:
-    """One markdown row of paired_statistics: per metric 'mean delta [95% CI], std, seeds won' in points."""
-    cells = [f"{100 * s['mean_delta']:+.2f} [{100 * s['ci95'][0]:+.2f}, {100 * s['ci95'][1]:+.2f}], "
-             f"{100 * s['std']:.2f}, {s['seeds_won']}/{s['seeds']}" for s in (paired[m] for m in METRICS)]
-    return f"| {label} | " + " | ".join(cells) + " |"
+def paired_row(label: str, paired: dict, metrics) -> str:
+    """One markdown row of stats.paired_statistics: per metric 'mean delta [95% CI], std, seeds won' in points."""
+    return f"| {label} | " + " | ".join(stats.paired_cell(paired[m]) for m in metrics) + " |"
 
 
 def run_protocol(workdir: str, seeds, steps: int, pretrain_steps: int, pretrain_images: int,
@@ -227,11 +225,12 @@ def write_results(result: dict, workdir: str) -> None:
     """Paired statistics of the arms run so far -> WORKDIR/protocol.json and WORKDIR/protocol.md."""
     base_rows = {r["seed"]: r["scores"] for r in result["arms"].get(BASELINE, {}).get("per_seed", [])
                  if "scores" in r}
+    metrics = result_columns(result)
     for arm, entry in result["arms"].items():
         pairs = [(r["scores"], base_rows[r["seed"]]) for r in entry["per_seed"]
                  if "scores" in r and r["seed"] in base_rows]
         if arm != BASELINE and pairs:
-            entry["vs_ppce"] = paired_statistics([a for a, _ in pairs], [b for _, b in pairs])
+            entry["vs_ppce"] = stats.paired_statistics([a for a, _ in pairs], [b for _, b in pairs], metrics)
     with open(os.path.join(workdir, "protocol.json"), "w") as f:
         json.dump(result, f, indent=1)
     budget = "the registered budget" if result["registered"] else "NOT the registered budget"

@@ -1,5 +1,5 @@
 """RelationNet's parts on the synthetic data: OHEM vs OHEM + SCL vs + relation module vs + multi-step testing
-(RelationNet Table I's steps), paired seeds, pre-registered in README.md ("RelationNet on the synthetic data").
+(RelationNet Table I's steps), paired seeds, pre-registered in docs/results.md ("RelationNet on the synthetic data").
 
     python -m benchmarks.relationnet_protocol --workdir=/tmp/relationnet      # the registered run, seeds 0, 1, 2
     python -m benchmarks.relationnet_protocol --workdir=/tmp/r --tiny --arms=relation,multistep   # CI smoke
@@ -9,7 +9,7 @@ Trained arms, each from random initialisation on configs/demo.py's data (600 tra
 stride 8, trained BN): `ohem` (OHEM t = 0.6), `ohem_scl` (+ the similarity subnet, 0.1 SCL), `relation`
 (+ the relation module). RelationNet's stage-1 schedule scaled down: 500 steps of batch 8 (96x96 crops, flips,
 scales 0.75-1.25), lr 0.02 (the demo's, for training from scratch) for 300 steps, then linear to 2e-4 over 200
-(the paper's 35 / 25 epochs and 100x decay; amended from 1200 = 700 + 500 steps before any result, README).
+(the paper's 35 / 25 epochs and 100x decay; amended from 1200 = 700 + 500 steps before any result, docs/results.md).
 The evaluation-only arm `multistep` is the relation arm's final checkpoint tested with 4 shifted copies
 interleaved (config.eval.inference mode "shifted"). Seed s
 fixes initialisation, data order, augmentation and dropout of every arm (paired). Finished arms are reused

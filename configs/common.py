@@ -1,9 +1,10 @@
 """The fields every experiment config has, with their defaults; experiment files change only a few.
 
 Sections: dataset (what to read), data (crops, batches, augmentation), model, loss (a '+'-joined mix of term
-names), losses (each term's weight and hyperparameters, `losses.<name>`), edge_net (g_phi pre-training or a
-checkpoint), optimizer (SGD + momentum, warm-up then poly decay), train (length, logging, eval and checkpoint
-cadence), eval (trimap widths, plots), parallel (device mesh and parameter sharding), mixed_precision.
+names), losses (each term's weight and hyperparameters, `losses.<name>`), sampler (which pixels the loss terms
+count), edge_net (g_phi pre-training or a checkpoint), optimizer (SGD + momentum, warm-up then poly decay), train
+(length, logging, eval and checkpoint cadence), eval (trimap widths, plots), parallel (device mesh and parameter
+sharding), mixed_precision.
 
 Batch sizes are GLOBAL: `data.batch_size` images per step over all processes and devices (each process reads
 batch_size / process_count); it must be a multiple of the data-parallel device count times
@@ -14,6 +15,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from semeda_jax import data
 
@@ -94,8 +96,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.loss = "ce+semeda"
     # One section per loss term (semeda_jax/objective.py's registry): its weight in the mix and its
     # hyperparameters; only the sections of the terms in config.loss are read.
+    # class_weights (and focal's alpha): None or one number per class, e.g. --config.losses.ce.class_weights=
+    # "(1,2,...)" (weighted means, losses/common.py); max_distance: None or the surface maps' truncation in pixels.
     config.losses = ml_collections.ConfigDict(dict(
-        ce=dict(weight=1.0),
+        ce=dict(weight=1.0, class_weights=placeholder(tuple)),
         # normalize: scale-normalised SEMEDA, an extension of this project (losses/semeda.py); False = the paper.
         semeda=dict(weight=1.0, lambdas=(2.0, 4.0, 0.0), reduction="mean_pixels_sum_channels", normalize=False),
         sobel=dict(weight=1.0, coefficient=4.0, reduction="mean_pixels_sum_channels"),
@@ -104,7 +108,21 @@ def base_config() -> ml_collections.ConfigDict:
         scl=dict(weight=1.0),
         # Sigmoid BCE of the guidance model's class_logits against the classes present in the label map.
         multilabel=dict(weight=1.0),
+        # The loss zoo (losses/dice.py, focal.py, lovasz.py, surface.py); defaults = the functions'.
+        dice=dict(weight=1.0, smooth=0.0, eps=1e-7, per_image=False, absent="zero", squared=False,
+                  class_weights=placeholder(tuple)),
+        gdl=dict(weight=1.0, smooth=0.0, eps=1e-7, per_image=False, class_weights=placeholder(tuple)),
+        tversky=dict(weight=1.0, alpha=0.3, beta=0.7, smooth=0.0, eps=1e-7, per_image=False, absent="zero",
+                     class_weights=placeholder(tuple)),
+        focal=dict(weight=1.0, gamma=2.0, alpha=placeholder(tuple), class_weights=placeholder(tuple)),
+        lovasz=dict(weight=1.0, per_image=False, classes="present", class_weights=placeholder(tuple)),
+        # Boundary loss: not bounded below, paired with a regional term at a small weight ("ce+surface").
+        surface=dict(weight=0.01, max_distance=placeholder(int), class_weights=placeholder(tuple)),
     ))
+    # A pixel sampler: name "" (none) or "ohem" (losses.ohem_kept_mask; mmseg's OHEMPixelSampler): each step
+    # the pixels it keeps are the only ones the terms taking a pixel mask count (ce, bal, dice, gdl, tversky,
+    # focal, lovasz, surface; objective.py). One section per sampler; "ce" with "ohem" = the "ohem" term.
+    config.sampler = ml_collections.ConfigDict(dict(name="", ohem=dict(threshold=0.6, min_kept=0)))
 
     config.edge_net = ml_collections.ConfigDict(dict(
         checkpoint="",      # a WORKDIR/edge_net folder of an earlier run; "" = pre-train in this workdir
@@ -121,7 +139,10 @@ def base_config() -> ml_collections.ConfigDict:
         log_logit_grad_norms=False,
         # A WORKDIR/checkpoints folder (or a run's workdir) whose params + BN statistics start this run at step
         # 0 (fresh optimiser and schedule; same parameter tree); "" = random / config.model.pretrained init.
-        init_checkpoint=""))
+        init_checkpoint="",
+        # Comma-separated training fields a resume may find changed (e.g. "data.batch_size"); each change is
+        # logged. Any other change of what training does refuses the resume (checkpointing.training_fingerprint).
+        resume_changes=""))
     # f1_groups: "" or "helen" (merged F1 of brows, eyes, nose, mouth and overall, SPEC.md 1(c)).
     # Boundary IoU band width and boundary F tolerance in pixels, 0 = per image from its diagonal (2% and 0.8%);
     # num_worst_images: the galleries of the images of lowest mIoU / Boundary IoU in the report (0 = none).

@@ -7,7 +7,8 @@
 Stages: generate the data (once, cached; synthetic generator v2, 1 px void band), pre-train g_phi on the
 masks, train a small DeepLab v3+ (ResNet-18 at a quarter of the width) with CE + SEMEDA, evaluate on the
 validation split and write WORKDIR/report.{json,md} with per-class IoU and plots. With `--config.loss=ce` every
-class reaches IoU >= 0.77 (README, "PPCE on the synthetic data"). Any field can be overridden, e.g. `--config.train.steps=2000`.
+class reaches IoU >= 0.77 (docs/results.md, "PPCE on the synthetic data"). Any field can be overridden, e.g.
+`--config.train.steps=2000`.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.losses.semeda.lambdas = (2.0, 4.0, 0.0)  # the paper's VOC setting
     # With the channel-sum reduction the SEMEDA term was ~20x CE on generator v1's data (psi_2 of our g_phi
     # summed to ~23 per pixel) and training from scratch stalled; the per-channel mean keeps the terms
-    # comparable (ARCHITECTURE.md, "SEMEDA scale in practice"). README "The paper's protocol" compares them.
+    # comparable (ARCHITECTURE.md, "SEMEDA scale in practice"). docs/results.md, "The paper's protocol", compares them.
     config.losses.semeda.reduction = "mean"
 
     config.edge_net.steps = 400

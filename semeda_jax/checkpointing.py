@@ -75,7 +75,9 @@ def model_fingerprint(config) -> dict:
 
 
 def _json_values(fields: Mapping) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(fields.items())}
+    """JSON-ready fields, unset ones (None: the code's default) left out, so a field added later with an unset
+    default leaves older checkpoints' fingerprints equal."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(fields.items()) if v is not None}
 
 
 def _flat(prefix: str, section) -> dict:
@@ -103,8 +105,9 @@ def _data_fields(config) -> dict:
 def training_fingerprint(config) -> dict:
     """The config fields besides the model's (model_fingerprint) that change what training does: seed, dataset
     and data (not its location nor the eval-only fields), optimizer, loss and the sections of the terms in use,
-    phases, train.steps and grad_accum_steps, mixed_precision, model.crf_layer, and edge_net when a term needs
-    g_phi. Cadence (log/eval/checkpoint every, keep_checkpoints) and eval.* are not in it."""
+    phases, train.steps and grad_accum_steps, mixed_precision, model.crf_layer, the pixel sampler when one is set,
+    and edge_net when a term needs g_phi. Cadence (log/eval/checkpoint every, keep_checkpoints) and eval.* are
+    not in it."""
     terms = {name for key, mix in objective.all_mixes(config).items() for name in objective.parse_mix(mix, key)}
     fields = {"seed": config.seed, "loss": config.loss, "mixed_precision": config.mixed_precision,
               "model.crf_layer": config.model.get("crf_layer", False), "train.steps": config.train.steps,
@@ -114,6 +117,9 @@ def training_fingerprint(config) -> dict:
         fields.update(_flat(f"losses.{term}", config.losses.get(term) or {}))
     if objective.needs_edge_net(config):
         fields.update(_flat("edge_net", config.edge_net))
+    sampler = (config.get("sampler") or {}).get("name")
+    if sampler:
+        fields.update({"sampler.name": sampler, **_flat(f"sampler.{sampler}", config.sampler[sampler])})
     model = model_fingerprint(config)
     return _json_values({k: v for k, v in fields.items() if k not in model})
 

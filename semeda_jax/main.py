@@ -6,10 +6,14 @@
 
 Multi-host (one process per host or per GPU, see launch/): `--distributed` calls jax.distributed.initialize
 first; the coordinator address, process count and id come from the environment (SLURM, Cloud TPU) or from
---coordinator_address/--num_processes/--process_id. SIGTERM checkpoints at the next step and exits with 0.
+--coordinator_address/--num_processes/--process_id. SIGTERM stops the run at its next safe point (training: a
+checkpoint at the next step; eval, learn_fusion: the next batch; predict: the next image; preemption.py) and exits
+with 0. First of all, the process re-executes itself once under a page-keeping malloc (allocator.py); its first
+log line names it.
 
 `--config.a.b=value` overrides any config field; an unknown field is an error. Without --stages the config's own
-list runs (config.stages, e.g. edge_pretrain,train,eval); --images alone runs predict. User errors (a missing
+list runs (config.stages, e.g. edge_pretrain,train,eval); --images alone runs predict. The config is checked
+(stages.check_config) and the stage plan too (stages.check_run) before any work. User errors (a missing
 or undecodable dataset file, a bad label, a bad config value, a read-only, full or busy workdir, a diverged
 run, unreadable files in --images) end with one line naming the file or key, and exit status 2.
 The workdir is created, checked writable and locked (workdir.py: one run per workdir) before any work.
@@ -73,7 +77,10 @@ def run(config, workdir: str, stages, images: str | None) -> None:
     stage_lib.check_run(config, stages, workdir)
     workdir = workdir_lib.prepare(workdir)
     options = {"predict": {"images": images}}  # the stages' own flags
-    with workdir_lib.WorkdirLock(workdir, jax.process_index()):
+    # Training stages hold the workdir exclusively; eval and predict alone run beside a training (they read only
+    # finished checkpoints and write only reports, plots and predictions/).
+    training = bool({"edge_pretrain", "train", "learn_fusion"} & set(stages))
+    with workdir_lib.WorkdirLock(workdir, jax.process_index(), exclusive=training):
         for stage in stages:
             preemption.check_stage_boundary(stage)
             stage_lib.STAGES[stage](config, workdir, log=log, **options.get(stage, {}))

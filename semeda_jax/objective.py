@@ -13,7 +13,14 @@ its init in FROZEN_NETS (both only to trace the term when a config is checked, c
 labels [B,H,W], frozen {net: params}) to (total scalar, {term name: weighted value}) so the step can log every
 term. The paper settings: PPCE "ce"; SEMEDA "ce+semeda" (Eq. 6); Sobel baseline "ce+sobel"; BAL "bal" (a
 weighted CE, so it replaces "ce"); RelationNet "ohem+scl" (SCL reads "pair_logits"); the guidance models'
-optional "ce+multilabel" (reads "class_logits").
+optional "ce+multilabel" (reads "class_logits"). The loss zoo: "dice", "gdl", "tversky", "focal", "lovasz",
+"surface" (losses/dice.py, focal.py, lovasz.py, surface.py), e.g. "ce+dice".
+
+A pixel sampler (`config.sampler.name`, one of SAMPLERS; "" = none) picks the pixels that count: the objective
+computes its mask once per step from the stop-gradient logits, with the hyperparameters of
+`config.sampler.<name>`, and passes it as `pixel_mask` to every term whose function takes one (`Term.masked`:
+ce, bal and the zoo; semeda, sobel, ohem, scl and multilabel ignore it). "ohem" is mmseg's OHEMPixelSampler
+design (losses.ohem_kept_mask): "ce" with it equals the "ohem" term.
 """
 from __future__ import annotations
 
@@ -29,6 +36,12 @@ from semeda_jax import losses, phases
 from semeda_jax.validation import ConfigError, InputError, is_number
 
 
+def keyword_only(fn: Callable) -> tuple[str, ...]:
+    """The keyword-only arguments of fn."""
+    return tuple(name for name, p in inspect.signature(fn).parameters.items()
+                 if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
 @dataclasses.dataclass(frozen=True)
 class Term:
     """One loss term: fn(*outputs[reads], labels, *frozen[needs], **config.losses.<name> minus weight)."""
@@ -37,9 +50,14 @@ class Term:
     needs: tuple[str, ...] = ()
 
     def hyperparameters(self) -> tuple[str, ...]:
-        """The keyword-only arguments of fn: the fields its config section may set besides `weight`."""
-        return tuple(name for name, p in inspect.signature(self.fn).parameters.items()
-                     if p.kind is inspect.Parameter.KEYWORD_ONLY)
+        """The keyword-only arguments of fn but `pixel_mask`: the fields its config section may set besides
+        `weight`."""
+        return tuple(name for name in keyword_only(self.fn) if name != "pixel_mask")
+
+    @property
+    def masked(self) -> bool:
+        """True when fn takes a `pixel_mask` (the sampler's pixels)."""
+        return "pixel_mask" in keyword_only(self.fn)
 
 
 TERMS = {
@@ -50,7 +68,15 @@ TERMS = {
     "ohem": Term(losses.ohem_cross_entropy),
     "scl": Term(losses.spatial_correlation_loss_from_labels, reads=("pair_logits",)),  # labels -> pairs' size
     "multilabel": Term(losses.multilabel_loss, reads=("class_logits",)),
+    "dice": Term(losses.dice_loss),
+    "gdl": Term(losses.generalized_dice_loss),
+    "tversky": Term(losses.tversky_loss),
+    "focal": Term(losses.focal_loss),
+    "lovasz": Term(losses.lovasz_softmax_loss),
+    "surface": Term(losses.surface_loss),  # distance maps computed on device (max_distance truncates them)
 }
+# Pixel samplers, name -> fn(logits, labels, **config.sampler.<name>) -> bool [B,H,W], the pixels that count.
+SAMPLERS = {"ohem": losses.ohem_kept_mask}
 
 PROBE_SIZE = 16  # side of the abstract batch the terms are traced on (check_config)
 # The abstract model outputs the terms are traced on, name -> shape fn(num_classes); an output not listed is a
@@ -99,10 +125,18 @@ def needs_edge_net(config: ml_collections.ConfigDict) -> bool:
     return "edge_net" in frozen_nets(config)
 
 
+def sampler_of(config: ml_collections.ConfigDict) -> tuple[str, dict]:
+    """(config.sampler.name, the hyperparameters of its section); ("", {}) without a sampler."""
+    section = config.get("sampler")
+    name = section.name if section else ""
+    return name, (section[name].to_dict() if name else {})
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """config.loss, the phases' losses and config.losses (stages.check_config): a one-line ConfigError naming
-    the key of a bad mix, section, weight or hyperparameter."""
+    """config.loss, the phases' losses, config.losses and config.sampler (stages.check_config): a one-line
+    ConfigError naming the key of a bad mix, section, weight, hyperparameter or sampler."""
     check_sections(config)
+    check_sampler(config)
     check_values(config)
 
 
@@ -126,13 +160,46 @@ def check_sections(config: ml_collections.ConfigDict) -> None:
                                   f"valid: {['weight', *valid]}")
 
 
+def check_sampler(config: ml_collections.ConfigDict) -> None:
+    """config.sampler: `name` "" or a SAMPLERS name, one section per sampler setting only its keyword-only
+    arguments; a named sampler is traced on abstract logits and labels, and every mix must have a term that
+    takes its pixel mask (a ConfigError names the key)."""
+    section = config.get("sampler") or {}
+    for field in section:
+        if field == "name":
+            continue
+        if field not in SAMPLERS:
+            raise ConfigError(f"config.sampler.{field}: no such sampler; valid: {['name', *sorted(SAMPLERS)]}")
+        valid = keyword_only(SAMPLERS[field])
+        for option in section[field]:
+            if option not in valid:
+                raise ConfigError(f"config.sampler.{field}.{option}: no such hyperparameter of the {field!r} "
+                                  f"sampler; valid: {list(valid)}")
+    name = section.get("name", "")
+    if not name:
+        return
+    if name not in SAMPLERS:
+        raise ConfigError(f"config.sampler.name: unknown sampler {name!r}; valid: {['', *sorted(SAMPLERS)]}")
+    if name not in section:
+        raise ConfigError(f"config.sampler.{name}: missing (the section of the sampler config.sampler.name names)")
+    for key, mix in all_mixes(config).items():
+        if not any(TERMS[term].masked for term in parse_mix(mix, key)):
+            raise ConfigError(f"config.sampler.name: sampler {name!r} restricts no term of {key} {mix!r}; the "
+                              f"terms that take its pixels: {sorted(t for t in TERMS if TERMS[t].masked)}")
+    _, hyper = sampler_of(config)
+    logits = jax.ShapeDtypeStruct(OUTPUTS["logits"](config.dataset.num_classes), jnp.float32)
+    labels = jax.ShapeDtypeStruct((1, PROBE_SIZE, PROBE_SIZE), jnp.int32)
+    _trace(f"config.sampler.{name}", hyper, lambda x, y: SAMPLERS[name](x, y, **hyper), logits, labels)
+
+
 def check_values(config: ml_collections.ConfigDict) -> None:
     """Every term of every mix: a finite weight, and hyperparameters its loss function accepts, found by tracing
     the term once on abstract outputs (OUTPUTS) and frozen nets (FROZEN_NETS) with `jax.eval_shape` (the
-    static checks of the loss functions run, nothing is computed), so a bad `losses.semeda.reduction` fails
-    before g_phi's pre-training."""
+    static checks of the loss functions run, nothing is computed; with a sampler, a term that takes a pixel mask
+    gets one), so a bad `losses.semeda.reduction` fails before g_phi's pre-training."""
     num_classes = config.dataset.num_classes
     names = {name for key, mix in all_mixes(config).items() for name in parse_mix(mix, key)}
+    sampled = bool(sampler_of(config)[0])
     for name in sorted(names):
         term, section = TERMS[name], config.losses[name]
         if not is_number(section.weight):
@@ -147,13 +214,20 @@ def check_values(config: ml_collections.ConfigDict) -> None:
         outputs = [jax.ShapeDtypeStruct(OUTPUTS.get(out, OUTPUTS["logits"])(num_classes), jnp.float32)
                    for out in term.reads]
         labels = jax.ShapeDtypeStruct((1, PROBE_SIZE, PROBE_SIZE), jnp.int32)
-        try:
-            jax.eval_shape(lambda *inputs: term.fn(*inputs[:-1], inputs[-1], *nets, **hyper), *outputs, labels)
-        except (InputError, TypeError, ValueError) as error:
-            message = str(error).splitlines()[0]
-            field = message.split(":", 1)[0]
-            where = f"config.losses.{name}.{message}" if field in hyper else f"config.losses.{name}: {message}"
-            raise ConfigError(where) from None
+        mask = {"pixel_mask": jnp.ones(labels.shape, bool)} if sampled and term.masked else {}
+        _trace(f"config.losses.{name}", hyper,
+               lambda *inputs: term.fn(*inputs[:-1], inputs[-1], *nets, **hyper, **mask), *outputs, labels)
+
+
+def _trace(key: str, hyper: dict, fn: Callable, *inputs) -> None:
+    """jax.eval_shape(fn, *inputs), fn a loss or sampler with the hyperparameters `hyper` of config section
+    `key`: its error becomes a one-line ConfigError naming `key`.<field> when it names a field of `hyper`."""
+    try:
+        jax.eval_shape(fn, *inputs)
+    except (InputError, TypeError, ValueError) as error:
+        message = str(error).splitlines()[0]
+        field = message.split(":", 1)[0]
+        raise ConfigError(f"{key}.{message}" if field in hyper else f"{key}: {message}") from None
 
 
 def check_outputs(config: ml_collections.ConfigDict, outputs, mix: str | None = None, key: str = "config.loss"):
@@ -169,6 +243,8 @@ class Objective:
     """The weighted sum of a mix's terms: objective(outputs, labels, frozen) -> (total, {name: weighted term}).
 
     Pure and jit-able; `term(name, outputs, labels, frozen)` is one weighted term (for per-term gradients).
+    With a sampler (config.sampler.name), `pixel_mask(outputs, labels)` is its mask, computed once per call (per
+    micro-batch with grad_accum_steps) and passed to the terms that take a `pixel_mask`.
     """
 
     def __init__(self, config: ml_collections.ConfigDict, mix: str | None = None, key: str = "config.loss"):
@@ -177,19 +253,32 @@ class Objective:
         self.weights = {name: float(config.losses[name].weight) for name in self.names}
         self.hyper = {name: {k: v for k, v in config.losses[name].to_dict().items() if k != "weight"}
                       for name in self.names}
+        self.sampler, self.sampler_hyper = sampler_of(config)
 
     def reads(self, name: str) -> tuple[str, ...]:
         return TERMS[name].reads
 
-    def term(self, name: str, outputs: dict, labels: jax.Array, frozen) -> jax.Array:
+    def pixel_mask(self, outputs: dict, labels: jax.Array) -> jax.Array | None:
+        """The sampler's pixels, bool [B,H,W], from the stop-gradient logits; None without a sampler."""
+        if not self.sampler:
+            return None
+        return SAMPLERS[self.sampler](jax.lax.stop_gradient(outputs["logits"]), labels, **self.sampler_hyper)
+
+    def term(self, name: str, outputs: dict, labels: jax.Array, frozen,
+             pixel_mask: jax.Array | None = None) -> jax.Array:
+        """One weighted term; with a sampler, a term that takes a pixel mask gets `pixel_mask` (None: the
+        sampler's, computed here)."""
         term = TERMS[name]
         missing = [out for out in term.reads if out not in outputs]
         if missing:  # at trace time: a model without that head
             check_outputs(self.config, outputs, "+".join(self.names), self.key)
         nets = [(frozen or {})[net] for net in term.needs]
-        return self.weights[name] * term.fn(*(outputs[out] for out in term.reads), labels, *nets,
-                                            **self.hyper[name])
+        hyper = self.hyper[name]
+        if self.sampler and term.masked:
+            hyper = {**hyper, "pixel_mask": self.pixel_mask(outputs, labels) if pixel_mask is None else pixel_mask}
+        return self.weights[name] * term.fn(*(outputs[out] for out in term.reads), labels, *nets, **hyper)
 
     def __call__(self, outputs: dict, labels: jax.Array, frozen) -> tuple[jax.Array, dict]:
-        values = {name: self.term(name, outputs, labels, frozen) for name in self.names}
+        pixel_mask = self.pixel_mask(outputs, labels)  # once per step, shared by the terms
+        values = {name: self.term(name, outputs, labels, frozen, pixel_mask) for name in self.names}
         return sum(values.values()), values

@@ -9,10 +9,12 @@ pre-training, compilation, training, evaluation) only sets a flag. Safe points:
   * every batch of an evaluation or of the learned-fusion pass (`check_batch`, evaluate.eval_batches; every
     process reads the same number of batches): the pass stops there, it holds no state worth keeping (inside
     training the loop then checkpoints the step it evaluated);
+  * every step of g_phi's pre-training (edge_pretrain.py: a checkpoint of the last step, then `Preempted`);
+  * every image of the predict stage (predict.predict_folder, a `StopSignal`): the masks written so far stay;
   * every stage boundary (`check_stage_boundary`, main.py): the stages after the signal do not start.
 main.py turns `Preempted` into exit status 0; rerunning the same command resumes from the checkpoint bit for
-bit (a stage that had not started, or was stopped in the middle of a pass, simply runs then). predict finishes
-its folder first. A SIGKILL or crash loses the steps since the last periodic checkpoint.
+bit (a stage that had not started, or was stopped in the middle of a pass, simply runs then; predict predicts
+the whole folder again). A SIGKILL or crash loses the steps since the last periodic checkpoint.
 """
 from __future__ import annotations
 
@@ -32,6 +34,12 @@ def install(signum: int = signal.SIGTERM) -> None:
     global _installed
     signal.signal(signum, _handle)
     _installed = True
+
+
+def received() -> bool:
+    """Whether this process got the signal since `install` (or inside a StopSignal block); no collective, for
+    decisions one process takes alone (main.py: whether to re-execute under another allocator)."""
+    return _received
 
 
 class Preempted(Exception):

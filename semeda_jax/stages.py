@@ -36,7 +36,7 @@ Log = Callable[[str], None]
 # data/__init__.py); phases.FIELDS; TERMS' hyperparameters (losses, objective.py); InferenceSpec
 # (eval.inference); the model's components (model, models/builder.py).
 TOP_FIELDS = ("seed", "stages", "dataset", "data", "model", "mixed_precision", "parallel", "loss", "losses",
-              "edge_net", "optimizer", "train", "eval", "phases")
+              "sampler", "edge_net", "optimizer", "train", "eval", "phases")
 # config.data: what the stages hand to the input pipeline (data/ imports no jax-side code, ConfigError included,
 # so its sections are checked here: check_data, check_dataset).
 DATA_FIELDS = ("crop_size", "scale_range", "batch_size", "mean", "std", "eval_pad_size", "eval_batch_size",

@@ -38,7 +38,7 @@ from semeda_jax.validation import ConfigError
 from semeda_jax.validation import check_fields, check_positive_ints
 
 CONFIG_FIELDS = ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "grad_accum_steps",
-                 "log_logit_grad_norms", "init_checkpoint")  # of config.train
+                 "log_logit_grad_norms", "init_checkpoint", "resume_changes")  # of config.train
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:

@@ -155,6 +155,11 @@ def test_training_fingerprint_covers_what_training_does_only():
         assert name not in fields, name
     config.loss = "ce"
     assert "edge_net.steps" not in checkpointing.training_fingerprint(config)
+    assert "losses.ce.class_weights" not in checkpointing.training_fingerprint(config)  # unset: not recorded
+    assert not any(name.startswith("sampler") for name in checkpointing.training_fingerprint(config))
+    config.sampler.name = "ohem"
+    fields = checkpointing.training_fingerprint(config)
+    assert fields["sampler.name"] == "ohem" and "sampler.ohem.threshold" in fields
 
 
 def test_best_without_its_record_is_found_by_its_meta(tmp_path):

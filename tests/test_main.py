@@ -78,7 +78,7 @@ def test_label_values_out_of_range(dataset, tmp_path):
 @pytest.mark.parametrize("flag,fragment", [
     ("--config.no_such_key=3", "no_such_key"),
     ("--config.train.steps=many", "--config.train.steps=many"),
-    ("--config.loss=ce+dice", "config.loss: unknown term 'dice'"),
+    ("--config.loss=ce+dicee", "config.loss: unknown term 'dicee'"),
     ("--config.model.name=unet", "config.model: unknown model 'unet'"),
     ("--stages=train,fly", "--stages: unknown stage(s) ['fly']"),
     ("--stages=predict", "--images: the predict stage needs a folder of images"),

@@ -1,5 +1,6 @@
-"""benchmarks/protocol.py: the paired statistics against scipy-free arithmetic, and the whole protocol end to end
-at smoke size (2 seeds, a few steps); benchmarks/pac_bal.py end to end at smoke size (1 seed, 2 steps per arm)."""
+"""benchmarks/protocol.py: the paired statistics (semeda_jax/stats.py) against scipy-free arithmetic, its tables on
+a fixed input (unchanged since the statistics moved), and the whole protocol end to end at smoke size (2 seeds, a
+few steps); benchmarks/pac_bal.py's loop and tables with known scores."""
 import json
 import math
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks import protocol
+from semeda_jax import stats
 
 pytestmark = pytest.mark.usefixtures("float32_jax")
 
@@ -14,14 +16,75 @@ pytestmark = pytest.mark.usefixtures("float32_jax")
 def test_paired_statistics():
     base = [dict.fromkeys(protocol.METRICS, 0.5) for _ in range(3)]
     arm = [dict.fromkeys(protocol.METRICS, 0.5 + d) for d in (0.01, 0.02, 0.03)]
-    got = protocol.paired_statistics(arm, base)["miou"]
+    got = stats.paired_statistics(arm, base, protocol.METRICS)["miou"]
     # t_{0.975, 2} = 4.302653 (two-sided 95%, 2 degrees of freedom); std of (1, 2, 3) points with ddof 1 = 1.
     half = 4.302653 * 0.01 / math.sqrt(3)
     assert got["mean_delta"] == pytest.approx(0.02) and got["std"] == pytest.approx(0.01)
     np.testing.assert_allclose(got["ci95"], [0.02 - half, 0.02 + half], rtol=1e-6)
     assert got["seeds_won"] == 3 and got["seeds"] == 3
-    one = protocol.paired_statistics(arm[:1], base[:1])["miou"]
+    one = stats.paired_statistics(arm[:1], base[:1], protocol.METRICS)["miou"]
     assert math.isnan(one["std"]) and math.isnan(one["ci95"][0]) and one["seeds_won"] == 1
+    assert stats.decision(got) == "no difference shown" and stats.decision(one) == "n/a"  # CI [-0.5, +4.5] points
+    assert stats.decision(dict(got, ci95=[0.01, 0.03])) == "better"
+    assert stats.decision(dict(got, ci95=[-0.03, -0.01])) == "worse"
+
+
+def fixed_result() -> dict:
+    """A protocol result with known scores: 3 seeds, a failed seed, per-seed deltas that vary."""
+    def rows(offset):
+        return [dict(seed=s, scores={m: 0.5 + offset * (1 + s) + 0.01 * ((s * 7 + i * 3) % 5)
+                                     for i, m in enumerate(protocol.METRICS)},
+                     grad_norm_ratio=1.5 + s if offset else None) for s in range(3)]
+    return dict(seeds=[0, 1, 2], steps=5, pretrain_steps=2, pretrain_images=8, registered=False,
+                arms={"ppce": dict(per_seed=rows(0.0)), "semeda": dict(per_seed=rows(0.02)),
+                      "sobel": dict(per_seed=rows(-0.01)[:2] + [dict(seed=2, failed="NonFiniteError: x")])})
+
+
+# protocol.md of fixed_result(), written by the code before the statistics moved to semeda_jax/stats.py.
+FIXED_TABLE = """\
+seeds [0, 1, 2], 5 fine-tuning steps, pre-training 2 steps on 8 images; NOT the registered budget
+
+| arm | seeds | mIoU | mean F1 | E-measure | trimap w=1 | trimap w=3 | trimap w=5 | trimap w=10 | SEMEDA/CE grad ratio |
+|---|---|---|---|---|---|---|---|---|---|
+| ppce | 3 | 52.00 | 51.67 | 51.33 | 52.67 | 52.33 | 52.00 | 51.67 | n/a |
+| semeda | 3 | 56.00 | 55.67 | 55.33 | 56.67 | 56.33 | 56.00 | 55.67 | 2.5 |
+| sobel | 2 (+1 failed) | 49.50 | 50.00 | 50.50 | 51.00 | 51.50 | 49.50 | 50.00 | 2 |
+
+Paired against PPCE (points): mean delta [95% CI], std, seeds won
+
+| arm | mIoU | mean F1 | E-measure | trimap w=1 | trimap w=3 | trimap w=5 | trimap w=10 |
+|---|---|---|---|---|---|---|---|
+| semeda | {semeda} |
+| sobel | {sobel} |
+""".format(semeda=" | ".join(["+4.00 [-0.97, +8.97], 2.00, 3/3"] * 7),
+           sobel=" | ".join(["-1.50 [-7.85, +4.85], 0.71, 0/2"] * 7))
+
+
+def test_tables_unchanged_on_a_fixed_input(tmp_path):
+    protocol.write_results(fixed_result(), str(tmp_path))
+    assert (tmp_path / "protocol.md").read_text() == FIXED_TABLE
+    saved = json.loads((tmp_path / "protocol.json").read_text())["arms"]["semeda"]["vs_ppce"]
+    assert list(saved) == list(protocol.METRICS)
+    half = 4.302653 * 0.02 / math.sqrt(3)  # deltas 2, 4, 6 points: std 2 points
+    assert saved["miou"]["ci95"] == pytest.approx([0.04 - half, 0.04 + half], rel=1e-6)
+
+
+def test_boundary_columns_when_every_report_has_them(tmp_path):
+    """The eval stage's boundary IoU / F means become columns (and paired statistics) when every run has them."""
+    report = dict(miou=0.5, mean_f1=0.6, emeasure=0.7, trimap=dict(widths=[1, 3, 5, 10], boundary_miou=[0.1] * 4),
+                  boundary_iou=0.3, boundary_fscore=0.4)
+    assert protocol.scores(report)["boundary_fscore"] == 0.4
+    result = fixed_result()
+    for entry in result["arms"].values():
+        for i, row in enumerate(r for r in entry["per_seed"] if "scores" in r):
+            row["scores"].update(boundary_iou=0.3 + 0.01 * i, boundary_fscore=0.4)
+    protocol.write_results(result, str(tmp_path))
+    table = (tmp_path / "protocol.md").read_text()
+    assert "| trimap w=10 | boundary IoU | boundary F | SEMEDA/CE grad ratio |" in table
+    assert "| ppce | 3 | 52.00 | 51.67 | 51.33 | 52.67 | 52.33 | 52.00 | 51.67 | 31.00 | 40.00 | n/a |" in table
+    assert result["arms"]["semeda"]["vs_ppce"]["boundary_iou"]["mean_delta"] == pytest.approx(0.0)
+    del result["arms"]["sobel"]["per_seed"][0]["scores"]["boundary_iou"]  # one run without: no column
+    assert "boundary IoU" not in protocol.format_table(result)
 
 
 def test_grad_norm_ratio_from_history():

@@ -79,6 +79,23 @@ def test_an_aux_head_and_a_term_reading_it_train_through_the_real_step(toy_regis
     assert not np.allclose(np.asarray(new_state.params["aux_heads_0"]["toy_conv"]["kernel"]), before)
 
 
+def test_a_zoo_mix_with_the_ohem_sampler_trains_through_the_real_step(rng):
+    """"ce+dice" (losses/dice.py) with hard pixels only: one jitted step, both terms logged and finite."""
+    config = tiny_config(loss="ce+dice", **{"losses.dice.weight": 0.5, "sampler.name": "ohem",
+                                            "sampler.ohem.min_kept": 100})
+    stages.check_config(config)
+    mesh = parallel.make_mesh(config)
+    state = train.create_train_state(config, train.build_segmentation_model(config, 3), jax.random.PRNGKey(0), mesh)
+    before = jax.tree_util.tree_map(np.asarray, state.params)
+    new_state, metrics = train.jit_train_step(config, state, mesh)(
+        state, parallel.global_batch(batch(rng), mesh), {}, jax.random.PRNGKey(1))
+    assert set(metrics) >= {"loss", "loss_ce", "loss_dice"}
+    assert 0 < float(metrics["loss_dice"]) <= 0.5 and np.isfinite(float(metrics["loss_ce"]))
+    np.testing.assert_allclose(float(metrics["loss"]), float(metrics["loss_ce"] + metrics["loss_dice"]), rtol=1e-6)
+    changed = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, np.asarray(b)), before, new_state.params)
+    assert any(jax.tree_util.tree_leaves(changed))
+
+
 def test_a_term_reading_a_missing_output_is_a_one_line_config_error(toy_registered):
     config = tiny_config(loss="ce+toy")  # no aux head: the model has only "logits"
     with pytest.raises(ConfigError, match=r"^config.loss: term 'toy' reads the model output 'toy', which model "
@@ -168,6 +185,7 @@ def test_the_known_fields_are_those_of_the_base_config():
         assert set(config if not section else config[section]) == set(known), section
     assert set(config.dataset) == {field for name in data.DATASETS for field in data.dataset_fields(name)}
     assert set(config.losses) == set(objective.TERMS)
+    assert set(config.sampler) == {"name", *objective.SAMPLERS}
     assert set(config.eval.crf) == set(crf.CONFIG_FIELDS)
     assert set(config.eval.learn_fusion) == set(fusion.CONFIG_FIELDS)
     assert set(config.eval.inference) == set(dataclasses.asdict(inference.InferenceSpec())) - {

@@ -59,8 +59,8 @@ def conv_tapwise_vjp(x: jax.Array, kernel: jax.Array, dilation: int) -> jax.Arra
 
     Why: XLA:CPU's kernel gradient of a 3x3 conv runs at 2-3x its forward's time, and its input gradient first
     copies a transposed, flipped kernel; the tapwise matmuls avoid both: 1.1-1.3x faster R-101 steps, but 25-60%
-    more step memory (DeepLab v3+ R-101 train step: see README "Our step against the PyTorch peer"). The forward
-    is the plain conv; results equal to float rounding.
+    more step memory (DeepLab v3+ R-101 train step: see docs/benchmarks.md, "Our step against the PyTorch
+    peer"). The forward is the plain conv; results equal to float rounding.
     """
     return xla_conv(x, kernel, dilation)
 
