@@ -30,7 +30,6 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from semeda_jax.data import pipeline
 from semeda_jax.validation import ConfigError, check_fields, check_pair
@@ -63,7 +62,7 @@ def model_fn(predict_fn: Callable, variables, pad_size: Sequence[int]) -> Callab
     """images [b,SH,SW,3] -> probabilities [b,H,W,C] float32 of `predict_fn(variables, images, size)` (the
     inference seam) with the weights as host constants."""
     variables = jax.device_get(variables)
-    return lambda images: predict_fn(variables, images, tuple(pad_size)).astype(jnp.float32)
+    return lambda images: predict_fn(variables, images, tuple(pad_size))
 
 
 def export_jax(fn: Callable, input_size: Sequence[int], platforms: Sequence[str]) -> jax.export.Exported:
@@ -112,14 +111,14 @@ def write_saved_model(fn: Callable, path: str, *, pad_size: Sequence[int], input
 
 
 def manifest(config: ml_collections.ConfigDict, spec, class_names: Sequence[str] | None) -> dict:
-    """The JSON record of an export: what a caller needs to prepare the input and read the output."""
+    """The JSON record of an export (JSON values): what a caller needs to prepare the input and read the output."""
     import tensorflow as tf
 
     pad_size, input_size = sizes(config)
     num_classes = int(config.dataset.num_classes)
     settings = dataclasses.asdict(spec)
     settings["postprocess_options"] = dict(spec.postprocess_options)
-    return {
+    record = {
         "format": "semeda_jax.export",
         "files": {"jax_exported": JAX_FILE, "saved_model": SAVED_MODEL_DIR},
         "platforms": list(config.export.platforms),
@@ -139,6 +138,7 @@ def manifest(config: ml_collections.ConfigDict, spec, class_names: Sequence[str]
         "inference": settings,
         "versions": {"jax": jax.__version__, "tensorflow": tf.__version__},
     }
+    return json.loads(json.dumps(record))  # the values as the file holds them (tuples as lists)
 
 
 def export_model(predict_fn: Callable, variables, config: ml_collections.ConfigDict, spec, out_dir: str, *,

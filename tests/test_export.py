@@ -1,7 +1,7 @@
 """The export stage on the smoke model (freshly initialised, saved as a checkpoint): the jax.export artifact
 reloaded in a process that cannot import semeda_jax, and the SavedModel in one that cannot import semeda_jax or
 jax, give the jitted eval-time inference's probabilities at batch 1 and 3 (symbolic batch); whole image, and
-sliding windows x 2 scales x flips fused by max with the guided CRF at input scale 0.75."""
+sliding windows x flips fused by max with the guided CRF at input scale 0.75."""
 import json
 import os
 import subprocess
@@ -25,8 +25,7 @@ pytestmark = pytest.mark.usefixtures("float32_jax")
 CONFIGS = {
     "whole": {},
     "sliding_flip_crf": {"eval.inference.mode": "sliding", "eval.inference.window": (24, 24),
-                         "eval.inference.stride": (16, 16), "eval.inference.scales": (1.0, 0.75),
-                         "eval.inference.flip": True, "eval.inference.fusion": "max",
+                         "eval.inference.stride": (16, 16), "eval.inference.flip": True, "eval.inference.fusion": "max",
                          "eval.inference.postprocess": "guided_crf", "eval.crf.iterations": 2,
                          "data.input_scale": 0.75},
 }
