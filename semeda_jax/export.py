@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from typing import Callable, Sequence
 
 import jax
@@ -144,21 +145,29 @@ def manifest(config: ml_collections.ConfigDict, spec, class_names: Sequence[str]
 def export_model(predict_fn: Callable, variables, config: ml_collections.ConfigDict, spec, out_dir: str, *,
                  class_names: Sequence[str] | None = None, log: Callable[[str], None] = print) -> dict:
     """Write the artifacts of the module docstring for `predict_fn(variables, images, size)` (the inference of
-    `spec`, config.eval.inference's) into `out_dir`; returns the manifest."""
+    `spec`, config.eval.inference's) into `out_dir`, replacing an earlier export only once all are written
+    (built in `out_dir`.partial); returns the manifest."""
     pad_size, input_size = sizes(config)
     platforms = tuple(config.export.platforms)
     fn = model_fn(predict_fn, variables, pad_size)
-    os.makedirs(out_dir, exist_ok=True)
-    exported = export_jax(fn, input_size, platforms)
-    with open(os.path.join(out_dir, JAX_FILE), "wb") as f:
-        f.write(exported.serialize())
-    log(f"[export] jax.export for {platforms}: [b,{input_size[0]},{input_size[1]},3] -> "
-        f"{exported.out_avals[0].str_short()} in {os.path.join(out_dir, JAX_FILE)}")
-    write_saved_model(fn, os.path.join(out_dir, SAVED_MODEL_DIR), pad_size=pad_size, input_size=input_size,
-                      input_scale=float(config.data.input_scale), mean=config.data.mean, std=config.data.std,
-                      platforms=platforms)
-    log(f"[export] SavedModel in {os.path.join(out_dir, SAVED_MODEL_DIR)}")
-    record = manifest(config, spec, class_names)
-    with open(os.path.join(out_dir, MANIFEST_FILE), "w") as f:
-        json.dump(record, f, indent=1)
+    staging = out_dir.rstrip(os.sep) + ".partial"
+    shutil.rmtree(staging, ignore_errors=True)  # a killed export's
+    os.makedirs(staging)
+    try:
+        exported = export_jax(fn, input_size, platforms)
+        with open(os.path.join(staging, JAX_FILE), "wb") as f:
+            f.write(exported.serialize())
+        log(f"[export] jax.export for {platforms}: [b,{input_size[0]},{input_size[1]},3] -> "
+            f"{exported.out_avals[0].str_short()}")
+        write_saved_model(fn, os.path.join(staging, SAVED_MODEL_DIR), pad_size=pad_size, input_size=input_size,
+                          input_scale=float(config.data.input_scale), mean=config.data.mean, std=config.data.std,
+                          platforms=platforms)
+        record = manifest(config, spec, class_names)
+        with open(os.path.join(staging, MANIFEST_FILE), "w") as f:
+            json.dump(record, f, indent=1)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.rename(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # after a failure: the earlier export stays as it was
+    log(f"[export] {JAX_FILE}, {SAVED_MODEL_DIR}/ (TF SavedModel) and {MANIFEST_FILE} in {out_dir}")
     return record

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from configs import common, demo
-from semeda_jax import export, stages, train
+from semeda_jax import export, inference, stages, train
 from semeda_jax.checkpointing import Checkpoints, model_fingerprint
 from semeda_jax.data import pipeline
 from semeda_jax.validation import ConfigError
@@ -119,7 +119,9 @@ def test_the_manifest_records_the_shapes_normalisation_and_inference(exported):
     assert record["platforms"] == ["cpu", "cuda", "tpu"] and record["versions"]["jax"] == jax.__version__
     assert record["inference"]["mode"] == config.eval.inference.mode
     assert record["inference"]["postprocess"] == config.eval.inference.postprocess
-    assert any("jax.export" in line for line in lines) and any("SavedModel" in line for line in lines)
+    assert any("jax.export for ('cpu', 'cuda', 'tpu')" in line for line in lines), lines
+    assert lines[-1].endswith(f"(TF SavedModel) and manifest.json in {out}")
+    assert sorted(os.listdir(workdir)) == ["checkpoints", "export"]  # no staging folder left
 
 
 def test_the_jax_export_artifact_runs_without_semeda_jax(exported, tmp_path, rng):
@@ -185,6 +187,27 @@ def test_the_serving_signature_refuses_images_larger_than_the_export_size(export
     serve = tf.saved_model.load(os.path.join(workdir, "export", "saved_model")).signatures["serving_default"]
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"images larger than the export size \(40, 48\)"):
         serve(images=tf.zeros((1, 41, 48, 3), tf.uint8))
+
+
+def test_an_export_replaces_the_earlier_one_only_when_complete(tmp_path, data_root):
+    """A per-pixel linear classifier exported over a folder with a stale file, then an export that fails while
+    tracing: the first replaces the folder, the second leaves it as it was, and no staging folder stays."""
+    config = smoke_config(data_root, **{"export.pad_size": (8, 8), "export.platforms": ("cpu",)})
+    spec, out = inference.spec_for(config), str(tmp_path / "export")
+    os.makedirs(out)
+    open(os.path.join(out, "stale"), "w").close()
+    weights = {"w": np.ones((3, config.dataset.num_classes), np.float32)}
+
+    def linear(variables, images, size):
+        return jax.nn.softmax(images @ variables["w"])
+
+    export.export_model(linear, weights, config, spec, out, log=lambda line: None)
+    assert sorted(os.listdir(out)) == ["manifest.json", "model.jax_exported", "saved_model"]
+    with pytest.raises(TypeError):
+        export.export_model(lambda variables, images, size: images @ None, weights, config, spec, out,
+                            log=lambda line: None)
+    assert sorted(os.listdir(tmp_path)) == ["export"]
+    assert sorted(os.listdir(out)) == ["manifest.json", "model.jax_exported", "saved_model"]
 
 
 @pytest.mark.parametrize("field, value, message", [
