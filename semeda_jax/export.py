@@ -77,8 +77,8 @@ def write_saved_model(fn: Callable, path: str, *, pad_size: Sequence[int], input
                       platforms: Sequence[str]) -> None:
     """`fn` through jax2tf (symbolic batch, no gradient) as a SavedModel at `path` with the signatures of the
     module docstring ("serving_default" prepares the images as eval_dataset does)."""
-    import tensorflow as tf  # the SavedModel pieces load only when this stage runs
-    from jax.experimental import jax2tf
+    import tensorflow as tf
+    from jax.experimental import jax2tf  # loaded only when this stage runs
 
     model = jax2tf.convert(fn, polymorphic_shapes=[f"(b, {input_size[0]}, {input_size[1]}, 3)"],
                            with_gradient=False, native_serialization_platforms=tuple(platforms))
