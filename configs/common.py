@@ -4,7 +4,7 @@ Sections: dataset (what to read), data (crops, batches, augmentation), model, lo
 names), losses (each term's weight and hyperparameters, `losses.<name>`), sampler (which pixels the loss terms
 count), edge_net (g_phi pre-training or a checkpoint), optimizer (SGD + momentum, warm-up then poly decay), train
 (length, logging, eval and checkpoint cadence), eval (trimap widths, plots), parallel (device mesh and parameter
-sharding), mixed_precision.
+sharding), mixed_precision, export (the exported model's size and platforms).
 
 Batch sizes are GLOBAL: `data.batch_size` images per step over all processes and devices (each process reads
 batch_size / process_count); it must be a multiple of the data-parallel device count times
@@ -170,6 +170,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Training phases (semeda_jax/phases.py): order = comma-separated phase names, one section per phase with
     # its split, annotation, loss, steps or epochs, schedule, learning rate and eval cadence; "" = one phase.
     config.phases = ml_collections.ConfigDict(dict(order=""))
+    # The export stage (semeda_jax/export.py): the eval-time model as jax.export and SavedModel artifacts with a
+    # symbolic batch at the fixed size pad_size (H, W) (unset = data.eval_pad_size; the input is that size times
+    # data.input_scale), lowered for `platforms` (of "cpu", "cuda", "rocm", "tpu") -> WORKDIR/export.
+    config.export = ml_collections.ConfigDict(dict(pad_size=placeholder(tuple), platforms=("cpu", "cuda", "tpu")))
     return config
 
 

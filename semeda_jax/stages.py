@@ -8,6 +8,8 @@
                    frozen (fusion.py, guidance paper Eqs. 9-10) -> WORKDIR/fusion_weights.json
     predict        colourised masks and entropy maps for every file Pillow reads in the folder `images=`
                    (--images), each image padded to its size bucket as eval pads (predict.py) -> WORKDIR/predictions
+    export         the best (else latest) checkpoint's eval-time inference as jax.export and TF SavedModel
+                   artifacts with a symbolic batch + manifest.json (export.py) -> WORKDIR/export
 Eval and predict with config.eval.inference.fusion = "learned" read WORKDIR/fusion_weights.json.
 """
 from __future__ import annotations
@@ -18,8 +20,8 @@ from typing import Callable, Sequence
 import jax
 import ml_collections
 
-from semeda_jax import (edge_pretrain, evaluate, fusion, inference, objective, optim, parallel, phases, predict,
-                        reporting, train)
+from semeda_jax import (edge_pretrain, evaluate, export, fusion, inference, objective, optim, parallel, phases,
+                        predict, reporting, train)
 from semeda_jax.checkpointing import (Checkpoints, edge_net_fingerprint, edge_net_training_fingerprint,
                                       model_fingerprint, resume_changes)
 from semeda_jax.data import DATASETS, build_reader, dataset_fields, pipeline
@@ -32,11 +34,11 @@ Log = Callable[[str], None]
 # The sections and top-level fields of a config. Each section's fields are declared by the module that reads
 # it (configs/common.py sets them all; a test keeps the two in step): CONFIG_FIELDS of edge_pretrain.py
 # (edge_net), optim.py (optimizer), train.py (train), evaluate.py (eval), parallel.py (parallel), crf.py
-# (eval.crf), fusion.py (eval.learn_fusion); DATA_FIELDS here (data); a dataset's builder (dataset,
-# data/__init__.py); phases.FIELDS; TERMS' hyperparameters (losses, objective.py); InferenceSpec
+# (eval.crf), fusion.py (eval.learn_fusion), export.py (export); DATA_FIELDS here (data); a dataset's builder
+# (dataset, data/__init__.py); phases.FIELDS; TERMS' hyperparameters (losses, objective.py); InferenceSpec
 # (eval.inference); the model's components (model, models/builder.py).
 TOP_FIELDS = ("seed", "stages", "dataset", "data", "model", "mixed_precision", "parallel", "loss", "losses",
-              "sampler", "edge_net", "optimizer", "train", "eval", "phases")
+              "sampler", "edge_net", "optimizer", "train", "eval", "phases", "export")
 # config.data: what the stages hand to the input pipeline (data/ imports no jax-side code, ConfigError included,
 # so its sections are checked here: check_data, check_dataset).
 DATA_FIELDS = ("crop_size", "scale_range", "batch_size", "mean", "std", "eval_pad_size", "eval_batch_size",
@@ -58,6 +60,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     phases.check_phases(config)
     spec = inference.check_config(config)
     fusion.check_config(config)
+    export.check_config(config)
     check_dataset(config.dataset)
     outputs = builder.check_config(config)
     inference.check_outputs(spec, outputs)
@@ -274,5 +277,17 @@ def run_predict(config: ml_collections.ConfigDict, workdir: str, log: Log = prin
     return written
 
 
+def run_export(config: ml_collections.ConfigDict, workdir: str, log: Log = print) -> dict:
+    """The inference of config.eval.inference on the best (else latest) checkpoint -> WORKDIR/export (jax.export
+    artifact, SavedModel, manifest.json; export.py) -> the manifest; process 0 writes, the others return {}."""
+    state = restore_for_inference(config, workdir, log)  # on every process (a collective read)
+    if jax.process_index() != 0:
+        return {}
+    class_names = build_reader(config.dataset, config.dataset.val_split).class_names
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    return export.export_model(predict_fn(config, state, workdir), variables, config, inference_spec(config, workdir),
+                               os.path.join(workdir, "export"), class_names=class_names, log=log)
+
+
 STAGES = {"edge_pretrain": run_edge_pretrain, "train": run_train, "learn_fusion": run_learn_fusion,
-          "eval": run_eval, "predict": run_predict}
+          "eval": run_eval, "predict": run_predict, "export": run_export}
