@@ -96,9 +96,9 @@ def write_saved_model(fn: Callable, path: str, *, pad_size: Sequence[int], input
         scaled_h, scaled_w = height, width
         if input_scale != 1.0:
             scale = tf.constant(input_scale, tf.float64)
-            scaled_h, scaled_w = pipeline._scaled_dim(height, scale), pipeline._scaled_dim(width, scale)
+            scaled_h, scaled_w = pipeline.scaled_dim(height, scale), pipeline.scaled_dim(width, scale)
             pixels = tf.image.resize(pixels, [scaled_h, scaled_w], method="bilinear", antialias=True)
-        pixels = tf.pad(pipeline._normalize(pixels, mean, std),
+        pixels = tf.pad(pipeline.normalize(pixels, mean, std),
                         [[0, 0], [0, input_size[0] - scaled_h], [0, input_size[1] - scaled_w], [0, 0]])
         probabilities = model(tf.ensure_shape(pixels, [None, *input_size, 3]))[:, :height, :width]
         return {"probabilities": probabilities, "mask": tf.argmax(probabilities, axis=-1, output_type=tf.int32)}

@@ -42,7 +42,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and reports (created if needed).")
-flags.DEFINE_list("stages", None, "Stages to run (edge_pretrain, train, learn_fusion, eval, predict); default: "
+flags.DEFINE_list("stages", None, "Stages to run (edge_pretrain, train, learn_fusion, eval, predict, export); default: "
                   "config.stages.")
 flags.DEFINE_string("images", None, "Folder of images for the predict stage.")
 flags.DEFINE_bool("distributed", False, "Multi-process run: call jax.distributed.initialize first.")
@@ -77,8 +77,8 @@ def run(config, workdir: str, stages, images: str | None) -> None:
     stage_lib.check_run(config, stages, workdir)
     workdir = workdir_lib.prepare(workdir)
     options = {"predict": {"images": images}}  # the stages' own flags
-    # Training stages hold the workdir exclusively; eval and predict alone run beside a training (they read only
-    # finished checkpoints and write only reports, plots and predictions/).
+    # Training stages hold the workdir exclusively; eval, predict and export alone run beside a training (they
+    # read only finished checkpoints and write only reports, plots, predictions/ and export/).
     training = bool({"edge_pretrain", "train", "learn_fusion"} & set(stages))
     with workdir_lib.WorkdirLock(workdir, jax.process_index(), exclusive=training):
         for stage in stages:

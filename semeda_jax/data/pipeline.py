@@ -64,7 +64,7 @@ def scaled_size(size: Sequence[int], scale: float) -> tuple[int, int]:
     return tuple(max(1, round(int(n) * float(scale))) for n in size)
 
 
-def _scaled_dim(n: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+def scaled_dim(n: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
     """In-graph max(1, round(n * scale)) as int32, computed in scale's float dtype (scaled_size's twin)."""
     return tf.maximum(1, tf.cast(tf.round(tf.cast(n, scale.dtype) * scale), tf.int32))
 
@@ -109,7 +109,7 @@ def _decode(image_path: tf.Tensor, label_path: tf.Tensor, decode_label) -> tuple
     return image, label
 
 
-def _normalize(image: tf.Tensor, mean, std) -> tf.Tensor:
+def normalize(image: tf.Tensor, mean, std) -> tf.Tensor:
     return (tf.cast(image, tf.float32) - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
@@ -165,11 +165,11 @@ def train_dataset(reader, *, crop_size: Sequence[int], batch_size: int,
 
         h, w = tf.shape(image)[0], tf.shape(image)[1]
         scale = lo + u[0] * (hi - lo)
-        new_h, new_w = _scaled_dim(h, scale), _scaled_dim(w, scale)
+        new_h, new_w = scaled_dim(h, scale), scaled_dim(w, scale)
         image = tf.image.resize(tf.cast(image, tf.float32), [new_h, new_w], method="bilinear")
         label = tf.image.resize(label[..., None], [new_h, new_w], method="nearest")[..., 0]
 
-        image = _normalize(image, mean, std)
+        image = normalize(image, mean, std)
         pad_h, pad_w = tf.maximum(crop_h - new_h, 0), tf.maximum(crop_w - new_w, 0)
         image = tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]])  # 0 after normalisation = the mean colour
         label = tf.pad(label, [[0, pad_h], [0, pad_w]], constant_values=IGNORE_LABEL)
@@ -258,10 +258,10 @@ def eval_dataset(reader, *, pad_size: Sequence[int], batch_size: int, mean: Sequ
         image_h, image_w = h, w
         if input_scale != 1.0:
             scale = tf.constant(input_scale, tf.float64)
-            image_h, image_w = _scaled_dim(h, scale), _scaled_dim(w, scale)
+            image_h, image_w = scaled_dim(h, scale), scaled_dim(w, scale)
             image = tf.image.resize(tf.cast(image, tf.float32), [image_h, image_w], method="bilinear",
                                     antialias=True)
-        image = tf.pad(_normalize(image, mean, std), [[0, image_pad_h - image_h], [0, image_pad_w - image_w], [0, 0]])
+        image = tf.pad(normalize(image, mean, std), [[0, image_pad_h - image_h], [0, image_pad_w - image_w], [0, 0]])
         label = tf.pad(label, [[0, pad_h - h], [0, pad_w - w]], constant_values=IGNORE_LABEL)
         return {"image": tf.ensure_shape(image, [image_pad_h, image_pad_w, 3]),
                 "label": tf.ensure_shape(tf.cast(label, tf.int32), [pad_h, pad_w]),
