@@ -111,11 +111,14 @@ def test_resume_with_another_model_is_refused(diverged, data_root):
     assert "model.output_stride: checkpoint 16, config 8" in message
 
 
-def test_second_run_on_a_workdir_is_refused(diverged, data_root):
+def test_second_training_on_a_workdir_is_refused_eval_runs_beside_it(diverged, data_root):
     workdir, _ = diverged
-    with workdir_lib.WorkdirLock(str(workdir)):
-        result = run_main(workdir, "--stages=eval", *flags(data_root, DIVERGING))
-    assert_one_line_error(result, f"--workdir: {workdir} is in use by another run (pid {os.getpid()}")
+    with workdir_lib.WorkdirLock(str(workdir)):  # a training holds the workdir
+        refused = run_main(workdir, "--stages=train", *flags(data_root, DIVERGING))
+        evaluated = run_main(workdir, "--stages=eval", *flags(data_root, DIVERGING))
+    assert_one_line_error(refused, f"--workdir: {workdir} is in use by another run (pid {os.getpid()}")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert "[eval] mIoU" in evaluated.stdout
     # A holder killed with SIGKILL leaves its lock file, not its lock.
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from semeda_jax.workdir import WorkdirLock; "
                                f"WorkdirLock({str(workdir)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
