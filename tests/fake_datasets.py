@@ -292,3 +292,14 @@ def write_fake_pascal_context(root: str | Path) -> dict:
     return {"dataset": {"name": "pascal_context", "root": str(root), "num_classes": 60},
             "splits": dict(PASCAL_CONTEXT_SPLITS), "images": images, "labels": codes,
             "labels59": {i: np.where(c == 0, VOID, c.astype(np.int16) - 1).astype(np.uint8) for i, c in codes.items()}}
+
+
+def smoke_config(data_root, **overrides):
+    """configs/demo.py:smoke reading the synthetic dataset at `data_root`, with flattened overrides
+    ("train.steps": 4)."""
+    from configs import demo
+
+    config = demo.get_config("smoke")
+    config.dataset.root = data_root
+    config.update_from_flattened_dict(overrides)
+    return config

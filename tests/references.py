@@ -148,24 +148,21 @@ def mean_of_class_means(per_row: list[dict], class_weights=None) -> float:
 
 
 def overlap_rows(logits, labels, pixel_mask=None, per_image=False):
-    """[(pixel list of probabilities [N,C], their labels [N])] per image, or one for the batch."""
+    """[(pixel list of probabilities [N,C], per class c its truth indicator [N] float)] per image, or one for the
+    batch; rows without a counted pixel are left out."""
     probs, keep = label_probs(logits, labels), counted(labels, pixel_mask)
-    if per_image:
-        return [(probs[b][keep[b]], labels[b][keep[b]]) for b in range(labels.shape[0])]
-    return [(probs[keep], labels[keep])]
+    rows = ([(probs[b][keep[b]], labels[b][keep[b]]) for b in range(labels.shape[0])] if per_image
+            else [(probs[keep], labels[keep])])
+    return [(p, [(y == c).astype(float) for c in range(logits.shape[-1])]) for p, y in rows if len(y)]
 
 
 def tversky_family(logits, labels, kind, alpha=0.3, beta=0.7, smooth=0.0, eps=1e-7, per_image=False,
                    absent="zero", squared=False, class_weights=None, pixel_mask=None) -> float:
     """Dice (kind "dice": 1 - (2 TP + s) / (sum p + sum g + s)) or Tversky (1 - (TP + s) / (TP + a FP + b FN + s))."""
-    num_classes = logits.shape[-1]
     per_row = []
-    for p, y in overlap_rows(logits, labels, pixel_mask, per_image):
-        if len(y) == 0:
-            continue
+    for p, truths in overlap_rows(logits, labels, pixel_mask, per_image):
         row = {}
-        for c in range(num_classes):
-            g = (y == c).astype(float)
+        for c, g in enumerate(truths):
             tp, fp, fn = np.sum(p[:, c] * g), np.sum(p[:, c] * (1 - g)), np.sum((1 - p[:, c]) * g)
             if kind == "dice":
                 denominator = (np.sum(p[:, c] ** 2) if squared else np.sum(p[:, c])) + np.sum(g) + smooth
@@ -183,19 +180,15 @@ def tversky_family(logits, labels, kind, alpha=0.3, beta=0.7, smooth=0.0, eps=1e
 def generalized_dice(logits, labels, smooth=0.0, eps=1e-7, per_image=False, class_weights=None,
                      pixel_mask=None) -> float:
     """Sudre et al. Eq. 2 with w_c = 1 / (sum_n r_cn)^2; an absent class takes the largest present weight."""
-    num_classes = logits.shape[-1]
     losses = []
-    for p, y in overlap_rows(logits, labels, pixel_mask, per_image):
-        if len(y) == 0:
-            continue
-        volumes = np.array([np.sum(y == c) for c in range(num_classes)], float)
+    for p, truths in overlap_rows(logits, labels, pixel_mask, per_image):
+        volumes = np.array([np.sum(r) for r in truths])
         weights = np.array([1 / v ** 2 if v else 0.0 for v in volumes])
         weights[volumes == 0] = weights.max()
         if class_weights is not None:
             weights = weights * np.asarray(class_weights)
         numerator, denominator = smooth, smooth
-        for c in range(num_classes):
-            r = (y == c).astype(float)
+        for c, r in enumerate(truths):
             numerator += 2 * weights[c] * np.sum(r * p[:, c])
             denominator += weights[c] * np.sum(r + p[:, c])
         losses.append(1 - numerator / max(denominator, eps))
@@ -235,17 +228,9 @@ def lovasz_extension_by_levels(errors: np.ndarray, truth: np.ndarray) -> float:
 
 def lovasz_softmax(logits, labels, per_image=False, classes="present", class_weights=None,
                    pixel_mask=None) -> float:
-    num_classes = logits.shape[-1]
-    per_row = []
-    for p, y in overlap_rows(logits, labels, pixel_mask, per_image):
-        if len(y) == 0:
-            continue
-        row = {}
-        for c in range(num_classes):
-            g = (y == c).astype(float)
-            if classes == "all" or g.sum() > 0:
-                row[c] = lovasz_extension_by_levels(np.abs(g - p[:, c]), g)
-        per_row.append(row)
+    per_row = [{c: lovasz_extension_by_levels(np.abs(g - p[:, c]), g) for c, g in enumerate(truths)
+                if classes == "all" or g.sum() > 0}
+               for p, truths in overlap_rows(logits, labels, pixel_mask, per_image)]
     return mean_of_class_means(per_row, class_weights)
 
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import demo
+from fake_datasets import smoke_config
 from semeda_jax import checkpointing, data, evaluate, inference, predict, preemption, stages, train
 from semeda_jax.data import generate_scene
 
@@ -18,13 +18,6 @@ pytestmark = pytest.mark.usefixtures("float32_jax")
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     return str(tmp_path_factory.mktemp("synthetic"))
-
-
-def smoke_config(data_root, **overrides):
-    config = demo.get_config("smoke")
-    config.dataset.root = data_root
-    config.update_from_flattened_dict(overrides)
-    return config
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs import common, demo
+from fake_datasets import smoke_config
+from configs import common
 from semeda_jax import export, inference, stages, train
 from semeda_jax.checkpointing import Checkpoints, model_fingerprint
 from semeda_jax.data import pipeline
@@ -44,13 +45,6 @@ sys.meta_path.insert(0, Blocked())
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     return str(tmp_path_factory.mktemp("synthetic"))
-
-
-def smoke_config(data_root, **overrides):
-    config = demo.get_config("smoke")
-    config.dataset.root = data_root
-    config.update_from_flattened_dict(overrides)
-    return config
 
 
 def save_fresh_checkpoint(config, workdir):
