@@ -42,7 +42,6 @@ import math
 import os
 import shutil
 import sys
-import time
 from typing import Any, Callable, Iterable, Mapping
 
 import jax
@@ -203,19 +202,31 @@ def _leaf_shapes(tree) -> dict[str, tuple]:
             if hasattr(leaf, "shape")}
 
 
+def _is_closed_loop(exc_type, exc) -> bool:
+    return exc_type is RuntimeError and str(exc) == "Event loop is closed"
+
+
 @contextlib.contextmanager
-def _settled_on_failure(seconds: float = 0.5):
-    """On an exception inside, wait `seconds` with sys.excepthook silenced before re-raising: a failed orbax
-    read closes its event loop while tensorstore still completes the other reads of that checkpoint, and each
-    completion then prints an "Event loop is closed" traceback from its own thread."""
+def _settled_on_failure():
+    """On an exception inside, from then on drop the "Event loop is closed" errors of orbax's other reads: a
+    failed read closes its event loop while tensorstore still completes the other reads of that checkpoint, and
+    each completion, whenever it comes (seconds later on a loaded machine), reports that error from its own
+    thread. Every other error still reaches the hooks in place."""
     try:
         yield
     except Exception:
-        hook, sys.excepthook = sys.excepthook, lambda *args: None
-        try:
-            time.sleep(seconds)
-        finally:
-            sys.excepthook = hook
+        except_hook, unraisable_hook = sys.excepthook, sys.unraisablehook
+        if not getattr(except_hook, "drops_closed_loop", False):
+            def excepthook(exc_type, exc, tb):
+                if not _is_closed_loop(exc_type, exc):
+                    except_hook(exc_type, exc, tb)
+
+            def unraisablehook(unraisable):
+                if not _is_closed_loop(unraisable.exc_type, unraisable.exc_value):
+                    unraisable_hook(unraisable)
+
+            excepthook.drops_closed_loop = True
+            sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
         raise
 
 

@@ -28,7 +28,7 @@ def test_ade20k_recipe_and_variants():
     assert ade20k.get_config("bal").loss == "bal"
     tfds = ade20k.get_config("tfds")
     assert (tfds.dataset.name, tfds.dataset.tfds_name, tfds.dataset.val_split) == ("tfds", "scene_parse150", "test")
-    assert "tfds_name" not in ade20k.get_config().dataset  # the TFDS fields come with the variant only
+    assert ade20k.get_config().dataset.tfds_name is None  # the TFDS fields are set by the variant only
     with pytest.raises(ValueError, match=r"configs/ade20k.py: unknown variant '40k'; known: \['160k', '80k'"):
         ade20k.get_config("40k")
 

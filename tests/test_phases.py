@@ -56,7 +56,7 @@ def test_plan_and_joined_schedule():
     (lambda p: p.warm.update(steps=0), "config.phases.warm: give exactly one of steps or epochs"),
     (lambda p: p.boundary.update(epochs=2), "config.phases.boundary: give exactly one of steps or epochs"),
     (lambda p: p.warm.update(schedule="cosine"), "config.phases.warm.schedule: unknown 'cosine'"),
-    (lambda p: p.boundary.update(loss="ce+dice"), "config.phases.boundary.loss: unknown term 'dice'"),
+    (lambda p: p.boundary.update(loss="ce+dicee"), "config.phases.boundary.loss: unknown term 'dicee'"),
     (lambda p: p.update(order="warm,boundary,cool"), "config.phases.order: phase 'cool' has no section"),
     (lambda p: p.update(order="warm"), "config.phases.boundary: not in config.phases.order"),
 ])
