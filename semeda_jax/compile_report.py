@@ -88,6 +88,7 @@ def topology_devices(name: str) -> tuple[list, Chip | None]:
         raise ConfigError(f"--topology {name}: TPU topologies need libtpu: pip install -e .[tpu]")
     from jax.experimental import topologies
 
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compile-only: no TPU to hold, so no libtpu lockfile
     prefix, chip_config = TOPOLOGY_NAMES[match[1]]
     grid = _chip_grid(match[1], int(match[2]) // chip.cores)
     bounds = tuple(min(n, 2) for n in grid[:2]) + (1,)
