@@ -5,7 +5,9 @@ per channel; all keep nn.Conv's parameters. 1x1 convs are matmuls on every platf
 convs take the CPU kernels of models/cpu_kernels.py when compiled for CPU (where XLA's own are slow) and XLA's
 convolutions elsewhere, through its one switch `per_platform`.
 
-All tensors are NHWC, batch first. Parameters are always float32; `dtype` is the compute dtype.
+All tensors are NHWC, batch first. Parameters are always float32; `dtype` is the compute dtype. With a bfloat16
+`dtype` the convolutions compute in bfloat16 and their kernels' gradients in float32 (`with_f32_kernel_grad`), so
+the cross-device sum of a data-parallel gradient, which XLA places right after the kernel gradient, is float32.
 
 Batch-norm modes (`bn_mode`, one value for a whole model):
   "frozen"  SEMEDA's setting: always normalise with the running statistics (train or not) and never update them.
@@ -37,6 +39,7 @@ size H gives ceil(H / stride) outputs at every stride (513 -> 257 -> 129 -> 65 -
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -54,6 +57,34 @@ DEFAULT_BN_EPSILON = 1e-5
 
 # He-normal over fan-out (torchvision's `kaiming_normal_(mode="fan_out", nonlinearity="relu")` for convs).
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def with_f32_kernel_grad(fn, x: jax.Array, kernel: jax.Array, dtype: Any) -> jax.Array:
+    """fn(x, kernel) (linear in each) computed in `dtype` from a float32 kernel; below float32, the kernel's
+    gradient is computed in float32 from the `dtype` values (not `dtype`'s gradient cast up), the input's in
+    `dtype`. In float32 this is fn(x, kernel) with its usual gradients."""
+    if jnp.dtype(dtype) == kernel.dtype:
+        return fn(x.astype(dtype), kernel)
+    return _f32_kernel_grad(fn, x.astype(dtype), kernel)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _f32_kernel_grad(fn, x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return fn(x, kernel.astype(x.dtype))
+
+
+def _f32_kernel_grad_fwd(fn, x, kernel):
+    return _f32_kernel_grad(fn, x, kernel), (x, kernel)
+
+
+def _f32_kernel_grad_bwd(fn, residuals, g):
+    x, kernel = residuals
+    x_grad = jax.vjp(lambda x: fn(x, kernel.astype(x.dtype)), x)[1](g)[0]
+    kernel_grad = jax.vjp(lambda k: fn(x.astype(k.dtype), k), kernel)[1](g.astype(kernel.dtype))[0]
+    return x_grad, kernel_grad
+
+
+_f32_kernel_grad.defvjp(_f32_kernel_grad_fwd, _f32_kernel_grad_bwd)
 
 
 def check_bn_mode(bn_mode: str) -> None:
@@ -130,7 +161,7 @@ class PointwiseConv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), jnp.float32)
         if self.strides > 1:
             x = x[:, ::self.strides, ::self.strides]
-        y = jnp.einsum("bhwi,io->bhwo", x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
+        y = with_f32_kernel_grad(lambda x, k: jnp.einsum("bhwi,io->bhwo", x, k[0, 0]), x, kernel, self.dtype)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
         return y
@@ -173,8 +204,8 @@ class SpatialConv(KernelConv):
         if k % 2 == 0:
             raise ValueError(f"SpatialConv {self.name}: kernel_size must be odd (symmetric padding), got {k}")
         kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
-        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        y = conv_stride1(x, kernel, d) if self.strides == 1 else xla_conv(x, kernel, d, self.strides)
+        y = with_f32_kernel_grad(lambda x, k: conv_stride1(x, k, d) if self.strides == 1
+                                 else xla_conv(x, k, d, self.strides), x, kernel, self.dtype)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
         return y
@@ -203,7 +234,8 @@ class DepthwiseConv(nn.Module):
         if k % 2 == 0:
             raise ValueError(f"DepthwiseConv {self.name}: kernel_size must be odd (symmetric padding), got {k}")
         kernel = self.param("kernel", self.kernel_init, (k, k, 1, x.shape[-1]), jnp.float32)
-        return depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.dilation)
+        return with_f32_kernel_grad(lambda x, k: depthwise_conv(x, k, self.strides, self.dilation), x, kernel,
+                                    self.dtype)
 
 
 def conv(features: int, kernel_size: int, *, strides: int = 1, dilation: int = 1, use_bias: bool = False,
