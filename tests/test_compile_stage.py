@@ -80,7 +80,7 @@ def test_out_of_memory_is_one_line():
 
 
 def test_bf16_conv_kernel_gradient_in_float32():
-    """layers.with_f32_kernel_grad: the kernel's gradient is the float32 one of the bfloat16 values (the sum over
+    """layers.with_f32_param_grad: the kernel's gradient is the float32 one of the bfloat16 values (the sum over
     the batch, which XLA all-reduces across devices, is not rounded to bfloat16)."""
     x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 8), jnp.float32)
     params = SpatialConv(8, 3).init(jax.random.PRNGKey(1), x)

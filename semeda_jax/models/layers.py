@@ -6,8 +6,9 @@ convs take the CPU kernels of models/cpu_kernels.py when compiled for CPU (where
 convolutions elsewhere, through its one switch `per_platform`.
 
 All tensors are NHWC, batch first. Parameters are always float32; `dtype` is the compute dtype. With a bfloat16
-`dtype` the convolutions compute in bfloat16 and their kernels' gradients in float32 (`with_f32_kernel_grad`), so
-the cross-device sum of a data-parallel gradient, which XLA places right after the kernel gradient, is float32.
+`dtype` the convolutions compute in bfloat16 and their kernels' and biases' gradients in float32
+(`with_f32_param_grad`), so the cross-device sum of a data-parallel gradient, which XLA places right where the
+gradient is computed, is float32.
 
 Batch-norm modes (`bn_mode`, one value for a whole model):
   "frozen"  SEMEDA's setting: always normalise with the running statistics (train or not) and never update them.
@@ -59,32 +60,32 @@ DEFAULT_BN_EPSILON = 1e-5
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def with_f32_kernel_grad(fn, x: jax.Array, kernel: jax.Array, dtype: Any) -> jax.Array:
-    """fn(x, kernel) (linear in each) computed in `dtype` from a float32 kernel; below float32, the kernel's
-    gradient is computed in float32 from the `dtype` values (not `dtype`'s gradient cast up), the input's in
-    `dtype`. In float32 this is fn(x, kernel) with its usual gradients."""
-    if jnp.dtype(dtype) == kernel.dtype:
-        return fn(x.astype(dtype), kernel)
-    return _f32_kernel_grad(fn, x.astype(dtype), kernel)
+def with_f32_param_grad(fn, x: jax.Array, param: jax.Array, dtype: Any) -> jax.Array:
+    """fn(x, param) (a conv or matmul with a float32 kernel, a bias add) computed in `dtype`; below float32, the
+    parameter's gradient is computed in float32 from the `dtype` values (not `dtype`'s gradient cast up), the
+    input's in `dtype`. In float32 this is fn(x, param) with its usual gradients."""
+    if jnp.dtype(dtype) == param.dtype:
+        return fn(x.astype(dtype), param)
+    return _f32_param_grad(fn, x.astype(dtype), param)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _f32_kernel_grad(fn, x: jax.Array, kernel: jax.Array) -> jax.Array:
-    return fn(x, kernel.astype(x.dtype))
+def _f32_param_grad(fn, x: jax.Array, param: jax.Array) -> jax.Array:
+    return fn(x, param.astype(x.dtype))
 
 
-def _f32_kernel_grad_fwd(fn, x, kernel):
-    return _f32_kernel_grad(fn, x, kernel), (x, kernel)
+def _f32_param_grad_fwd(fn, x, param):
+    return _f32_param_grad(fn, x, param), (x, param)
 
 
-def _f32_kernel_grad_bwd(fn, residuals, g):
-    x, kernel = residuals
-    x_grad = jax.vjp(lambda x: fn(x, kernel.astype(x.dtype)), x)[1](g)[0]
-    kernel_grad = jax.vjp(lambda k: fn(x.astype(k.dtype), k), kernel)[1](g.astype(kernel.dtype))[0]
-    return x_grad, kernel_grad
+def _f32_param_grad_bwd(fn, residuals, g):
+    x, param = residuals
+    x_grad = jax.vjp(lambda x: fn(x, param.astype(x.dtype)), x)[1](g)[0]
+    param_grad = jax.vjp(lambda p: fn(x.astype(p.dtype), p), param)[1](g.astype(param.dtype))[0]
+    return x_grad, param_grad
 
 
-_f32_kernel_grad.defvjp(_f32_kernel_grad_fwd, _f32_kernel_grad_bwd)
+_f32_param_grad.defvjp(_f32_param_grad_fwd, _f32_param_grad_bwd)
 
 
 def check_bn_mode(bn_mode: str) -> None:
@@ -161,9 +162,10 @@ class PointwiseConv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), jnp.float32)
         if self.strides > 1:
             x = x[:, ::self.strides, ::self.strides]
-        y = with_f32_kernel_grad(lambda x, k: jnp.einsum("bhwi,io->bhwo", x, k[0, 0]), x, kernel, self.dtype)
+        y = with_f32_param_grad(lambda x, k: jnp.einsum("bhwi,io->bhwo", x, k[0, 0]), x, kernel, self.dtype)
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
+            y = with_f32_param_grad(jnp.add, y, self.param("bias", nn.initializers.zeros, (self.features,),
+                                                           jnp.float32), self.dtype)
         return y
 
 
@@ -204,10 +206,11 @@ class SpatialConv(KernelConv):
         if k % 2 == 0:
             raise ValueError(f"SpatialConv {self.name}: kernel_size must be odd (symmetric padding), got {k}")
         kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
-        y = with_f32_kernel_grad(lambda x, k: conv_stride1(x, k, d) if self.strides == 1
+        y = with_f32_param_grad(lambda x, k: conv_stride1(x, k, d) if self.strides == 1
                                  else xla_conv(x, k, d, self.strides), x, kernel, self.dtype)
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
+            y = with_f32_param_grad(jnp.add, y, self.param("bias", nn.initializers.zeros, (self.features,),
+                                                           jnp.float32), self.dtype)
         return y
 
 
@@ -234,7 +237,7 @@ class DepthwiseConv(nn.Module):
         if k % 2 == 0:
             raise ValueError(f"DepthwiseConv {self.name}: kernel_size must be odd (symmetric padding), got {k}")
         kernel = self.param("kernel", self.kernel_init, (k, k, 1, x.shape[-1]), jnp.float32)
-        return with_f32_kernel_grad(lambda x, k: depthwise_conv(x, k, self.strides, self.dilation), x, kernel,
+        return with_f32_param_grad(lambda x, k: depthwise_conv(x, k, self.strides, self.dilation), x, kernel,
                                     self.dtype)
 
 
