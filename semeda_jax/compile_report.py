@@ -45,9 +45,10 @@ class Chip:
     cores: int
 
 
-# Cloud TPU system architecture pages (cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e): peak bf16 compute,
-# HBM bandwidth and capacity per chip. MFU is against the bf16 peak whatever the step's dtype.
-CHIPS = {"v4": Chip(275, 1.2, 32, 2), "v5e": Chip(197, 0.82, 16, 1), "v5p": Chip(459, 2.76, 95, 2),
+# The "key specifications" tables of https://cloud.google.com/tpu/docs/v4, /v5e, /v5p and /v6e: peak bf16 compute,
+# HBM bandwidth (1200, 819, 2765, 1640 GB/s) and capacity per chip (the pages say GB; XLA's HBM limit, e.g. v5e's
+# 15.75G, is in GiB). MFU is against the bf16 peak whatever the step's dtype.
+CHIPS = {"v4": Chip(275, 1.2, 32, 2), "v5e": Chip(197, 0.819, 16, 1), "v5p": Chip(459, 2.765, 95, 2),
          "v6e": Chip(918, 1.64, 32, 1)}
 # topology_name prefix and chip config of get_topology_desc for each generation.
 TOPOLOGY_NAMES = {"v4": ("v4", "megacore"), "v5e": ("v5e", "default"), "v5p": ("v5", "megacore"),
