@@ -39,8 +39,7 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file (configs
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and reports (created if needed).")
 flags.DEFINE_list("stages", None, "Stages to run (edge_pretrain, train, learn_fusion, eval, predict, compile); "
-                  "default: "
-                  "config.stages.")
+                  "default: config.stages.")
 flags.DEFINE_string("images", None, "Folder of images for the predict stage.")
 flags.DEFINE_string("topology", None, "The compile stage's devices: a TPU topology (v5p-32, v5e-16, v4-32, v6e-8; "
                     "needs pip install -e .[tpu]) or cpu:N.")

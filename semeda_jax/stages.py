@@ -279,7 +279,8 @@ def run_compile(config: ml_collections.ConfigDict, workdir: str, log: Log = prin
     """Will it fit? The train and eval steps compiled for `topology` without data or weights ->
     WORKDIR/compile_report.{json,md} (compile_report.py); a step that does not fit is a one-line ConfigError."""
     if not topology:
-        raise ConfigError("--topology: the compile stage needs a topology, e.g. v5p-32, v5e-16, v4-32, v6e-8 or cpu:8")
+        raise ConfigError("--topology: the compile stage needs a topology, e.g. v5p-32, v5e-16, v4-32, v6e-8 or "
+                          "cpu:8")
     report = compile_report.compile_report(config, topology, log)
     if jax.process_index() == 0:
         path = compile_report.write_report(report, workdir, f"{config.model.name}, loss {config.loss}")
