@@ -63,9 +63,9 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 def with_f32_param_grad(fn, x: jax.Array, param: jax.Array, dtype: Any) -> jax.Array:
     """fn(x, param) (a conv or matmul with a float32 kernel, a bias add) computed in `dtype`; below float32, the
     parameter's gradient is computed in float32 from the `dtype` values (not `dtype`'s gradient cast up), the
-    input's in `dtype`. In float32 this is fn(x, param) with its usual gradients."""
-    if jnp.dtype(dtype) == param.dtype:
-        return fn(x.astype(dtype), param)
+    input's in `dtype`. In float32 (or wider) this is fn(x, param) in `dtype` with its usual gradients."""
+    if jnp.finfo(dtype).bits >= jnp.finfo(param.dtype).bits:
+        return fn(x.astype(dtype), param.astype(dtype))
     return _f32_param_grad(fn, x.astype(dtype), param)
 
 
