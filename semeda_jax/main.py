@@ -42,9 +42,11 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and reports (created if needed).")
-flags.DEFINE_list("stages", None, "Stages to run (edge_pretrain, train, learn_fusion, eval, predict, export); default: "
-                  "config.stages.")
+flags.DEFINE_list("stages", None, "Stages to run (edge_pretrain, train, learn_fusion, eval, predict, export, "
+                  "compile); default: config.stages.")
 flags.DEFINE_string("images", None, "Folder of images for the predict stage.")
+flags.DEFINE_string("topology", None, "The compile stage's devices: a TPU topology (v5p-32, v5e-16, v4-32, v6e-8; "
+                    "needs pip install -e .[tpu]) or cpu:N.")
 flags.DEFINE_bool("distributed", False, "Multi-process run: call jax.distributed.initialize first.")
 flags.DEFINE_string("coordinator_address", None, "--distributed: host:port of process 0 (default: from the "
                     "environment, e.g. SLURM or Cloud TPU).")
@@ -76,7 +78,7 @@ def run(config, workdir: str, stages, images: str | None) -> None:
     stage_lib.check_config(config)
     stage_lib.check_run(config, stages, workdir)
     workdir = workdir_lib.prepare(workdir)
-    options = {"predict": {"images": images}}  # the stages' own flags
+    options = {"predict": {"images": images}, "compile": {"topology": FLAGS.topology}}  # the stages' own flags
     # Training stages hold the workdir exclusively; eval, predict and export alone run beside a training (they
     # read only finished checkpoints and write only reports, plots, predictions/ and export/).
     training = bool({"edge_pretrain", "train", "learn_fusion"} & set(stages))

@@ -16,6 +16,7 @@ batch. Multi-host: `initialize` calls `jax.distributed.initialize` before anythi
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import jax
 import ml_collections
@@ -51,9 +52,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                                process_id=process_id)
 
 
-def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
-    """The [data, model] mesh over jax.devices() (all processes, in process order)."""
-    devices = jax.devices()
+def make_mesh(config: ml_collections.ConfigDict, devices: Sequence | None = None) -> Mesh:
+    """The [data, model] mesh over `devices` (default jax.devices(): all processes, in process order; or e.g.
+    the compile-only devices of a TPU topology)."""
+    devices = jax.devices() if devices is None else list(devices)
     model = int(config.parallel.model_parallelism)
     if model < 1 or len(devices) % model:
         raise ConfigError(f"config.parallel.model_parallelism: {model} does not divide the {len(devices)} devices")
@@ -124,6 +126,13 @@ def state_shardings(mesh: Mesh, abstract_state, mode: str):
     style) big leaves split along `data`; optimiser moments follow their parameters (same shape, same rule)."""
     _check_param_sharding(mode)
     return jax.tree_util.tree_map(lambda leaf: _leaf_sharding(mesh, leaf, mode), abstract_state)
+
+
+def with_shardings(abstract, shardings):
+    """A tree of ShapeDtypeStructs (jax.eval_shape's) with the matching tree of shardings attached."""
+    return jax.tree_util.tree_map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                                                              sharding=sharding),
+                                  abstract, shardings)
 
 
 def any_process(flag: bool) -> bool:

@@ -1,4 +1,4 @@
-"""The stages a config lists, each a function of (config, workdir): edge_pretrain, train, eval, predict.
+"""The stages a config lists, each a function of (config, workdir): edge_pretrain, train, eval, predict, compile.
 
     edge_pretrain  g_phi on the training masks -> WORKDIR/edge_net (SEMEDA Algorithm 1, stage 1)
     train          f_theta with the loss mix; runs edge_pretrain first when the loss needs g_phi and neither
@@ -10,6 +10,9 @@
                    (--images), each image padded to its size bucket as eval pads (predict.py) -> WORKDIR/predictions
     export         the best (else latest) checkpoint's eval-time inference as jax.export and TF SavedModel
                    artifacts with a symbolic batch + manifest.json (export.py) -> WORKDIR/export
+    compile        the train and eval steps compiled for `topology=` (--topology: v5p-32, v5e-16, v4-32, v6e-8,
+                   cpu:8) from abstract shapes, no data or weights -> WORKDIR/compile_report.{json,md}: memory
+                   per chip against the HBM, GFLOP, bytes, collectives, roofline (compile_report.py)
 Eval and predict with config.eval.inference.fusion = "learned" read WORKDIR/fusion_weights.json.
 """
 from __future__ import annotations
@@ -20,8 +23,8 @@ from typing import Callable, Sequence
 import jax
 import ml_collections
 
-from semeda_jax import (edge_pretrain, evaluate, export, fusion, inference, objective, optim, parallel, phases,
-                        predict, reporting, train)
+from semeda_jax import (compile_report, edge_pretrain, evaluate, export, fusion, inference, objective, optim,
+                        parallel, phases, predict, reporting, train)
 from semeda_jax.checkpointing import (Checkpoints, edge_net_fingerprint, edge_net_training_fingerprint,
                                       model_fingerprint, resume_changes)
 from semeda_jax.data import DATASETS, build_reader, dataset_fields, pipeline
@@ -289,5 +292,18 @@ def run_export(config: ml_collections.ConfigDict, workdir: str, log: Log = print
                                os.path.join(workdir, "export"), class_names=class_names, log=log)
 
 
+def run_compile(config: ml_collections.ConfigDict, workdir: str, log: Log = print, *, topology: str | None) -> dict:
+    """Will it fit? The train and eval steps compiled for `topology` without data or weights ->
+    WORKDIR/compile_report.{json,md} (compile_report.py); a step that does not fit is a one-line ConfigError."""
+    if not topology:
+        raise ConfigError("--topology: the compile stage needs a topology, e.g. v5p-32, v5e-16, v4-32, v6e-8 or "
+                          "cpu:8")
+    report = compile_report.compile_report(config, topology, log)
+    if jax.process_index() == 0:
+        path = compile_report.write_report(report, workdir, f"{config.model.name}, loss {config.loss}")
+        log(f"[compile] report written to {path}")
+    return report
+
+
 STAGES = {"edge_pretrain": run_edge_pretrain, "train": run_train, "learn_fusion": run_learn_fusion,
-          "eval": run_eval, "predict": run_predict, "export": run_export}
+          "eval": run_eval, "predict": run_predict, "export": run_export, "compile": run_compile}

@@ -80,6 +80,15 @@ def create_train_state(config: ml_collections.ConfigDict, model, key: jax.Array,
     """Model variables (initialised on one crop of zeros) and optimiser state, created directly with their
     shardings on `mesh` (parallel.state_shardings; float32 whatever the compute dtype). `schedule`: the
     learning rate of the global step (default: warm-up + poly over config.train.steps)."""
+    init = train_state_init(config, model, schedule)
+    shardings = parallel.state_shardings(mesh, jax.eval_shape(init, key), config.parallel.param_sharding)
+    return jax.jit(init, out_shardings=shardings)(key)
+
+
+def train_state_init(config: ml_collections.ConfigDict, model,
+                     schedule: optax.Schedule | None = None) -> Callable[[jax.Array], TrainState]:
+    """key -> the initial TrainState (create_train_state's, unplaced; jax.eval_shape of it is the abstract
+    state)."""
     schedule = learning_rate_schedule(config.optimizer, config.train.steps) if schedule is None else schedule
 
     def init(key):
@@ -90,8 +99,7 @@ def create_train_state(config: ml_collections.ConfigDict, model, key: jax.Array,
         return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                                  batch_stats=variables.get("batch_stats", {}))
 
-    shardings = parallel.state_shardings(mesh, jax.eval_shape(init, key), config.parallel.param_sharding)
-    return jax.jit(init, out_shardings=shardings)(key)
+    return init
 
 
 def load_pretrained_backbone(config: ml_collections.ConfigDict, state: TrainState,

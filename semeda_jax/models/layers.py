@@ -5,7 +5,10 @@ per channel; all keep nn.Conv's parameters. 1x1 convs are matmuls on every platf
 convs take the CPU kernels of models/cpu_kernels.py when compiled for CPU (where XLA's own are slow) and XLA's
 convolutions elsewhere, through its one switch `per_platform`.
 
-All tensors are NHWC, batch first. Parameters are always float32; `dtype` is the compute dtype.
+All tensors are NHWC, batch first. Parameters are always float32; `dtype` is the compute dtype. With a bfloat16
+`dtype` the convolutions compute in bfloat16 and their kernels' and biases' gradients in float32
+(`with_f32_param_grad`), so the cross-device sum of a data-parallel gradient, which XLA places right where the
+gradient is computed, is float32.
 
 Batch-norm modes (`bn_mode`, one value for a whole model):
   "frozen"  SEMEDA's setting: always normalise with the running statistics (train or not) and never update them.
@@ -37,6 +40,7 @@ size H gives ceil(H / stride) outputs at every stride (513 -> 257 -> 129 -> 65 -
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -54,6 +58,34 @@ DEFAULT_BN_EPSILON = 1e-5
 
 # He-normal over fan-out (torchvision's `kaiming_normal_(mode="fan_out", nonlinearity="relu")` for convs).
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def with_f32_param_grad(fn, x: jax.Array, param: jax.Array, dtype: Any) -> jax.Array:
+    """fn(x, param) (a conv or matmul with a float32 kernel, a bias add) computed in `dtype`; below float32, the
+    parameter's gradient is computed in float32 from the `dtype` values (not `dtype`'s gradient cast up), the
+    input's in `dtype`. In float32 (or wider) this is fn(x, param) in `dtype` with its usual gradients."""
+    if jnp.finfo(dtype).bits >= jnp.finfo(param.dtype).bits:
+        return fn(x.astype(dtype), param.astype(dtype))
+    return _f32_param_grad(fn, x.astype(dtype), param)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _f32_param_grad(fn, x: jax.Array, param: jax.Array) -> jax.Array:
+    return fn(x, param.astype(x.dtype))
+
+
+def _f32_param_grad_fwd(fn, x, param):
+    return _f32_param_grad(fn, x, param), (x, param)
+
+
+def _f32_param_grad_bwd(fn, residuals, g):
+    x, param = residuals
+    x_grad = jax.vjp(lambda x: fn(x, param.astype(x.dtype)), x)[1](g)[0]
+    param_grad = jax.vjp(lambda p: fn(x.astype(p.dtype), p), param)[1](g.astype(param.dtype))[0]
+    return x_grad, param_grad
+
+
+_f32_param_grad.defvjp(_f32_param_grad_fwd, _f32_param_grad_bwd)
 
 
 def check_bn_mode(bn_mode: str) -> None:
@@ -130,9 +162,10 @@ class PointwiseConv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), jnp.float32)
         if self.strides > 1:
             x = x[:, ::self.strides, ::self.strides]
-        y = jnp.einsum("bhwi,io->bhwo", x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
+        y = with_f32_param_grad(lambda x, k: jnp.einsum("bhwi,io->bhwo", x, k[0, 0]), x, kernel, self.dtype)
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
+            y = with_f32_param_grad(jnp.add, y, self.param("bias", nn.initializers.zeros, (self.features,),
+                                                           jnp.float32), self.dtype)
         return y
 
 
@@ -173,10 +206,11 @@ class SpatialConv(KernelConv):
         if k % 2 == 0:
             raise ValueError(f"SpatialConv {self.name}: kernel_size must be odd (symmetric padding), got {k}")
         kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
-        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        y = conv_stride1(x, kernel, d) if self.strides == 1 else xla_conv(x, kernel, d, self.strides)
+        y = with_f32_param_grad(lambda x, k: conv_stride1(x, k, d) if self.strides == 1
+                                 else xla_conv(x, k, d, self.strides), x, kernel, self.dtype)
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
+            y = with_f32_param_grad(jnp.add, y, self.param("bias", nn.initializers.zeros, (self.features,),
+                                                           jnp.float32), self.dtype)
         return y
 
 
@@ -203,7 +237,8 @@ class DepthwiseConv(nn.Module):
         if k % 2 == 0:
             raise ValueError(f"DepthwiseConv {self.name}: kernel_size must be odd (symmetric padding), got {k}")
         kernel = self.param("kernel", self.kernel_init, (k, k, 1, x.shape[-1]), jnp.float32)
-        return depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.dilation)
+        return with_f32_param_grad(lambda x, k: depthwise_conv(x, k, self.strides, self.dilation), x, kernel,
+                                    self.dtype)
 
 
 def conv(features: int, kernel_size: int, *, strides: int = 1, dilation: int = 1, use_bias: bool = False,

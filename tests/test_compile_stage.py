@@ -1,0 +1,137 @@
+"""The compile stage (compile_report.py): topology names, the HLO collectives parser, the out-of-memory error, and
+the smoke config's train and eval steps compiled on 8 simulated CPU devices (and a TPU topology where libtpu is
+installed) with float32 gradient all-reduces under mixed precision.
+
+The 8-device and TPU runs are this file run as a script in a subprocess: XLA_FLAGS (8 CPU devices) must be set
+before jax initialises, which in the pytest process it already has.
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from semeda_jax import compile_report
+from semeda_jax.models.layers import SpatialConv
+from semeda_jax.validation import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+HLO = """
+ENTRY %main {
+  %p0 = bf16[3,3,64,64]{3,2,1,0:T(8,128)(2,1)} parameter(0)
+  %p1 = f32[256]{0} parameter(1)
+  %all-reduce.1 = (bf16[3,3,64,64]{3,2,1,0:T(8,128)(2,1)}, f32[256]{0}) all-reduce(%p0, %p1), channel_id=1
+  %ag = f32[8,256]{1,0} all-gather-start(%p1), dimensions={0}
+  %agd = f32[8,256]{1,0} all-gather-done(%ag)
+  ROOT %all-reduce.2 = f32[256]{0} all-reduce(%p1), to_apply=%add
+}
+"""
+
+
+def test_collectives_by_kind_and_dtype():
+    found = {(c["kind"], c["dtype"]): (c["count"], c["bytes"]) for c in compile_report.collectives(HLO)}
+    assert found == {("all-reduce", "bf16,f32"): (1, 3 * 3 * 64 * 64 * 2 + 256 * 4),
+                     ("all-reduce", "f32"): (1, 256 * 4), ("all-gather", "f32"): (1, 256 * 4)}
+
+
+@pytest.mark.parametrize("name, grid", [("v5p-8", (2, 2, 1)), ("v5p-32", (2, 2, 4)), ("v4-32", (2, 2, 4)),
+                                        ("v5e-16", (4, 4)), ("v6e-8", (2, 4)), ("v5e-64", (8, 8))])
+def test_chip_grid(name, grid):
+    generation, cores = name.split("-")
+    assert compile_report._chip_grid(generation, int(cores) // compile_report.CHIPS[generation].cores) == grid
+
+
+@pytest.mark.parametrize("name, message", [("v7-8", "not a known topology"), ("v5p-12", "not a known topology"),
+                                           ("cpu:x", "cpu:N"), ("cpu:4096", "xla_force_host_platform_device_count")])
+def test_bad_topologies(name, message):
+    with pytest.raises(ConfigError, match=message):
+        compile_report.topology_devices(name)
+
+
+def test_missing_libtpu_names_the_extra(monkeypatch):
+    monkeypatch.setattr(compile_report.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match=r"--topology v5p-32: .*pip install -e \.\[tpu\]"):
+        compile_report.topology_devices("v5p-32")
+
+
+def test_program_entry_and_roofline():
+    x = jax.ShapeDtypeStruct((256, 256), jnp.float32)
+    entry = compile_report.compile_program("matmul", lambda: jax.jit(lambda a: a @ a).lower(x), "v5p-8",
+                                           compile_report.CHIPS["v5p"])
+    assert entry["gflop"] == pytest.approx(2 * 256 ** 3 / 1e9, rel=0.01)
+    assert entry["memory_bytes"]["arguments"] == entry["memory_bytes"]["outputs"] == 256 * 256 * 4
+    assert entry["roofline_ms"] >= 1e3 * entry["gflop"] * 1e9 / 459e12 and 0 < entry["mfu_ceiling"] <= 1
+
+
+def test_out_of_memory_is_one_line():
+    def lower():
+        raise RuntimeError("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space "
+                           "hbm. Used 20.24G of 15.75G hbm. Exceeded hbm capacity by 4.49G.\nmore")
+
+    with pytest.raises(ConfigError) as error:
+        compile_report.compile_program("train", lower, "v5e-16", compile_report.CHIPS["v5e"])
+    assert str(error.value) == ("--topology v5e-16: the train step does not fit: it needs 20.24GB of 15.75GB HBM "
+                                "per chip")
+
+
+def test_bf16_conv_kernel_gradient_in_float32():
+    """layers.with_f32_param_grad: the kernel's gradient is the float32 one of the bfloat16 values (the sum over
+    the batch, which XLA all-reduces across devices, is not rounded to bfloat16)."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 8), jnp.float32)
+    params = SpatialConv(8, 3).init(jax.random.PRNGKey(1), x)
+    g = jax.random.normal(jax.random.PRNGKey(2), (4, 8, 8, 8), jnp.float32).astype(jnp.bfloat16)
+    grad = jax.vjp(lambda p: SpatialConv(8, 3, dtype=jnp.bfloat16).apply(p, x), params)[1](g)[0]
+    rounded = jax.tree.map(lambda p: p.astype(jnp.bfloat16).astype(jnp.float32), params)
+    reference = jax.vjp(lambda p: SpatialConv(8, 3).apply(p, x.astype(jnp.bfloat16).astype(jnp.float32)),
+                        rounded)[1](g.astype(jnp.float32))[0]
+    kernel = grad["params"]["kernel"]
+    assert kernel.dtype == jnp.float32
+    assert jnp.allclose(kernel, reference["params"]["kernel"], rtol=1e-5, atol=1e-4)
+
+
+def run_stage(topology: str, tmp_path) -> dict:
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), topology, str(tmp_path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert os.path.isfile(tmp_path / "compile_report.md")
+    return json.loads((tmp_path / "compile_report.json").read_text())
+
+
+def check_report(report: dict, devices: int) -> None:
+    """Both programs compiled on `devices`, with sizes, and the train step's gradients summed in float32."""
+    assert report["devices"] == devices and set(report["programs"]) == {"train", "eval:periodic"}
+    for entry in report["programs"].values():
+        assert entry["memory_bytes"]["total"] > 0 and entry["gflop"] > 0
+    all_reduces = [c for c in report["programs"]["train"]["collectives"] if c["kind"] == "all-reduce"]
+    assert all_reduces and all(c["dtype"] == "f32" for c in all_reduces), all_reduces
+
+
+def test_compile_stage_on_8_cpu_devices(tmp_path):
+    report = run_stage("cpu:8", tmp_path)
+    check_report(report, 8)
+    assert report["chip"] is None and "roofline_ms" not in report["programs"]["train"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                    reason="libtpu is not installed (pip install -e .[tpu])")
+def test_compile_stage_on_a_tpu_topology(tmp_path):
+    report = run_stage("v5e-4", tmp_path)
+    check_report(report, 4)
+    assert 0 < report["programs"]["train"]["roofline_ms"] and report["chip"]["hbm_gib"] == 16
+
+
+if __name__ == "__main__":  # the stage on the smoke config in bfloat16: python tests/test_compile_stage.py TOPOLOGY DIR
+    from configs import cityscapes
+    from semeda_jax import stages
+
+    config = cityscapes.get_config("smoke")
+    config.mixed_precision = True
+    config.data.batch_size = 8  # one example per device
+    stages.run_compile(config, sys.argv[2], topology=sys.argv[1])
