@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
-from semeda_jax import evaluate, inference, objective, parallel, train
+from semeda_jax import evaluate, objective, parallel, train
 from semeda_jax.models import build_segmentation_model
 from semeda_jax.validation import ConfigError
 
