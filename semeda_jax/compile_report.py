@@ -131,7 +131,12 @@ def abstract_inputs(config: ml_collections.ConfigDict, mesh: Mesh) -> dict:
             "eval_batch": {"image": array((eval_size, *scaled_size(pad, config.data.input_scale), 3), jnp.float32,
                                           batch),
                            "label": array((eval_size, *pad), jnp.int32, batch),
-                           "mask": array((eval_size,), jnp.bool_, batch)}}
+                           "mask": array((eval_size,), jnp.bool_, batch),
+                           # evaluate.step_inputs' per-image inputs: index in the split, size, boundary widths
+                           "index": array((eval_size,), jnp.int32, batch),
+                           "boundary_sizes": array((eval_size, 2), jnp.int32, batch),
+                           "boundary_band_width": array((eval_size,), jnp.int32, batch),
+                           "boundary_tolerance": array((eval_size,), jnp.int32, batch)}}
 
 
 def programs(config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, Callable[[], jax.stages.Lowered]]:
