@@ -16,7 +16,9 @@ list runs (config.stages, e.g. edge_pretrain,train,eval); --images alone runs pr
 (stages.check_config) and the stage plan too (stages.check_run) before any work. User errors (a missing
 or undecodable dataset file, a bad label, a bad config value, a read-only, full or busy workdir, a diverged
 run, unreadable files in --images) end with one line naming the file or key, and exit status 2.
-The workdir is created, checked writable and locked (workdir.py: one run per workdir) before any work.
+The workdir is created, checked writable and, for the training stages, locked (workdir.py: one training per
+workdir; eval, predict, export and compile run beside it) before any work. `--stages=compile --topology=v5p-8`
+compiles the steps for a device topology without data or weights (compile_report.py).
 """
 from __future__ import annotations
 
