@@ -44,16 +44,6 @@ OVERRIDES = {
 GROUPS = {"eval": (None, ("ms_flip",)), "loss": (None, ("semeda", "bal")), **common.SMOKE}
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping) -> None:
-    """Set each dotted path of `overrides` ("eval.inference.flip": True); a missing last field is added."""
-    for path, value in overrides.items():
-        *parents, leaf = path.split(".")
-        section = config
-        for name in parents:
-            section = section[name]
-        section[leaf] = value
-
-
 def mmseg_config(arg: str | None, *, config_file: str, dataset: dict, crop_size: Sequence[int], steps: dict,
                  learning_rate: float, weight_decay: float, input_scale: float, eval_pad_size: Sequence[int],
                  variants: Mapping[str, Mapping] | None = None) -> ml_collections.ConfigDict:
@@ -77,7 +67,7 @@ def mmseg_config(arg: str | None, *, config_file: str, dataset: dict, crop_size:
     config.train.update(log_every=50, eval_every=8000, checkpoint_every=4000)
     for group, token in chosen.items():
         if token is not None and group != "smoke":
-            apply_overrides(config, overrides[token])
+            config.update_from_flattened_dict(overrides[token])  # dotted paths of existing fields
     if chosen["smoke"]:
         common.shrink_for_smoke(config)
         config.data.input_scale = 1.0  # the generated images fit the smoke eval_pad_size as they are
