@@ -14,6 +14,14 @@ The evaluation-only arm `multistep` is the relation arm's final checkpoint teste
 interleaved (config.eval.inference mode "shifted"). Seed s
 fixes initialisation, data order, augmentation and dropout of every arm (paired). Finished arms are reused
 (WORKDIR/<arm>/seed<s>/arm.json). Writes WORKDIR/relationnet.json and WORKDIR/relationnet.md.
+
+Why the relation module hurts (a second registered study, docs/results.md, "Three results that contradict the
+papers"): the arms `ohem_scl_sliding` / `relation_sliding` test the trained arm's final checkpoint with sliding
+96x96 windows (the training crop, so the recurrent scans see the lengths they were trained on), and
+`ohem_scl_whole` / `relation_whole` train on 96x128 crops (the test size):
+
+    python -m benchmarks.relationnet_protocol --workdir=DIR --arms=ohem_scl,relation,ohem_scl_sliding,\
+        relation_sliding,ohem_scl_whole,relation_whole
 """
 from __future__ import annotations
 
@@ -25,11 +33,19 @@ import ml_collections
 
 from benchmarks import guidance_protocol, pac_bal, protocol
 
-TRAINED = {"ohem": (False, False), "ohem_scl": (True, False), "relation": (True, True)}  # arm -> (SCL, relation)
-EVALUATED = {"multistep": "relation"}  # evaluation-only arm -> the trained arm whose checkpoint it tests
+# arm -> (SCL, relation module); the `_whole` arms train on whole images (crop = image size) instead of 96x96 crops
+TRAINED = {"ohem": (False, False), "ohem_scl": (True, False), "relation": (True, True),
+           "ohem_scl_whole": (True, False), "relation_whole": (True, True)}
+# evaluation-only arm -> the trained arm whose checkpoint it tests (multistep: shifted; `_sliding`: windows of the
+# training crop)
+EVALUATED = {"multistep": "relation", "ohem_scl_sliding": "ohem_scl", "relation_sliding": "relation"}
+REGISTERED_ARMS = ("ohem", "ohem_scl", "relation", "multistep")  # the RelationNet protocol (the default run)
 ARMS = (*TRAINED, *EVALUATED)
-# (arm, baseline): what SCL adds, what the relation module adds, what multi-step testing adds, all of them
-COMPARISONS = (("ohem_scl", "ohem"), ("relation", "ohem_scl"), ("multistep", "relation"), ("multistep", "ohem"))
+# (arm, baseline): what SCL adds, what the relation module adds, what multi-step testing adds, all of them; then
+# the diagnosis: what the module adds when train and test sizes match, and what matching them recovers
+COMPARISONS = (("ohem_scl", "ohem"), ("relation", "ohem_scl"), ("multistep", "relation"), ("multistep", "ohem"),
+               ("relation_sliding", "ohem_scl_sliding"), ("relation_whole", "ohem_scl_whole"),
+               ("relation_sliding", "relation"), ("relation_whole", "relation"))
 REGISTERED_SEEDS = (0, 1, 2)
 WIDTH = 8  # ResNet-38 base width (the paper's: 64)
 LEARNING_RATE = 0.02
@@ -56,10 +72,15 @@ def arm_config(arm: str, seed: int, tiny: bool = False) -> ml_collections.Config
                         log_every=1 if tiny else 50)  # the final checkpoint is evaluated once
     if arm == "multistep":
         config.eval.inference.update(mode="shifted", shifts=4)
+    if arm.endswith("_sliding"):  # windows of the training crop; on 96x128 images at columns 0 and 32, averaged
+        crop = tuple(config.data.crop_size)
+        config.eval.inference.update(mode="sliding", window=crop, stride=crop, blend="uniform")
+    if arm.endswith("_whole"):
+        config.data.crop_size = tuple(config.dataset.image_size)  # the test size: whole images
     return config
 
 
-def run(workdir: str, seeds, arms=ARMS, tiny: bool = False, log=print) -> dict:
+def run(workdir: str, seeds, arms=REGISTERED_ARMS, tiny: bool = False, log=print) -> dict:
     """Every arm x seed (seed-major, so a partial run has whole pairs) -> result dict, written as it comes."""
     result = dict(seeds=list(seeds), tiny=tiny, arms={arm: [] for arm in arms}, paired={})
     comparisons = [(a, b) for a, b in COMPARISONS if a in arms and b in arms]
@@ -80,7 +101,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="/tmp/semeda_relationnet")
     parser.add_argument("--seeds", default=",".join(map(str, REGISTERED_SEEDS)))
-    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {list(ARMS)}")
+    parser.add_argument("--arms", default=",".join(REGISTERED_ARMS),
+                        help=f"comma-separated subset of {list(ARMS)} (default: the registered protocol's)")
     parser.add_argument("--tiny", action="store_true", help="smoke-sized data and network (CI)")
     args = parser.parse_args()
     arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())

@@ -108,3 +108,18 @@ def test_relationnet_protocol_pairs_its_arms_and_tests_multistep_on_the_relation
         paired = result["paired"][f"{arm} - {base}"]["miou"]
         assert paired["mean_delta"] == pytest.approx(delta) and paired["seeds_won"] == 3
     assert "| multistep - ohem | +4.00 [" in (tmp_path / "relationnet.md").read_text()
+
+
+def test_relationnet_diagnosis_arms_match_train_and_test_sizes():
+    """The relation study's arms: `_sliding` tests the trained arm's run with windows of its training crop (the
+    same training config otherwise), `_whole` trains on crops of the whole image size (nothing else changed)."""
+    from benchmarks import relationnet_protocol as rn
+    for trained in ("ohem_scl", "relation"):
+        base, sliding, whole = (rn.arm_config(arm, 2) for arm in (trained, f"{trained}_sliding", f"{trained}_whole"))
+        assert rn.EVALUATED[f"{trained}_sliding"] == trained
+        assert sliding.eval.inference.mode == "sliding"
+        assert tuple(sliding.eval.inference.window) == tuple(sliding.eval.inference.stride) == (96, 96)
+        assert tuple(whole.data.crop_size) == tuple(whole.dataset.image_size) == (96, 128)
+        sliding.eval.inference, whole.data.crop_size = base.eval.inference, base.data.crop_size
+        assert sliding.to_dict() == base.to_dict() == whole.to_dict()
+    assert rn.REGISTERED_ARMS == ("ohem", "ohem_scl", "relation", "multistep")
