@@ -50,6 +50,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import protocol
+from benchmarks.crf_dense import BILATERAL
 from benchmarks.peer import Peer, setup_peer
 from semeda_jax import crf, stats
 
@@ -198,9 +200,8 @@ def miou_table(config_name: str, workdir: str, cache_dir: str | None, dense: Den
 GUIDED_GRID = dict(radius=(1, 2, 4, 8), eps=(1.0, 10.0, 100.0, 1000.0), weight=(0.5, 1.0, 2.0, 4.0),
                    iterations=(1, 3, 5, 10))
 DENSE_GRID = dict(sxy=(10, 20, 40, 80), srgb=(3, 5, 13, 30), compat=(3, 5, 10), iterations=(5, 10))
-# The untuned defaults: ours is config.eval.crf's (Potts); the dense CRF's DeepLab's bilateral kernel at the
-# T of --miou (config.eval.crf.iterations).
-DENSE_DEFAULT = dict(sxy=80, srgb=13, compat=10, iterations=5)
+# The untuned defaults: ours is config.eval.crf's (Potts); the dense CRF's is its worker's (DeepLab's bilateral
+# kernel, crf_dense.BILATERAL) at the T of --miou (config.eval.crf.iterations).
 TUNE_SEEDS = (0, 1, 2)
 # --tune --tiny (the smoke run): smoke data and network, 2-step training, 2x2 grids, two seeds
 TINY_TUNE = dict(seeds=(0, 1), guided_grid=dict(radius=(1, 2), eps=(10.0,), weight=(1.0,), iterations=(1, 2)),
@@ -212,14 +213,12 @@ PAIRS = (("guided_tuned", "none"), ("dense_tuned", "none"), ("guided_tuned", "de
 
 
 def tune_model_config(seed: int, tiny: bool, data_seed: int = 0):
-    """configs/demo.py's network and recipe (the main job's) with CE, seed `seed`, reading data seed `data_seed`
-    (TUNING_DATA_SEED: the tuning split); smoke-sized and 2 steps with `tiny`."""
-    from configs import demo
-
-    config = demo.get_config("smoke" if tiny else None)
+    """configs/demo.py's network and recipe (the main job's; protocol.base_config: its eval scores the protocols'
+    trimap widths) with CE, seed `seed`, reading data seed `data_seed` (protocol.TUNING_DATA_SEED: the tuning
+    split); smoke-sized and 2 steps with `tiny`."""
+    config = protocol.base_config(tiny)
     config.loss, config.seed = "ce", seed
     config.dataset.seed = data_seed
-    config.eval.num_plot_images = 0
     if tiny:
         config.train.update(steps=2, eval_every=2, checkpoint_every=2, log_every=1)
     return config
@@ -359,61 +358,66 @@ def settings_text(row: dict) -> str:
     return ", ".join(f"{key} {value:g}" for key, value in row.items() if key != "miou")
 
 
+def tune_crfs(workdir: str, data: dict, classes: int, grids: dict, defaults: dict, dense: DenseCRF | None,
+              log) -> dict:
+    """Each CRF of `grids` {"guided", "dense"?: its grid} searched on the tuning split's unaries `data` ->
+    {crf: {"chosen": best row, "default": defaults[crf], "default_miou" (None off the grid), "sensitivity"}}."""
+    evaluate = {"guided": (("radius", "iterations"), lambda g: guided_rows(
+                    data, g["radius"], g["iterations"], grids["guided"]["eps"], grids["guided"]["weight"], classes)),
+                "dense": (tuple(DENSE_GRID), lambda g: [dense_row(dense, data, g, classes)])}
+    tuned = {}
+    for name, grid in grids.items():
+        group_by, fn = evaluate[name]
+        rows = grid_search(os.path.join(workdir, f"grid_{name}.json"), grid, group_by, fn, log)
+        default = [r for r in rows if all(r[k] == v for k, v in defaults[name].items())]
+        tuned[name] = dict(chosen=best_setting(rows), default=defaults[name],
+                           default_miou=default[0]["miou"] if default else None, sensitivity=sensitivity(rows, grid))
+    return tuned
+
+
+def val_row(val: dict, classes: int, settings: dict, dense: DenseCRF | None) -> dict:
+    """mIoU of one seed's val unaries `val` without a CRF ("none") and with each CRF at each of `settings`
+    {"guided_tuned": row, "dense_default": row, ...} (rows with the CRF's grid keys)."""
+    row = dict(none=split_miou(val["labels"], np.argmax(val["probs"], -1), classes))
+    for label, s in settings.items():
+        if label.startswith("guided"):
+            row[label] = guided_rows(val, s["radius"], s["iterations"], [s["eps"]], [s["weight"]], classes)[0]["miou"]
+        else:
+            row[label] = dense_row(dense, val, {key: s[key] for key in DENSE_GRID}, classes)["miou"]
+    return row
+
+
 def run_tuning(workdir: str, seeds=TUNE_SEEDS, dense_venv: Path = DENSE_VENV, tiny: bool = False,
                guided_grid=GUIDED_GRID, dense_grid=DENSE_GRID, log=print) -> dict:
     """The study: models (WORKDIR/train/seed<s>), unaries (WORKDIR/unaries/), grids (WORKDIR/grid_<crf>.json),
     the val comparison -> WORKDIR/crf_tuning.{json,md} and WORKDIR/crf_sensitivity.png; finished parts reused.
     Without the dense CRF's venv its half is skipped (one message)."""
-    from benchmarks import protocol
-
     os.makedirs(workdir, exist_ok=True)
-    model_dirs = {}
-    for seed in seeds:
-        model_dirs[seed] = os.path.join(workdir, "train", f"seed{seed}")
-        log(f"== CE model, seed {seed} -> {model_dirs[seed]}")
-        protocol.run_arm(tune_model_config(seed, tiny), model_dirs[seed], log)
+    model_dirs = {seed: os.path.join(workdir, "train", f"seed{seed}") for seed in seeds}
+    for seed, model_dir in model_dirs.items():
+        log(f"== CE model, seed {seed} -> {model_dir}")
+        protocol.run_arm(tune_model_config(seed, tiny), model_dir, log)
+    config = tune_model_config(seeds[0], tiny, protocol.TUNING_DATA_SEED)
+    classes, options = config.dataset.num_classes, crf.options_from_config(config.eval.crf, config.data)
+    grids = {"guided": guided_grid, "dense": dense_grid}
+    defaults = {"guided": {key: options[key] for key in GUIDED_GRID},
+                "dense": dict(BILATERAL, iterations=options["iterations"])}
     python = dense_venv / "bin" / "python"
     dense = DenseCRF(python) if python.exists() else None
     if dense is None:
         log(f"dense CRF skipped: no venv at {dense_venv} (create it with `python -m benchmarks.crf --setup-dense`)")
+        del grids["dense"]
     try:
-        config = tune_model_config(seeds[0], tiny, protocol.TUNING_DATA_SEED)
-        classes = config.dataset.num_classes
         data = cached_unaries(os.path.join(workdir, "unaries", "tuning"), config, model_dirs[seeds[0]], log)
-        options = crf.options_from_config(config.eval.crf, config.data)
-        guided_default = {key: options[key] for key in GUIDED_GRID}
-        grids = {"guided": guided_grid}
-        rows = {"guided": grid_search(os.path.join(workdir, "grid_guided.json"), guided_grid, ("radius", "iterations"),
-                                      lambda g: guided_rows(data, g["radius"], g["iterations"], guided_grid["eps"],
-                                                            guided_grid["weight"], classes), log)}
-        defaults = {"guided": guided_default}
-        if dense is not None:
-            grids["dense"] = dense_grid
-            rows["dense"] = grid_search(os.path.join(workdir, "grid_dense.json"), dense_grid, tuple(dense_grid),
-                                        lambda g: [dense_row(dense, data, g, classes)], log)
-            defaults["dense"] = DENSE_DEFAULT
-        tuned = {}
-        for name, crf_rows in rows.items():
-            default_row = [r for r in crf_rows if all(r[k] == v for k, v in defaults[name].items())]
-            tuned[name] = dict(chosen=best_setting(crf_rows), default=defaults[name],
-                               default_miou=default_row[0]["miou"] if default_row else None,
-                               sensitivity=sensitivity(crf_rows, grids[name]))
+        tuned = tune_crfs(workdir, data, classes, grids, defaults, dense, log)
         plot_sensitivity({name: t["sensitivity"] for name, t in tuned.items()}, grids,
                          os.path.join(workdir, "crf_sensitivity.png"))
-
-        per_seed = []
-        for seed in seeds:
-            val = cached_unaries(os.path.join(workdir, "unaries", f"val_seed{seed}"), tune_model_config(seed, tiny),
-                                 model_dirs[seed], log)
-            row = dict(seed=seed, none=split_miou(val["labels"], np.argmax(val["probs"], -1), classes))
-            for name, setting in (("tuned", tuned["guided"]["chosen"]), ("default", guided_default)):
-                row[f"guided_{name}"] = guided_rows(val, setting["radius"], setting["iterations"], [setting["eps"]],
-                                                    [setting["weight"]], classes)[0]["miou"]
-            if dense is not None:
-                for name, setting in (("tuned", tuned["dense"]["chosen"]), ("default", DENSE_DEFAULT)):
-                    setting = {key: setting[key] for key in DENSE_GRID}
-                    row[f"dense_{name}"] = dense_row(dense, val, setting, classes)["miou"]
-            per_seed.append(row)
+        settings = {f"{name}_{kind}": tuned[name]["chosen" if kind == "tuned" else "default"]
+                    for name in grids for kind in ("tuned", "default")}
+        per_seed = [dict(seed=seed, **val_row(cached_unaries(os.path.join(workdir, "unaries", f"val_seed{seed}"),
+                                                             tune_model_config(seed, tiny), model_dirs[seed], log),
+                                              classes, settings, dense))
+                    for seed in seeds]
     finally:
         if dense is not None:
             dense.close()

@@ -1,7 +1,8 @@
 """The dense CRF (Kraehenbuehl & Koltun, pydensecrf2) for benchmarks/crf.py, run in the dense CRF's own venv.
 
-Not imported by the project: `crf.py` starts this file with that venv's python (benchmarks.peer.Peer) and talks
-to it over stdin/stdout, one JSON object per line; arrays go through .npy files.
+Run by the project, not imported (crf.py reads only BILATERAL): `crf.py` starts this file with that venv's
+python (benchmarks.peer.Peer) and talks to it over stdin/stdout, one JSON object per line; arrays go through
+.npy files.
 
     {"cmd": "setup"} -> {"pydensecrf": version}
     {"cmd": "crf", "probs": "p.npy" (float32 [H,W,C] or [N,H,W,C]), "image": "i.npy" (uint8 [H,W,3] or
