@@ -325,10 +325,11 @@ def format_tuning(tuning: dict) -> str:
     x rate, the chosen one starred; then ppce's mIoU per rate."""
     lines = [f"Tuning split (data seed {TUNING_DATA_SEED}), seeds {tuning['seeds']}, {tuning['steps']} steps"]
     rates = tuning["rates"]
+    header = " | ".join(f"lr {lr:g}" for lr in rates) + " |\n|---|" + "---|" * len(rates)
     for arm, values in tuning["grid"].items():
         pick = tuning["chosen"][arm]
         lines += ["", f"{arm}: mean (mIoU gain + trimap w=3 gain) against ppce at the same rate (points)", "",
-                  f"| {SETTING_NAMES[arm]} | " + " | ".join(f"lr {lr:g}" for lr in rates) + " |", "|---|" + "---|" * len(rates)]
+                  f"| {SETTING_NAMES[arm]} | {header}"]
         for value in values:
             cells = []
             for lr in rates:
@@ -336,12 +337,13 @@ def format_tuning(tuning: dict) -> str:
                 star = "*" if (value, lr) == (pick["value"], pick["lr"]) else ""
                 cells.append("n/a" if gain is None else f"{100 * gain:+.2f}{star}")
             lines.append(f"| {value:g} | " + " | ".join(cells) + " |")
+        lines += ["", f"chosen: {SETTING_NAMES[arm]} {pick['value']:g}, lr {pick['lr']:g} -> {arm}_tuned"
+                  if pick["value"] is not None else "chosen: none (no setting with every seed scored)"]
     ppce = []
     for lr in rates:
         rows = [r["scores"]["miou"] for r in tuning["runs"].get(run_name(BASELINE, None, lr), []) if "scores" in r]
         ppce.append(f"{100 * np.mean(rows):.2f}" if rows else "n/a")
-    lines += ["", "| ppce mIoU | " + " | ".join(f"lr {lr:g}" for lr in rates) + " |", "|---|" + "---|" * len(rates),
-              "| | " + " | ".join(ppce) + " |"]
+    lines += ["", f"| ppce mIoU | {header}", "| | " + " | ".join(ppce) + " |"]
     return "\n".join(lines) + "\n"
 
 

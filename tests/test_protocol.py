@@ -194,6 +194,11 @@ def test_tuning_selection_on_known_numbers():
     assert semeda["gains"]["semeda"] == pytest.approx(-0.01)
     assert semeda["gains"]["semeda_scale1_lr0.001"] is None
     assert chosen["sobel"]["value"] is None and set(chosen["sobel"]["gains"].values()) == {None}
+    table = protocol.format_tuning(dict(seeds=[0, 1], steps=5, grid=GRID, rates=list(RATES), runs=runs,
+                                        chosen=chosen))
+    assert "| 0.3 | +2.00 | +5.00* |" in table and "| 1 | -1.00 | n/a |" in table
+    assert "chosen: scale 0.3, lr 0.001 -> semeda_tuned" in table and "chosen: none" in table
+    assert "| | 51.00 | 40.00 |" in table  # ppce's mIoU per rate
     # one seed only: scale 1 at 1e-3 (gain 0.08 on seed 0) wins
     assert protocol.select_settings(runs, (0,), GRID, RATES)["semeda"]["gain"] == pytest.approx(0.08)
 
