@@ -98,9 +98,9 @@ def pretrain_config(config: ml_collections.ConfigDict, steps: int, images: int) 
 
 def finetune_config(config: ml_collections.ConfigDict, arm: str, seed: int, steps: int, init: str,
                     edge_net: str, learning_rate: float = LEARNING_RATE, overrides=None) -> ml_collections.ConfigDict:
-    """The paper's fine-tuning recipe (frozen BN, batch 6, lr 5e-4 poly, scale [0.5, 2]) from the run `init`,
-    with arm `arm`'s loss (its ARMS overrides updated by `overrides`, the tuning's); the final checkpoint is
-    evaluated once (no checkpoint selection on the val split)."""
+    """The paper's fine-tuning recipe (frozen BN, batch 6, lr 5e-4 poly (or `learning_rate`, the tuning's),
+    scale [0.5, 2]) from the run `init`, with arm `arm`'s loss (its ARMS overrides updated by `overrides`, the
+    tuning's); the final checkpoint is evaluated once (no checkpoint selection on the val split)."""
     config = ml_collections.ConfigDict(config.to_dict())
     loss, arm_overrides = ARMS[arm]
     overrides = {**arm_overrides, **(overrides or {})}
