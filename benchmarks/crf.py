@@ -6,7 +6,7 @@ time per image, and the mIoU change each gives on the validation split of a trai
     python -m benchmarks.crf --tiny             # seconds: tiny sizes, checks that the script works
     python -m benchmarks.crf --miou --config demo --workdir W [--dataset-cache-dir D]   # mIoU on W's val split
     python -m benchmarks.crf --tune --workdir W          # both CRFs tuned, compared on val (below)
-    python -m benchmarks.crf --tune --tiny --workdir W   # its smoke run (about a minute)
+    python -m benchmarks.crf --tune --tiny --workdir W   # its smoke run (~2 minutes on the 2-core CPU)
 
 Timing. Each image size gets one scene: colour regions on a coarse random label grid (64 px cells) with pixel
 noise as the image, and unaries p = softmax(2.5 onehot(label) + N(0, 1.5^2) per pixel and class); both CRFs
