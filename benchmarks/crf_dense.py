@@ -1,15 +1,19 @@
 """The dense CRF (Kraehenbuehl & Koltun, pydensecrf2) for benchmarks/crf.py, run in the dense CRF's own venv.
 
-Not imported by the project: `crf.py` starts this file with that venv's python (benchmarks.peer.Peer) and talks
-to it over stdin/stdout, one JSON object per line; arrays go through .npy files.
+Run by the project, not imported (crf.py reads only BILATERAL): `crf.py` starts this file with that venv's
+python (benchmarks.peer.Peer) and talks to it over stdin/stdout, one JSON object per line; arrays go through
+.npy files.
 
     {"cmd": "setup"} -> {"pydensecrf": version}
-    {"cmd": "crf", "probs": "p.npy" (float32 [H,W,C]), "image": "i.npy" (uint8 [H,W,3]), "iterations": T,
-     "out": "q.npy" or null} -> {"seconds": time of one image (unary, both kernels, T iterations)}
+    {"cmd": "crf", "probs": "p.npy" (float32 [H,W,C] or [N,H,W,C]), "image": "i.npy" (uint8 [H,W,3] or
+     [N,H,W,3]), "iterations": T, "out": "q.npy" or null, "argmax": "a.npy" or null,
+     "sxy": 80, "srgb": 13, "compat": 10 (the bilateral kernel's; optional, DeepLab's by default)}
+     -> {"seconds": time of the images (unary, both kernels, T iterations each)}; "out" gets Q (float32, the
+     shape of probs), "argmax" the labels argmax Q (uint8 [H,W] or [N,H,W]); a stack is N separate images
     {"cmd": "quit"}
 
-Settings: DeepLab's dense CRF as in pydensecrf's README: unary -log p, a Gaussian kernel (sxy 3, compat 3) and
-a bilateral one (sxy 80, srgb 13, compat 10), Potts compatibility.
+Settings: unary -log p, a Gaussian kernel (sxy 3, compat 3) and a bilateral one, Potts compatibility; the
+bilateral kernel's defaults are DeepLab's as in pydensecrf's README (sxy 80, srgb 13, compat 10).
 """
 from __future__ import annotations
 
@@ -19,8 +23,12 @@ import time
 from importlib import metadata
 
 
-def dense_crf(probs, image, iterations: int):
-    """probs [H,W,C] float32, image [H,W,3] uint8 -> Q [H,W,C] after `iterations` mean-field steps."""
+BILATERAL = dict(sxy=80, srgb=13, compat=10)  # DeepLab's
+
+
+def dense_crf(probs, image, iterations: int, sxy: float = 80, srgb: float = 13, compat: float = 10):
+    """probs [H,W,C] float32, image [H,W,3] uint8 -> Q [H,W,C] after `iterations` mean-field steps, with the
+    bilateral kernel (sxy, srgb, compat)."""
     import numpy as np
     import pydensecrf.densecrf as dcrf
 
@@ -29,7 +37,7 @@ def dense_crf(probs, image, iterations: int):
     unary = -np.log(np.maximum(probs, 1e-12)).transpose(2, 0, 1).reshape(classes, -1)
     crf.setUnaryEnergy(np.ascontiguousarray(unary, np.float32))
     crf.addPairwiseGaussian(sxy=3, compat=3)
-    crf.addPairwiseBilateral(sxy=80, srgb=13, rgbim=np.ascontiguousarray(image), compat=10)
+    crf.addPairwiseBilateral(sxy=sxy, srgb=srgb, rgbim=np.ascontiguousarray(image), compat=compat)
     return np.asarray(crf.inference(iterations)).reshape(classes, height, width).transpose(1, 2, 0)
 
 
@@ -44,11 +52,17 @@ def main() -> None:
             reply = {"pydensecrf": metadata.version("pydensecrf2")}
         else:
             probs, image = np.load(request["probs"]), np.load(request["image"])
+            bilateral = {key: float(request.get(key, value)) for key, value in BILATERAL.items()}
+            stack = probs.ndim == 4
             start = time.perf_counter()
-            q = dense_crf(probs, image, int(request["iterations"]))
+            q = np.stack([dense_crf(p, i, int(request["iterations"]), **bilateral)
+                          for p, i in zip(*((probs, image) if stack else (probs[None], image[None])))])
             reply = {"seconds": time.perf_counter() - start}
+            q = q if stack else q[0]
             if request.get("out"):
                 np.save(request["out"], q.astype(np.float32))
+            if request.get("argmax"):
+                np.save(request["argmax"], np.argmax(q, -1).astype(np.uint8))
         print(json.dumps(reply), flush=True)
 
 

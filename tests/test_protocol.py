@@ -153,3 +153,87 @@ def test_pac_bal_runs_every_arm_and_pairs_them(tmp_path, monkeypatch):
         assert got["mean_delta"] == pytest.approx(delta) and got["seeds_won"] == 3 and got["seeds"] == 3
     table = (tmp_path / "pac_bal.md").read_text()
     assert "| pac_bal - v3_bal | +2.00 [" in table and "| pac_bal | 3 | 53.10 |" in table
+
+
+GRID = {"semeda": (0.3, 1.0), "sobel": (1.2, 4.0)}
+RATES = (5e-4, 1e-3)
+
+
+def test_tuning_run_names():
+    """The protocol's own settings are its arms (reused); the others are named by setting and rate."""
+    assert protocol.run_name("ppce", None, 5e-4) == "ppce" and protocol.run_name("semeda", 1.0, 5e-4) == "semeda"
+    assert protocol.run_name("ppce", None, 1e-3) == "ppce_lr0.001"
+    assert protocol.run_name("semeda", 0.3, 2.5e-4) == "semeda_scale0.3_lr0.00025"
+    assert protocol.run_name("sobel", 4.0, 1e-3) == "sobel_coefficient4_lr0.001"
+    config = protocol.base_config(tiny=True)
+    assert protocol.tuned_overrides(config, "semeda", 0.1) == {"semeda.lambdas": pytest.approx((0.2, 0.4, 0.0))}
+    assert protocol.tuned_overrides(config, "ppce", None) == {}
+    tuned = protocol.finetune_config(config, "sobel", 0, 4, "/pre", "/g", 1e-3, {"sobel.coefficient": 1.2})
+    assert tuned.losses.sobel.coefficient == 1.2 and tuned.optimizer.learning_rate == 1e-3
+
+
+def test_tuning_selection_on_known_numbers():
+    """select_settings: the largest mean over seeds of (mIoU gain + trimap w=3 gain) against ppce at the same
+    rate; a setting with a failed seed is not eligible; an arm with none eligible gets no choice."""
+    def row(seed, miou, w3):
+        return dict(seed=seed, scores=dict(miou=miou, boundary_w3=w3))
+
+    runs = {"ppce": [row(0, 0.50, 0.30), row(1, 0.52, 0.32)],
+            "ppce_lr0.001": [row(0, 0.40, 0.20), row(1, 0.40, 0.20)],
+            # lr 5e-4: gains (0.01 + 0.00, 0.01 + 0.02) -> 0.02 (scale 0.3); scale 1: -0.01
+            "semeda_scale0.3_lr0.0005": [row(0, 0.51, 0.30), row(1, 0.53, 0.34)],
+            "semeda": [row(0, 0.49, 0.30), row(1, 0.52, 0.31)],
+            # lr 1e-3: scores below lr 5e-4's but gains against ppce_lr0.001 larger: 0.05 and 0.08 (failed seed)
+            "semeda_scale0.3_lr0.001": [row(0, 0.43, 0.22), row(1, 0.42, 0.23)],
+            "semeda_scale1_lr0.001": [row(0, 0.45, 0.23), dict(seed=1, failed="NonFiniteError: x")],
+            "sobel_coefficient1.2_lr0.0005": [dict(seed=0, failed="x"), row(1, 0.6, 0.4)]}
+    chosen = protocol.select_settings(runs, (0, 1), GRID, RATES)
+    semeda = chosen["semeda"]
+    assert (semeda["value"], semeda["lr"]) == (0.3, 1e-3) and semeda["gain"] == pytest.approx(0.05)
+    assert semeda["gains"]["semeda_scale0.3_lr0.0005"] == pytest.approx(0.02)
+    assert semeda["gains"]["semeda"] == pytest.approx(-0.01)
+    assert semeda["gains"]["semeda_scale1_lr0.001"] is None
+    assert chosen["sobel"]["value"] is None and set(chosen["sobel"]["gains"].values()) == {None}
+    table = protocol.format_tuning(dict(seeds=[0, 1], steps=5, grid=GRID, rates=list(RATES), runs=runs,
+                                        chosen=chosen))
+    assert "| 0.3 | +2.00 | +5.00* |" in table and "| 1 | -1.00 | n/a |" in table
+    assert "chosen: scale 0.3, lr 0.001 -> semeda_tuned" in table and "chosen: none" in table
+    assert "| | 51.00 | 40.00 |" in table  # ppce's mIoU per rate
+    # one seed only: scale 1 at 1e-3 (gain 0.08 on seed 0) wins
+    assert protocol.select_settings(runs, (0,), GRID, RATES)["semeda"]["gain"] == pytest.approx(0.08)
+
+
+def test_tuning_end_to_end(tmp_path, monkeypatch):
+    """--tune at smoke size (a 2x2 grid per arm, 1-step runs, one seed): the tuning runs read data seed 2000 and
+    live in WORKDIR/tuning, the val arms read seed 0; the tables are written and a second call trains nothing."""
+    seen = []
+    real_run_arm = protocol.run_arm
+
+    def spy(config, workdir, log):
+        seen.append((config.dataset.seed, config.optimizer.learning_rate, workdir))
+        return real_run_arm(config, workdir, log)
+
+    monkeypatch.setattr(protocol, "run_arm", spy)
+    grid = {"semeda": (0.3, 1.0)}
+    result = protocol.run_tuning(str(tmp_path), seeds=(0,), compare_seeds=(0,), steps=1, pretrain_steps=2,
+                                 pretrain_images=8, grid=grid, rates=RATES, tiny=True, log=lambda line: None)
+    tuning_dirs = {w for s, _, w in seen if w.startswith(str(tmp_path / "tuning"))}
+    assert len(tuning_dirs) == 6 and all(s == protocol.TUNING_DATA_SEED for s, _, w in seen if w in tuning_dirs)
+    val = [(s, lr, w) for s, lr, w in seen if w not in tuning_dirs]
+    pick = result["tuning"]["chosen"]["semeda"]
+    assert {s for s, _, _ in val} == {0} and pick["value"] in (0.3, 1.0) and pick["lr"] in RATES
+    assert {w for _, _, w in val} == {str(tmp_path / protocol.run_name(arm, value, lr) / "seed0")
+                                      for arm, value, lr in (("ppce", None, 5e-4), ("ppce", None, pick["lr"]),
+                                                             ("semeda", pick["value"], pick["lr"]))}
+    assert all(lr == pick["lr"] for _, lr, w in val if "ppce/" not in w)
+    assert "semeda_tuned - " in (tmp_path / "tuned.md").read_text()
+    assert "*" in (tmp_path / "tuning.md").read_text()
+    assert json.loads((tmp_path / "tuning.json").read_text())["chosen"]["semeda"]["lr"] == pick["lr"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(protocol.stages, "run_train", no_training)
+    again = protocol.run_tuning(str(tmp_path), seeds=(0,), compare_seeds=(0,), steps=1, pretrain_steps=2,
+                                pretrain_images=8, grid=grid, rates=RATES, tiny=True, log=lambda line: None)
+    assert again["comparison"]["arms"] == result["comparison"]["arms"]
