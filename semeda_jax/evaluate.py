@@ -240,9 +240,9 @@ def eval_batches(reader, config: ml_collections.ConfigDict, mesh, stage: str, *,
                  inputs: Callable[[dict], dict] = lambda batch: {k: batch[k] for k in ("image", "label", "mask")}):
     """The eval stream of `reader`'s split (data/pipeline.eval_dataset of config.data; its files checked once per
     reader) -> (this process's NumPy batch, the global device batch of `inputs(batch)`, default {"image",
-    "label", "mask"}, on `data`); Preempted(stage=stage) before the next batch once any process got SIGTERM. With
-    `ids`, only those images, each read by every process (so that every process holds them all; the split's
-    files were checked)."""
+    "label", "mask"}, sharded by parallel.global_batch); Preempted(stage=stage) before the next batch once any
+    process got SIGTERM. With `ids`, only those images, each read by every process (so that every process holds
+    them all; the split's files were checked)."""
     from semeda_jax.data import pipeline  # TensorFlow is imported where data is read, not with the eval step
 
     shard = (jax.process_index(), jax.process_count()) if ids is None else (0, 1)

@@ -1,15 +1,15 @@
 """Stage 2 of SEMEDA (Algorithm 1): train f_theta with the config's loss mix, g_phi frozen.
 
 One pure `train_step(state, batch, frozen, dropout_key)` (`frozen`: the frozen networks the loss terms need,
-{"edge_net": g_phi params} or {}), jitted once with explicit shardings (parallel.py: the global batch's rows on
-the `data` mesh axis and its height on `spatial`, the state replicated or sharded) and the state (params, BN statistics, optimiser state, step)
-donated; optionally in micro-batches (config.train.grad_accum_steps) and in bfloat16 (config.mixed_precision).
-Everything a step depends on is a function of (seed, step): the data stream of the step's phase (phases.py; one
-phase without config.phases) starts at batch `step - phase start` (data/pipeline.py) and dropout keys are
-fold_in(seed key, step), so a run resumed from the checkpoint of step k reproduces the uninterrupted run bit for
-bit, inside any phase. The loop (TrainingRun) reads as its steps: restore_or_init, run_phase (each step under
-jax.transfer_guard("disallow")), log_window, eval_and_save. Checkpoints: WORKDIR/checkpoints/{latest,best},
-each recording its phase.
+{"edge_net": g_phi params} or {}), jitted once with explicit shardings (parallel.py: the global batch's rows on the
+`data` mesh axis and its height on `spatial`, the state replicated or sharded) and the state (params, BN statistics,
+optimiser state, step) donated; optionally in micro-batches (config.train.grad_accum_steps) and in bfloat16
+(config.mixed_precision). Everything a step depends on is a function of (seed, step): the data stream of the step's
+phase (phases.py; one phase without config.phases) starts at batch `step - phase start` (data/pipeline.py) and
+dropout keys are fold_in(seed key, step), so a run resumed from the checkpoint of step k reproduces the
+uninterrupted run bit for bit, inside any phase. The loop (TrainingRun) reads as its steps: restore_or_init,
+run_phase (each step under jax.transfer_guard("disallow")), log_window, eval_and_save. Checkpoints:
+WORKDIR/checkpoints/{latest,best}, each recording its phase.
 """
 from __future__ import annotations
 
