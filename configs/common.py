@@ -89,7 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
     # bfloat16 activations and matmuls; parameters, optimiser state, BN statistics and the loss stay float32.
     config.mixed_precision = False
     config.parallel = ml_collections.ConfigDict(dict(
-        model_parallelism=1,            # size of the `model` mesh axis (the `data` axis takes the other devices)
+        spatial_partitions=1,           # chips per image: height split over the `spatial` mesh axis (docs/usage.md)
         param_sharding="replicated",    # or "data": big parameter/optimiser leaves split over `data` (ZeRO-3)
     ))
 

@@ -110,7 +110,7 @@ def abstract_inputs(config: ml_collections.ConfigDict, mesh: Mesh) -> dict:
     key = jax.ShapeDtypeStruct((2,), jnp.uint32)
     state = jax.eval_shape(train.train_state_init(config, model), key)
     state = parallel.with_shardings(state, parallel.state_shardings(mesh, state, config.parallel.param_sharding))
-    replicated, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    replicated = parallel.replicated(mesh)
     num_classes = config.dataset.num_classes
     frozen = {net: jax.eval_shape(lambda k, init=objective.FROZEN_NETS[net]: init(k, num_classes), key)
               for net in sorted(objective.frozen_nets(config))}
@@ -123,20 +123,22 @@ def abstract_inputs(config: ml_collections.ConfigDict, mesh: Mesh) -> dict:
     def array(shape, dtype, sharding):
         return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
+    def batch(shape, dtype):
+        return array(shape, dtype, parallel.batch_sharding(mesh, len(shape)))
+
     return {"state": state,
-            "batch": {"image": array((size, *config.data.crop_size, 3), jnp.float32, batch),
-                      "label": array((size, *config.data.crop_size), jnp.int32, batch)},
+            "batch": {"image": batch((size, *config.data.crop_size, 3), jnp.float32),
+                      "label": batch((size, *config.data.crop_size), jnp.int32)},
             "frozen": parallel.with_shardings(frozen, jax.tree_util.tree_map(lambda _: replicated, frozen)),
             "dropout_key": array((2,), jnp.uint32, replicated),
-            "eval_batch": {"image": array((eval_size, *scaled_size(pad, config.data.input_scale), 3), jnp.float32,
-                                          batch),
-                           "label": array((eval_size, *pad), jnp.int32, batch),
-                           "mask": array((eval_size,), jnp.bool_, batch),
+            "eval_batch": {"image": batch((eval_size, *scaled_size(pad, config.data.input_scale), 3), jnp.float32),
+                           "label": batch((eval_size, *pad), jnp.int32),
+                           "mask": batch((eval_size,), jnp.bool_),
                            # evaluate.step_inputs' per-image inputs: index in the split, size, boundary widths
-                           "index": array((eval_size,), jnp.int32, batch),
-                           "boundary_sizes": array((eval_size, 2), jnp.int32, batch),
-                           "boundary_band_width": array((eval_size,), jnp.int32, batch),
-                           "boundary_tolerance": array((eval_size,), jnp.int32, batch)}}
+                           "index": batch((eval_size,), jnp.int32),
+                           "boundary_sizes": batch((eval_size, 2), jnp.int32),
+                           "boundary_band_width": batch((eval_size,), jnp.int32),
+                           "boundary_tolerance": batch((eval_size,), jnp.int32)}}
 
 
 def programs(config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, Callable[[], jax.stages.Lowered]]:

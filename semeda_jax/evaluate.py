@@ -179,8 +179,9 @@ def worst_images(scores: Sequence[dict], ids: Sequence[str], count: int) -> dict
 def jit_eval_counts(apply_fn, spec: inference.InferenceSpec, output_stride: int, num_classes: int,
                     widths: tuple[int, ...], mesh) -> Callable:
     """eval_counts of `spec`'s predictions jitted for `mesh` (counts and per-image scores replicated, per-image
-    maps batch-sharded); cached, so the periodic evaluations of one training run compile it once."""
-    per_image = parallel.batch_sharding(mesh)
+    maps [B,H,W] sharded as the batch's labels); cached, so the periodic evaluations of one training run compile
+    it once. The batch's shardings are its arrays' (parallel.global_batch)."""
+    per_image = parallel.batch_sharding(mesh, 3)
     predict_fn = inference.build_predict_fn(spec, apply_fn, output_stride=output_stride)
     return jax.jit(functools.partial(eval_counts, predict_fn=predict_fn, num_classes=num_classes, widths=widths),
                    out_shardings={**{key: parallel.replicated(mesh) for key in COUNTS + PER_IMAGE},
@@ -239,9 +240,9 @@ def eval_batches(reader, config: ml_collections.ConfigDict, mesh, stage: str, *,
                  inputs: Callable[[dict], dict] = lambda batch: {k: batch[k] for k in ("image", "label", "mask")}):
     """The eval stream of `reader`'s split (data/pipeline.eval_dataset of config.data; its files checked once per
     reader) -> (this process's NumPy batch, the global device batch of `inputs(batch)`, default {"image",
-    "label", "mask"}, on `data`); Preempted(stage=stage) before the next batch once any process got SIGTERM. With
-    `ids`, only those images, each read by every process (so that every process holds them all; the split's
-    files were checked)."""
+    "label", "mask"}, sharded by parallel.global_batch); Preempted(stage=stage) before the next batch once any
+    process got SIGTERM. With `ids`, only those images, each read by every process (so that every process holds
+    them all; the split's files were checked)."""
     from semeda_jax.data import pipeline  # TensorFlow is imported where data is read, not with the eval step
 
     shard = (jax.process_index(), jax.process_count()) if ids is None else (0, 1)

@@ -1,10 +1,18 @@
 """One device mesh over all devices of all processes, and the shardings of the train/eval steps.
 
-    mesh  [data, model] = [device_count / m, m]   (m = config.parallel.model_parallelism, 1 today)
-    batch       [B,...]  sharded on `data`         B = config.data.batch_size, the GLOBAL batch
+    mesh  [data, spatial] = [device_count / s, s]   (s = config.parallel.spatial_partitions, default 1)
+    batch maps  [B,H,W,...]  PartitionSpec("data", "spatial")   rows over `data`, height over `spatial`
+    batch rows  [B] / [B,k]  PartitionSpec("data")             per-example values (mask, index, sizes)
     state       params, batch_stats, opt_state     replicated, or with param_sharding="data" every leaf of
                                                    >= 2^14 elements split along its largest divisible axis
     metrics, eval counts                           replicated (one value, the same on every process)
+
+`batch_sharding` gives a batch leaf's sharding by its rank; every caller (the train and eval steps, global
+batches, the compile stage's abstract inputs) takes it from there. With s > 1 one image is split by height over
+the s chips of its `spatial` group: XLA's SPMD partitioner runs each convolution on the local rows plus a halo
+exchanged with the neighbours, and reduces over the whole image where the math does (batch-norm statistics, loss
+means), so the numbers are those of s = 1 (tests/test_spatial.py). It pays when one image's activations do not
+fit one chip (large crops, e.g. 1024x2048 Cityscapes); every spatial group must lie inside one process.
 
 Every process reads B / process_count examples (data/pipeline.py shards the file ids per process);
 `global_batch` assembles those per-process arrays into one jax.Array with `make_array_from_process_local_data`,
@@ -26,17 +34,17 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from semeda_jax.validation import ConfigError, check_fields, check_positive_ints
 
-DATA_AXIS, MODEL_AXIS = "data", "model"
+DATA_AXIS, SPATIAL_AXIS = "data", "spatial"
 PARAM_SHARDINGS = ("replicated", "data")
-CONFIG_FIELDS = ("model_parallelism", "param_sharding")  # of config.parallel
+CONFIG_FIELDS = ("spatial_partitions", "param_sharding")  # of config.parallel
 MIN_SHARDED_SIZE = 2 ** 14  # smaller leaves stay replicated under param_sharding="data": not worth a gather
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """config.parallel (stages.check_config): only CONFIG_FIELDS; model_parallelism an integer >= 1, a known
+    """config.parallel (stages.check_config): only CONFIG_FIELDS; spatial_partitions an integer >= 1, a known
     param_sharding (whether the devices split evenly is known only at make_mesh)."""
     check_fields(config.parallel, CONFIG_FIELDS, "config.parallel")
-    check_positive_ints(config, ["parallel.model_parallelism"])
+    check_positive_ints(config, ["parallel.spatial_partitions"])
     _check_param_sharding(config.parallel.param_sharding)
 
 
@@ -53,22 +61,29 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
 
 def make_mesh(config: ml_collections.ConfigDict, devices: Sequence | None = None) -> Mesh:
-    """The [data, model] mesh over `devices` (default jax.devices(): all processes, in process order; or e.g.
-    the compile-only devices of a TPU topology)."""
+    """The [data, spatial] mesh over `devices` (default jax.devices(): all processes, in process order; or e.g.
+    the compile-only devices of a TPU topology). ConfigError unless spatial_partitions divides the devices and,
+    with several processes, each process's devices (a spatial group holds whole images of one process)."""
     devices = jax.devices() if devices is None else list(devices)
-    model = int(config.parallel.model_parallelism)
-    if model < 1 or len(devices) % model:
-        raise ConfigError(f"config.parallel.model_parallelism: {model} does not divide the {len(devices)} devices")
-    return Mesh(np.asarray(devices).reshape(len(devices) // model, model), (DATA_AXIS, MODEL_AXIS))
+    spatial = int(config.parallel.spatial_partitions)
+    if spatial < 1 or len(devices) % spatial:
+        raise ConfigError(f"config.parallel.spatial_partitions: {spatial} does not divide the {len(devices)} "
+                          f"devices")
+    if jax.process_count() > 1 and jax.local_device_count() % spatial:
+        raise ConfigError(f"config.parallel.spatial_partitions: {spatial} does not divide the "
+                          f"{jax.local_device_count()} devices of a process; a spatial group must lie inside one "
+                          f"process")
+    return Mesh(np.asarray(devices).reshape(len(devices) // spatial, spatial), (DATA_AXIS, SPATIAL_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over `data`, the rest replicated."""
-    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+def batch_sharding(mesh: Mesh, rank: int) -> NamedSharding:
+    """The sharding of a batch leaf of `rank`: an image or map [B,H,W,...] (rank >= 3) split by rows over `data`
+    and by height over `spatial`; a per-example value [B] or [B,k] over `data`, the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS, SPATIAL_AXIS) if rank >= 3 else PartitionSpec(DATA_AXIS))
 
 
 def local_batch_size(global_batch: int, mesh: Mesh, name: str = "config.data.batch_size",
@@ -92,20 +107,30 @@ def local_eval_batch_size(requested: int, mesh: Mesh) -> int:
 
 
 def global_batch(local: dict, mesh: Mesh) -> dict:
-    """{name: this process's rows [B/P,...]} -> {name: global jax.Array [B,...] sharded on `data`}."""
-    sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
+    """{name: this process's rows [B/P,...]} -> {name: global jax.Array [B,...] with its `batch_sharding`}.
+    ConfigError when a map's height does not split over the `spatial` axis."""
+    spatial = mesh.shape[SPATIAL_AXIS]
+    for name, value in local.items():
+        if np.ndim(value) >= 3 and np.shape(value)[1] % spatial:
+            raise ConfigError(f"config.parallel.spatial_partitions: {spatial} does not divide the height of the "
+                              f"batch's {name!r} {list(np.shape(value))}; use crop / eval pad heights (times "
+                              f"config.data.input_scale) that are multiples of {spatial}")
+    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), np.asarray(v))
+            for k, v in local.items()}
 
 
 def host_rows(array: jax.Array) -> np.ndarray:
-    """This process's rows of a batch-sharded global array, in order (the inverse of `global_batch`)."""
-    shards = sorted(array.addressable_shards, key=lambda shard: shard.index[0].start or 0)
-    starts, rows = [], []
-    for shard in shards:  # with a `model` axis several devices hold the same rows: keep one copy
-        if shard.index[0].start not in starts:
-            starts.append(shard.index[0].start)
-            rows.append(np.asarray(shard.data))
-    return np.concatenate(rows)
+    """This process's rows of a batch-sharded global array, in order (the inverse of `global_batch`): its shards
+    pasted into place (a spatial group lies inside one process, so they cover whole rows; copies on several
+    devices paste the same values)."""
+    shards = array.addressable_shards
+    first = min(shard.index[0].start or 0 for shard in shards)
+    last = max(shard.index[0].stop or array.shape[0] for shard in shards)
+    rows = np.empty((last - first, *array.shape[1:]), array.dtype)
+    for shard in shards:
+        start, stop = shard.index[0].start or 0, shard.index[0].stop or array.shape[0]
+        rows[(slice(start - first, stop - first), *shard.index[1:])] = np.asarray(shard.data)
+    return rows
 
 
 def _leaf_sharding(mesh: Mesh, leaf, mode: str) -> NamedSharding:

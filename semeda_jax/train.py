@@ -1,15 +1,15 @@
 """Stage 2 of SEMEDA (Algorithm 1): train f_theta with the config's loss mix, g_phi frozen.
 
 One pure `train_step(state, batch, frozen, dropout_key)` (`frozen`: the frozen networks the loss terms need,
-{"edge_net": g_phi params} or {}), jitted once with explicit shardings (parallel.py: the global batch on the
-`data` mesh axis, the state replicated or sharded) and the state (params, BN statistics, optimiser state, step)
-donated; optionally in micro-batches (config.train.grad_accum_steps) and in bfloat16 (config.mixed_precision).
-Everything a step depends on is a function of (seed, step): the data stream of the step's phase (phases.py; one
-phase without config.phases) starts at batch `step - phase start` (data/pipeline.py) and dropout keys are
-fold_in(seed key, step), so a run resumed from the checkpoint of step k reproduces the uninterrupted run bit for
-bit, inside any phase. The loop (TrainingRun) reads as its steps: restore_or_init, run_phase (each step under
-jax.transfer_guard("disallow")), log_window, eval_and_save. Checkpoints: WORKDIR/checkpoints/{latest,best},
-each recording its phase.
+{"edge_net": g_phi params} or {}), jitted once with explicit shardings (parallel.py: the global batch's rows on the
+`data` mesh axis and its height on `spatial`, the state replicated or sharded) and the state (params, BN statistics,
+optimiser state, step) donated; optionally in micro-batches (config.train.grad_accum_steps) and in bfloat16
+(config.mixed_precision). Everything a step depends on is a function of (seed, step): the data stream of the step's
+phase (phases.py; one phase without config.phases) starts at batch `step - phase start` (data/pipeline.py) and
+dropout keys are fold_in(seed key, step), so a run resumed from the checkpoint of step k reproduces the
+uninterrupted run bit for bit, inside any phase. The loop (TrainingRun) reads as its steps: restore_or_init,
+run_phase (each step under jax.transfer_guard("disallow")), log_window, eval_and_save. Checkpoints:
+WORKDIR/checkpoints/{latest,best}, each recording its phase.
 """
 from __future__ import annotations
 
@@ -231,8 +231,9 @@ def train_step(state: TrainState, batch: dict, frozen, *, loss_fn: objective.Obj
 def jit_train_step(config: ml_collections.ConfigDict, state: TrainState, mesh: Mesh, *, loss: str | None = None,
                    loss_key: str = "config.loss", schedule: optax.Schedule | None = None) -> Callable:
     """train_step of the mix `loss` (default config.loss) jitted with explicit shardings -> step(state, global
-    batch, frozen, dropout_key) -> (state, metrics): state as it is (donated), batch on `data`, the frozen nets,
-    the seed's dropout key and the metrics replicated. The key is an argument of the compiled program, not a
+    batch, frozen, dropout_key) -> (state, metrics): state as it is (donated), the batch's image and label rows
+    on `data` and height on `spatial` (parallel.batch_sharding), the frozen nets, the seed's dropout key and the
+    metrics replicated. The key is an argument of the compiled program, not a
     constant folded into it, so runs that differ only in their seed share one compilation (and its cache entry).
     `schedule` (default warm-up + poly over config.train.steps) only gives the logged learning rate."""
     schedule = learning_rate_schedule(config.optimizer, config.train.steps) if schedule is None else schedule
@@ -245,7 +246,8 @@ def jit_train_step(config: ml_collections.ConfigDict, state: TrainState, mesh: M
 
     state_sharding = jax.tree_util.tree_map(lambda x: x.sharding, state)
     replicated = parallel.replicated(mesh)
-    return jax.jit(step, in_shardings=(state_sharding, parallel.batch_sharding(mesh), replicated, replicated),
+    batch_sharding = {"image": parallel.batch_sharding(mesh, 4), "label": parallel.batch_sharding(mesh, 3)}
+    return jax.jit(step, in_shardings=(state_sharding, batch_sharding, replicated, replicated),
                    out_shardings=(state_sharding, replicated), donate_argnums=(0,))
 
 
@@ -392,7 +394,8 @@ class TrainingRun:
             log(f"[train] {config.model.name} ({backbone}, "
                 f"width {config.model.base_width}): {count_params(state.params) / 1e6:.2f}M parameters; "
                 f"loss {config.loss}; global batch {config.data.batch_size} on {self.mesh.shape[parallel.DATA_AXIS]} "
-                f"data-parallel devices, {jax.process_count()} process(es)")
+                f"data-parallel x {self.mesh.shape[parallel.SPATIAL_AXIS]} spatial devices, "
+                f"{jax.process_count()} process(es)")
             state = load_pretrained_backbone(config, state, log)
             if init_variables is None and config.train.init_checkpoint:
                 init_variables = load_init_checkpoint(config, self.mesh, log)

@@ -70,14 +70,15 @@ def initial_state(config, mesh):
     return train.create_train_state(config, tiny_model(config), jax.random.PRNGKey(0), mesh)
 
 
-def one_step(config, state, mesh, batch):
-    """-> {name: np.ndarray}: loss, gradients, BN statistics after the step, updated params (flattened)."""
+def one_step(config, state, mesh, batch, frozen=None):
+    """-> {name: np.ndarray}: loss, gradients, BN statistics after the step, updated params (flattened);
+    `frozen`: the loss terms' frozen nets ({"edge_net": g_phi params} or None)."""
     dropout_key = jax.random.PRNGKey(1)
     batch = parallel.global_batch(batch, mesh)
     loss, _, _, grads = jax.jit(lambda s, b: train.compute_gradients(
-        s, b, None, loss_fn=objective.Objective(config), key=dropout_key,
+        s, b, frozen, loss_fn=objective.Objective(config), key=dropout_key,
         accum_steps=config.train.grad_accum_steps))(state, batch)
-    state, metrics = train.jit_train_step(config, state, mesh)(state, batch, None, dropout_key)
+    state, metrics = train.jit_train_step(config, state, mesh)(state, batch, frozen, dropout_key)
     flat = {"loss": loss, "metric_loss": metrics["loss"]}
     for name, tree in (("grads", grads), ("params", state.params), ("stats", state.batch_stats)):
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
@@ -98,7 +99,7 @@ def max_diffs(a, b):
 def sharded_vs_single_device() -> dict:
     """Run in a process with 8 CPU devices: {scenario: {kind: max relative diff 8 devices vs 1}}."""
     assert jax.device_count() == 8, jax.devices()
-    one = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
+    one = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), (parallel.DATA_AXIS, parallel.SPATIAL_AXIS))
     eight = parallel.make_mesh(tiny_config())  # eval batches round up to a multiple of the 8 devices
     assert [parallel.local_eval_batch_size(b, eight) for b in (1, 8, 9)] == [8, 8, 16]
     parallel.MIN_SHARDED_SIZE = 1  # so that TinySegNet's leaves are sharded too under param_sharding="data"

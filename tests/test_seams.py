@@ -247,7 +247,7 @@ def test_a_term_is_traced_on_the_output_shapes_and_frozen_nets_of_the_registry(m
 @pytest.mark.parametrize("field, value, message", [
     ("parallel.param_sharding", "zero3", "config.parallel.param_sharding: unknown 'zero3'; valid: ['replicated', "
                                          "'data']"),
-    ("parallel.model_parallelism", 0, "config.parallel.model_parallelism: expected an integer >= 1, got 0"),
+    ("parallel.spatial_partitions", 0, "config.parallel.spatial_partitions: expected an integer >= 1, got 0"),
 ])
 def test_bad_parallel_settings_are_named_before_anything_runs(field, value, message):
     config = tiny_config(**{field: value})
