@@ -128,15 +128,8 @@ def abstract_inputs(config: ml_collections.ConfigDict, mesh: Mesh) -> dict:
                       "label": array((size, *config.data.crop_size), jnp.int32, batch)},
             "frozen": parallel.with_shardings(frozen, jax.tree_util.tree_map(lambda _: replicated, frozen)),
             "dropout_key": array((2,), jnp.uint32, replicated),
-            "eval_batch": {"image": array((eval_size, *scaled_size(pad, config.data.input_scale), 3), jnp.float32,
-                                          batch),
-                           "label": array((eval_size, *pad), jnp.int32, batch),
-                           "mask": array((eval_size,), jnp.bool_, batch),
-                           # evaluate.step_inputs' per-image inputs: index in the split, size, boundary widths
-                           "index": array((eval_size,), jnp.int32, batch),
-                           "boundary_sizes": array((eval_size, 2), jnp.int32, batch),
-                           "boundary_band_width": array((eval_size,), jnp.int32, batch),
-                           "boundary_tolerance": array((eval_size,), jnp.int32, batch)}}
+            "eval_batch": {key: array(spec.shape, spec.dtype, batch) for key, spec in evaluate.step_input_specs(
+                eval_size, pad, scaled_size(pad, config.data.input_scale)).items()}}
 
 
 def programs(config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, Callable[[], jax.stages.Lowered]]:
@@ -189,7 +182,42 @@ def collectives(hlo: str) -> list[dict]:
     return sorted(found.values(), key=lambda e: (COLLECTIVES.index(e["kind"]), e["dtype"]))
 
 
-OUT_OF_MEMORY = re.compile(r"Used ([\d.]+[KMGT]?) of ([\d.]+[KMGT]?) hbm")
+OUT_OF_MEMORY = re.compile(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm")
+UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+
+
+class DoesNotFit(Exception):
+    """XLA's out-of-memory compile error: `need` the bytes per chip it reports (None when it names none)."""
+
+    def __init__(self, need: int | None, text: str):
+        super().__init__(text)
+        self.need, self.text = need, text
+
+
+def compile_lowered(lower: Callable[[], jax.stages.Lowered]) -> jax.stages.Compiled:
+    """lower().compile(); XLA's RESOURCE_EXHAUSTED ("Used 20.24G of 15.75G hbm") is raised as DoesNotFit."""
+    try:
+        return lower().compile()
+    except Exception as error:  # noqa: BLE001 -- only the out-of-memory case is a user error
+        if "RESOURCE_EXHAUSTED" not in str(error):
+            raise
+        used = OUT_OF_MEMORY.search(str(error))
+        if used is None:
+            raise DoesNotFit(None, str(error).strip().splitlines()[0][:200]) from None
+        raise DoesNotFit(int(float(used[1]) * UNITS[used[2]]),
+                         f"{used[1]}{used[2]}B of {used[3]}{used[4]}B HBM per chip") from None
+
+
+def memory_sizes(compiled: jax.stages.Compiled) -> dict:
+    """Bytes per device of a compiled program: arguments, outputs, aliased (donated arguments reused as
+    outputs), temporaries, generated code, and their total (what the program holds at its peak)."""
+    memory = compiled.memory_analysis()
+    sizes = {"arguments": memory.argument_size_in_bytes, "outputs": memory.output_size_in_bytes,
+             "aliased": memory.alias_size_in_bytes, "temporaries": memory.temp_size_in_bytes,
+             "generated_code": memory.generated_code_size_in_bytes}
+    sizes["total"] = (sizes["arguments"] + sizes["outputs"] - sizes["aliased"] + sizes["temporaries"]
+                      + sizes["generated_code"])
+    return sizes
 
 
 def compile_program(name: str, lower: Callable[[], jax.stages.Lowered], topology: str, chip: Chip | None) -> dict:
@@ -197,20 +225,11 @@ def compile_program(name: str, lower: Callable[[], jax.stages.Lowered], topology
     ConfigError naming the topology, the need and the HBM."""
     start = time.perf_counter()
     try:
-        compiled = lower().compile()
-    except Exception as error:  # noqa: BLE001 -- only the out-of-memory case is a user error
-        if "RESOURCE_EXHAUSTED" not in str(error):
-            raise
-        used = OUT_OF_MEMORY.search(str(error))
-        need = f"{used[1]}B of {used[2]}B HBM per chip" if used else str(error).strip().splitlines()[0][:200]
-        raise ConfigError(f"--topology {topology}: the {name} step does not fit: it needs {need}") from None
+        compiled = compile_lowered(lower)
+    except DoesNotFit as error:
+        raise ConfigError(f"--topology {topology}: the {name} step does not fit: it needs {error.text}") from None
     seconds = time.perf_counter() - start
-    memory = compiled.memory_analysis()
-    sizes = {"arguments": memory.argument_size_in_bytes, "outputs": memory.output_size_in_bytes,
-             "aliased": memory.alias_size_in_bytes, "temporaries": memory.temp_size_in_bytes,
-             "generated_code": memory.generated_code_size_in_bytes}
-    sizes["total"] = (sizes["arguments"] + sizes["outputs"] - sizes["aliased"] + sizes["temporaries"]
-                      + sizes["generated_code"])
+    sizes = memory_sizes(compiled)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops, accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
@@ -225,9 +244,65 @@ def compile_program(name: str, lower: Callable[[], jax.stages.Lowered], topology
     return entry
 
 
-def compile_report(config: ml_collections.ConfigDict, topology: str, log: Callable[[str], None] = print) -> dict:
-    """The report of config's programs compiled for `topology` (see the module docstring)."""
+def largest_batch(measure: Callable[[int], tuple[float, bool]], limit: float, step: int = 1,
+                  known: dict | None = None, max_compiles: int = 6) -> dict:
+    """The largest per-chip batch (a multiple of `step`) whose program fits `limit` bytes, in few compiles.
+
+    measure(b) -> (bytes per chip at per-chip batch b, whether it compiled within the HBM); bytes may be inf
+    when a failed compile names none. Memory is close to linear in the batch: b = step and 2 step are measured,
+    the line through them extrapolated to `limit` and the prediction measured; when it does not fit, the next
+    guess interpolates between the largest batch that fits and the smallest that does not (bisection when
+    that one's bytes are unknown), until they are `step` apart or `max_compiles` measurements are spent.
+    `known` {b: (bytes, fits)}: measurements already made (not counted).
+    -> {"per_chip": the largest batch found to fit (0: not even `step`), "exact": whether the next multiple of
+    `step` was found not to fit, "measured": {b: [bytes, fits]}}."""
+    points = dict(known or {})
+    compiles = 0
+
+    def fits(b):
+        nonlocal compiles
+        if b not in points:
+            if compiles == max_compiles:
+                return None
+            compiles += 1
+            need, ok = measure(b)
+            points[b] = (need, ok and need <= limit)
+        return points[b][1]
+
+    def result(best):
+        return {"per_chip": best, "exact": best + step in points and not points[best + step][1],
+                "measured": {b: list(points[b]) for b in sorted(points)}}
+
+    if not fits(step):
+        return result(0)
+    if not fits(2 * step):
+        return result(step)
+    lo, hi = 2 * step, None  # lo fits; hi (when known) does not
+    slope = (points[2 * step][0] - points[step][0]) / step  # bytes per image
+    guess = lo + step * int((limit - points[lo][0]) // (slope * step)) if slope > 0 else 2 * lo
+    while guess > lo and (hi is None or guess < hi):
+        verdict = fits(guess)
+        if verdict is None:
+            break
+        if verdict and hi is None:  # the extrapolation verified
+            lo = guess
+            break
+        lo, hi = (guess, hi) if verdict else (lo, guess)
+        if hi - lo <= step:
+            break
+        need_lo, need_hi = points[lo][0], points[hi][0]
+        share = (limit - need_lo) / (need_hi - need_lo) if math.isfinite(need_hi) and need_hi > need_lo else 0.5
+        guess = min(max(lo + step * int(share * (hi - lo) // step), lo + step), hi - step)
+    return result(lo)
+
+
+def compile_report(config: ml_collections.ConfigDict, topology: str, log: Callable[[str], None] = print,
+                   fit_batch: bool = False) -> dict:
+    """The report of config's programs compiled for `topology` (see the module docstring); with `fit_batch`,
+    also the largest per-chip batch of the train step that fits the chip's HBM (`largest_batch`)."""
     devices, chip = topology_devices(topology)
+    if fit_batch and chip is None:
+        raise ConfigError(f"--fit_batch: needs a TPU topology (a chip with a known HBM), not --topology {topology}")
     mesh = parallel.make_mesh(config, devices)
     report = {"topology": topology, "devices": len(devices), "mesh": dict(mesh.shape),
               "chip": dataclasses.asdict(chip) if chip else None, "programs": {}}
@@ -235,7 +310,42 @@ def compile_report(config: ml_collections.ConfigDict, topology: str, log: Callab
         log(f"[compile] {name} step for {topology} ({len(devices)} devices)...")
         report["programs"][name] = compile_program(name, lower, topology, chip)
         log(program_line(name, report["programs"][name]))
+    if fit_batch:
+        report["largest_batch"] = fit_train_batch(config, mesh, chip, report["programs"]["train"], log)
     return report
+
+
+def fit_train_batch(config: ml_collections.ConfigDict, mesh: Mesh, chip: Chip, train_entry: dict,
+                    log: Callable[[str], None]) -> dict:
+    """largest_batch of the train step on `mesh` against the chip's HBM (per-chip batches in multiples of
+    config.train.grad_accum_steps; the config's own batch, `train_entry`, counts as measured)."""
+    data, limit = mesh.shape[parallel.DATA_AXIS], chip.hbm_gib * GIB
+    total = train_entry["memory_bytes"]["total"]
+
+    def measure(per_chip):
+        sized = config.copy_and_resolve_references()
+        sized.data.batch_size = per_chip * data
+        log(f"[compile] train step at {per_chip} per chip...")
+        try:
+            need, fits = memory_sizes(compile_lowered(programs(sized, mesh)["train"]))["total"], True
+        except DoesNotFit as error:
+            need, fits = (math.inf if error.need is None else error.need), False
+        log(f"[compile] train step at {per_chip} per chip: {need / GIB:.2f} GiB/chip"
+            f"{'' if fits else ' (does not fit)'}")
+        return need, fits
+
+    found = largest_batch(measure, limit, step=config.train.grad_accum_steps,
+                          known={config.data.batch_size // data: (total, total <= limit)})
+    found.update(global_batch=found["per_chip"] * data, hbm_bytes=limit)
+    log(f"[compile] {fit_line(found)}")
+    return found
+
+
+def fit_line(found: dict) -> str:
+    measured = ", ".join(f"{b}: {need / GIB:.2f}{'' if fits else ' (no)'}" for b, (need, fits) in
+                         found["measured"].items())
+    return (f"largest train batch that fits: {found['per_chip']} per chip ({found['global_batch']} global)"
+            f"{'' if found['exact'] else ', by the linear fit'}; GiB/chip by per-chip batch: {measured}")
 
 
 def program_line(name: str, entry: dict) -> str:
@@ -269,6 +379,8 @@ def markdown(report: dict, title: str) -> str:
     lines += ["", "| program | collective | dtype | count | MiB |", "|---|---|---|---|---|"]
     lines += [f"| {name} | {c['kind']} | {c['dtype']} | {c['count']} | {c['bytes'] / 2 ** 20:.1f} |"
               for name, entry in report["programs"].items() for c in entry["collectives"]]
+    if "largest_batch" in report:
+        lines += ["", fit_line(report["largest_batch"]).capitalize()]
     return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,7 @@ before jax initialises, which in the pytest process it already has.
 """
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -77,6 +78,52 @@ def test_out_of_memory_is_one_line():
         compile_report.compile_program("train", lower, "v5e-16", compile_report.CHIPS["v5e"])
     assert str(error.value) == ("--topology v5e-16: the train step does not fit: it needs 20.24GB of 15.75GB HBM "
                                 "per chip")
+
+
+def counting(need, cap=None):
+    """A fake compile of the train step: need(b) bytes per chip, out of memory above `cap` (XLA's own limit);
+    -> (measure, the batches it was called with)."""
+    calls = []
+
+    def measure(b):
+        calls.append(b)
+        return need(b), cap is None or need(b) <= cap
+
+    return measure, calls
+
+
+@pytest.mark.parametrize("need, limit, largest, calls", [
+    (lambda b: 10 + 3 * b, 100, 30, [1, 2, 30]),  # linear: the prediction is the answer, verified once
+    (lambda b: 10 + 3 * b, 12, 0, [1]),  # not even one image
+    (lambda b: 10 + 3 * b, 15, 1, [1, 2]),  # two do not fit: no prediction to verify
+    (lambda b: 10 + 3 * b + b * b / 10, 100, 18, [1, 2, 27, 16, 18, 19]),  # super-linear: stepped down
+    (lambda b: 10 + 3 * b if b < 20 else math.inf, 100, 19, [1, 2, 30, 16, 23, 19, 21, 20]),  # no size: bisect
+    (lambda b: 10 + 3 * b - b * b / 100, 100, 30, [1, 2, 30]),  # sub-linear: the prediction fits
+])
+def test_largest_batch_search(need, limit, largest, calls):
+    measure, called = counting(need)
+    found = compile_report.largest_batch(measure, limit, max_compiles=8)
+    assert found["per_chip"] == largest and called == calls
+    assert brute_force(need, limit) >= largest  # never claims a batch that does not fit
+    if found["exact"]:
+        assert brute_force(need, limit) == largest
+
+
+def brute_force(need, limit):
+    return max([b for b in range(1, 200) if need(b) <= limit], default=0)
+
+
+def test_largest_batch_counts_xla_out_of_memory_and_known_points():
+    # XLA rejects 12 bytes although the limit says 16: the compile, not the byte count, decides
+    measure, called = counting(lambda b: 10 + 3 * b, cap=15)
+    found = compile_report.largest_batch(measure, 16, known={1: (13, True)})
+    assert found == {"per_chip": 1, "exact": True, "measured": {1: [13, True], 2: [16, False]}} and called == [2]
+
+
+def test_largest_batch_in_micro_batch_multiples_and_compile_budget():
+    measure, called = counting(lambda b: 10 + 3 * b + b * b / 10)
+    found = compile_report.largest_batch(measure, 100, step=4, max_compiles=3)
+    assert called == [4, 8, 20] and found["per_chip"] == 8 and not found["exact"]
 
 
 def test_bf16_conv_kernel_gradient_in_float32():
