@@ -8,8 +8,9 @@ Everything a step depends on is a function of (seed, step): the data stream of t
 phase without config.phases) starts at batch `step - phase start` (data/pipeline.py) and dropout keys are
 fold_in(seed key, step), so a run resumed from the checkpoint of step k reproduces the uninterrupted run bit for
 bit, inside any phase. The loop (TrainingRun) reads as its steps: restore_or_init, run_phase (each step under
-jax.transfer_guard("disallow")), log_window, eval_and_save. Checkpoints: WORKDIR/checkpoints/{latest,best},
-each recording its phase.
+jax.transfer_guard("disallow")), log_window, eval_and_save. On GPU and TPU the step is compiled ahead of time
+and checked against the device memory before the first step (compiled_within). Checkpoints:
+WORKDIR/checkpoints/{latest,best}, each recording its phase.
 """
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from semeda_jax import compile_report
 from semeda_jax.models.layers import SpatialConv
 from semeda_jax.validation import ConfigError
 
+GIB = compile_report.GIB
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 HLO = """
@@ -124,6 +125,36 @@ def test_largest_batch_in_micro_batch_multiples_and_compile_budget():
     measure, called = counting(lambda b: 10 + 3 * b + b * b / 10)
     found = compile_report.largest_batch(measure, 100, step=4, max_compiles=3)
     assert called == [4, 8, 20] and found["per_chip"] == 8 and not found["exact"]
+
+
+def test_fit_train_batch_compiles_the_train_step_at_each_per_chip_batch(monkeypatch):
+    """fit_train_batch on the real lowering, with XLA's compile and memory analysis faked: 1 GiB + 3 GiB per
+    image of the lowered global batch on a 4 GiB chip; the config's own batch (2 per chip) is not compiled again."""
+    from configs import demo
+
+    config = demo.get_config("smoke")
+    config.data.batch_size = 2
+    config.train.grad_accum_steps = 1
+    lowered_batches = []
+
+    def compile_lowered(lower):
+        lowered_batches.append(lower().args_info[0][1]["image"].shape[0])
+        return lowered_batches[-1]
+
+    monkeypatch.setattr(compile_report, "compile_lowered", compile_lowered)
+    monkeypatch.setattr(compile_report, "memory_sizes", lambda images: {"total": (1 + 3 * images) * GIB})
+    chip = compile_report.Chip(tflops=1, hbm_tb_s=1, hbm_gib=4, cores=1)
+    mesh = compile_report.parallel.make_mesh(config, jax.devices("cpu")[:1])
+    found = compile_report.fit_train_batch(config, mesh, chip, {"memory_bytes": {"total": 7 * GIB}}, print)
+    assert lowered_batches == [1] and found["per_chip"] == 1 and found["exact"]
+    assert found["measured"] == {1: [4 * GIB, True], 2: [7 * GIB, False]} and found["global_batch"] == 1
+
+
+def test_fit_batch_needs_a_chip():
+    from configs import demo
+
+    with pytest.raises(ConfigError, match="--fit_batch: needs a TPU topology"):
+        compile_report.compile_report(demo.get_config("smoke"), "cpu:1", fit_batch=True)
 
 
 def test_bf16_conv_kernel_gradient_in_float32():
