@@ -310,8 +310,8 @@ def compile_report(config: ml_collections.ConfigDict, topology: str, log: Callab
         log(f"[compile] {name} step for {topology} ({len(devices)} devices)...")
         report["programs"][name] = compile_program(name, lower, topology, chip)
         log(program_line(name, report["programs"][name]))
-    if fit_batch:
-        report["largest_batch"] = fit_train_batch(config, mesh, chip, report["programs"]["train"], log)
+        if name == "train" and fit_batch:  # before the eval steps: its log lines come first
+            report["largest_batch"] = fit_train_batch(config, mesh, chip, report["programs"]["train"], log)
     return report
 
 
