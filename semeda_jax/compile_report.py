@@ -182,7 +182,10 @@ def collectives(hlo: str) -> list[dict]:
     return sorted(found.values(), key=lambda e: (COLLECTIVES.index(e["kind"]), e["dtype"]))
 
 
-OUT_OF_MEMORY = re.compile(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm")
+# XLA:TPU's out-of-memory errors: "Used 20.24G of 15.75G hbm", "... required for HLO temporaries (72.00G) exceeds
+# available HBM (15.75G)" -> (need, unit, HBM, unit).
+OUT_OF_MEMORY = (re.compile(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm"),
+                 re.compile(r"\(([\d.]+)([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)"))
 UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
 
 
@@ -201,7 +204,7 @@ def compile_lowered(lower: Callable[[], jax.stages.Lowered]) -> jax.stages.Compi
     except Exception as error:  # noqa: BLE001 -- only the out-of-memory case is a user error
         if "RESOURCE_EXHAUSTED" not in str(error):
             raise
-        used = OUT_OF_MEMORY.search(str(error))
+        used = next(filter(None, (pattern.search(str(error)) for pattern in OUT_OF_MEMORY)), None)
         if used is None:
             raise DoesNotFit(None, str(error).strip().splitlines()[0][:200]) from None
         raise DoesNotFit(int(float(used[1]) * UNITS[used[2]]),
@@ -327,12 +330,12 @@ def fit_train_batch(config: ml_collections.ConfigDict, mesh: Mesh, chip: Chip, t
         sized.data.batch_size = per_chip * data
         log(f"[compile] train step at {per_chip} per chip...")
         try:
-            need, fits = memory_sizes(compile_lowered(programs(sized, mesh)["train"]))["total"], True
+            need, refused = memory_sizes(compile_lowered(programs(sized, mesh)["train"]))["total"], ""
         except DoesNotFit as error:
-            need, fits = (math.inf if error.need is None else error.need), False
+            need, refused = (math.inf if error.need is None else error.need), error.text
         log(f"[compile] train step at {per_chip} per chip: {need / GIB:.2f} GiB/chip"
-            f"{'' if fits else ' (does not fit)'}")
-        return need, fits
+            + (f" (does not fit: {refused})" if refused else ""))
+        return need, not refused
 
     found = largest_batch(measure, limit, step=config.train.grad_accum_steps,
                           known={config.data.batch_size // data: (total, total <= limit)})

@@ -70,15 +70,22 @@ def test_program_entry_and_roofline():
     assert entry["roofline_ms"] >= 1e3 * entry["gflop"] * 1e9 / 459e12 and 0 < entry["mfu_ceiling"] <= 1
 
 
-def test_out_of_memory_is_one_line():
+@pytest.mark.parametrize("text, need", [
+    ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space hbm. Used 20.24G of "
+     "15.75G hbm. Exceeded hbm capacity by 4.49G.\nmore", "20.24G"),
+    ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (20.24G) exceeds "
+     "available HBM (15.75G).", "20.24G")])
+def test_out_of_memory_is_one_line(text, need):
     def lower():
-        raise RuntimeError("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space "
-                           "hbm. Used 20.24G of 15.75G hbm. Exceeded hbm capacity by 4.49G.\nmore")
+        raise RuntimeError(text)
 
     with pytest.raises(ConfigError) as error:
         compile_report.compile_program("train", lower, "v5e-16", compile_report.CHIPS["v5e"])
     assert str(error.value) == ("--topology v5e-16: the train step does not fit: it needs 20.24GB of 15.75GB HBM "
                                 "per chip")
+    with pytest.raises(compile_report.DoesNotFit) as error:
+        compile_report.compile_lowered(lower)
+    assert error.value.need == int(20.24 * 2 ** 30)
 
 
 def counting(need, cap=None):
