@@ -9,7 +9,9 @@ Everything is abstract (ShapeDtypeStructs with their shardings: the train state 
 batch, the frozen g_phi, the eval batch), so nothing is read, initialised or placed. The report, per chip:
 memory (arguments, outputs, temporaries, generated code, total against the chip's HBM), GFLOP and bytes accessed
 per step (XLA's cost analysis), the collectives of the compiled HLO by kind and dtype (count, operand bytes), a
-roofline lower bound of the step time, the MFU ceiling it implies, and the compile time.
+roofline lower bound of the step time, the MFU ceiling it implies, and the compile time. With fit_batch (the
+stage's --fit_batch), also the largest per-chip train batch that fits the chip's HBM (largest_batch: a few more
+compiles of the train step).
 """
 from __future__ import annotations
 
