@@ -275,6 +275,7 @@ def largest_batch(measure: Callable[[int], tuple[float, bool]], limit: float, st
         return points[b][1]
 
     def result(best):
+        best = max([best] + [b for b, (_, ok) in points.items() if ok])  # a known batch may be larger
         return {"per_chip": best, "exact": best + step in points and not points[best + step][1],
                 "measured": {b: list(points[b]) for b in sorted(points)}}
 

@@ -128,6 +128,12 @@ def test_largest_batch_counts_xla_out_of_memory_and_known_points():
     assert found == {"per_chip": 1, "exact": True, "measured": {1: [13, True], 2: [16, False]}} and called == [2]
 
 
+def test_largest_batch_keeps_a_larger_known_batch():
+    measure, called = counting(lambda b: 10 + 3 * b + b * b / 10)
+    found = compile_report.largest_batch(measure, 100, max_compiles=3, known={18: (96.4, True)})
+    assert called == [1, 2, 27] and found["per_chip"] == 18 and not found["exact"]
+
+
 def test_largest_batch_in_micro_batch_multiples_and_compile_budget():
     measure, called = counting(lambda b: 10 + 3 * b + b * b / 10)
     found = compile_report.largest_batch(measure, 100, step=4, max_compiles=3)
