@@ -9,7 +9,9 @@ Everything is abstract (ShapeDtypeStructs with their shardings: the train state 
 batch, the frozen g_phi, the eval batch), so nothing is read, initialised or placed. The report, per chip:
 memory (arguments, outputs, temporaries, generated code, total against the chip's HBM), GFLOP and bytes accessed
 per step (XLA's cost analysis), the collectives of the compiled HLO by kind and dtype (count, operand bytes), a
-roofline lower bound of the step time, the MFU ceiling it implies, and the compile time.
+roofline lower bound of the step time, the MFU ceiling it implies, and the compile time. With fit_batch (the
+stage's --fit_batch), also the largest per-chip train batch that fits the chip's HBM (largest_batch: a few more
+compiles of the train step).
 """
 from __future__ import annotations
 
@@ -131,14 +133,8 @@ def abstract_inputs(config: ml_collections.ConfigDict, mesh: Mesh) -> dict:
                       "label": batch((size, *config.data.crop_size), jnp.int32)},
             "frozen": parallel.with_shardings(frozen, jax.tree_util.tree_map(lambda _: replicated, frozen)),
             "dropout_key": array((2,), jnp.uint32, replicated),
-            "eval_batch": {"image": batch((eval_size, *scaled_size(pad, config.data.input_scale), 3), jnp.float32),
-                           "label": batch((eval_size, *pad), jnp.int32),
-                           "mask": batch((eval_size,), jnp.bool_),
-                           # evaluate.step_inputs' per-image inputs: index in the split, size, boundary widths
-                           "index": batch((eval_size,), jnp.int32),
-                           "boundary_sizes": batch((eval_size, 2), jnp.int32),
-                           "boundary_band_width": batch((eval_size,), jnp.int32),
-                           "boundary_tolerance": batch((eval_size,), jnp.int32)}}
+            "eval_batch": {key: batch(spec.shape, spec.dtype) for key, spec in evaluate.step_input_specs(
+                eval_size, pad, scaled_size(pad, config.data.input_scale)).items()}}
 
 
 def programs(config: ml_collections.ConfigDict, mesh: Mesh) -> dict[str, Callable[[], jax.stages.Lowered]]:
@@ -191,7 +187,45 @@ def collectives(hlo: str) -> list[dict]:
     return sorted(found.values(), key=lambda e: (COLLECTIVES.index(e["kind"]), e["dtype"]))
 
 
-OUT_OF_MEMORY = re.compile(r"Used ([\d.]+[KMGT]?) of ([\d.]+[KMGT]?) hbm")
+# XLA:TPU's out-of-memory errors: "Used 20.24G of 15.75G hbm", "... required for HLO temporaries (72.00G) exceeds
+# available HBM (15.75G)" -> (need, unit, HBM, unit).
+OUT_OF_MEMORY = (re.compile(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm"),
+                 re.compile(r"\(([\d.]+)([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)"))
+UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+
+
+class DoesNotFit(Exception):
+    """XLA's out-of-memory compile error: `need` the bytes per chip it reports (None when it names none)."""
+
+    def __init__(self, need: int | None, text: str):
+        super().__init__(text)
+        self.need, self.text = need, text
+
+
+def compile_lowered(lower: Callable[[], jax.stages.Lowered]) -> jax.stages.Compiled:
+    """lower().compile(); XLA's RESOURCE_EXHAUSTED ("Used 20.24G of 15.75G hbm") is raised as DoesNotFit."""
+    try:
+        return lower().compile()
+    except Exception as error:  # noqa: BLE001 -- only the out-of-memory case is a user error
+        if "RESOURCE_EXHAUSTED" not in str(error):
+            raise
+        used = next(filter(None, (pattern.search(str(error)) for pattern in OUT_OF_MEMORY)), None)
+        if used is None:
+            raise DoesNotFit(None, str(error).strip().splitlines()[0][:200]) from None
+        raise DoesNotFit(int(float(used[1]) * UNITS[used[2]]),
+                         f"{used[1]}{used[2]}B of {used[3]}{used[4]}B HBM per chip") from None
+
+
+def memory_sizes(compiled: jax.stages.Compiled) -> dict:
+    """Bytes per device of a compiled program: arguments, outputs, aliased (donated arguments reused as
+    outputs), temporaries, generated code, and their total (what the program holds at its peak)."""
+    memory = compiled.memory_analysis()
+    sizes = {"arguments": memory.argument_size_in_bytes, "outputs": memory.output_size_in_bytes,
+             "aliased": memory.alias_size_in_bytes, "temporaries": memory.temp_size_in_bytes,
+             "generated_code": memory.generated_code_size_in_bytes}
+    sizes["total"] = (sizes["arguments"] + sizes["outputs"] - sizes["aliased"] + sizes["temporaries"]
+                      + sizes["generated_code"])
+    return sizes
 
 
 def compile_program(name: str, lower: Callable[[], jax.stages.Lowered], topology: str, chip: Chip | None) -> dict:
@@ -199,20 +233,11 @@ def compile_program(name: str, lower: Callable[[], jax.stages.Lowered], topology
     ConfigError naming the topology, the need and the HBM."""
     start = time.perf_counter()
     try:
-        compiled = lower().compile()
-    except Exception as error:  # noqa: BLE001 -- only the out-of-memory case is a user error
-        if "RESOURCE_EXHAUSTED" not in str(error):
-            raise
-        used = OUT_OF_MEMORY.search(str(error))
-        need = f"{used[1]}B of {used[2]}B HBM per chip" if used else str(error).strip().splitlines()[0][:200]
-        raise ConfigError(f"--topology {topology}: the {name} step does not fit: it needs {need}") from None
+        compiled = compile_lowered(lower)
+    except DoesNotFit as error:
+        raise ConfigError(f"--topology {topology}: the {name} step does not fit: it needs {error.text}") from None
     seconds = time.perf_counter() - start
-    memory = compiled.memory_analysis()
-    sizes = {"arguments": memory.argument_size_in_bytes, "outputs": memory.output_size_in_bytes,
-             "aliased": memory.alias_size_in_bytes, "temporaries": memory.temp_size_in_bytes,
-             "generated_code": memory.generated_code_size_in_bytes}
-    sizes["total"] = (sizes["arguments"] + sizes["outputs"] - sizes["aliased"] + sizes["temporaries"]
-                      + sizes["generated_code"])
+    sizes = memory_sizes(compiled)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops, accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
@@ -227,9 +252,66 @@ def compile_program(name: str, lower: Callable[[], jax.stages.Lowered], topology
     return entry
 
 
-def compile_report(config: ml_collections.ConfigDict, topology: str, log: Callable[[str], None] = print) -> dict:
-    """The report of config's programs compiled for `topology` (see the module docstring)."""
+def largest_batch(measure: Callable[[int], tuple[float, bool]], limit: float, step: int = 1,
+                  known: dict | None = None, max_compiles: int = 6) -> dict:
+    """The largest per-chip batch (a multiple of `step`) whose program fits `limit` bytes, in few compiles.
+
+    measure(b) -> (bytes per chip at per-chip batch b, whether it compiled within the HBM); bytes may be inf
+    when a failed compile names none. Memory is close to linear in the batch: b = step and 2 step are measured,
+    the line through them extrapolated to `limit` and the prediction measured; when it does not fit, the next
+    guess interpolates between the largest batch that fits and the smallest that does not (bisection when
+    that one's bytes are unknown), until they are `step` apart or `max_compiles` measurements are spent.
+    `known` {b: (bytes, fits)}: measurements already made (not counted).
+    -> {"per_chip": the largest batch found to fit (0: not even `step`), "exact": whether the next multiple of
+    `step` was found not to fit, "measured": {b: [bytes, fits]}}."""
+    points = dict(known or {})
+    compiles = 0
+
+    def fits(b):
+        nonlocal compiles
+        if b not in points:
+            if compiles == max_compiles:
+                return None
+            compiles += 1
+            need, ok = measure(b)
+            points[b] = (need, ok and need <= limit)
+        return points[b][1]
+
+    def result(best):
+        best = max([best] + [b for b, (_, ok) in points.items() if ok])  # a known batch may be larger
+        return {"per_chip": best, "exact": best + step in points and not points[best + step][1],
+                "measured": {b: list(points[b]) for b in sorted(points)}}
+
+    if not fits(step):
+        return result(0)
+    if not fits(2 * step):
+        return result(step)
+    lo, hi = 2 * step, None  # lo fits; hi (when known) does not
+    slope = (points[2 * step][0] - points[step][0]) / step  # bytes per image
+    guess = lo + step * int((limit - points[lo][0]) // (slope * step)) if slope > 0 else 2 * lo
+    while guess > lo and (hi is None or guess < hi):
+        verdict = fits(guess)
+        if verdict is None:
+            break
+        if verdict and hi is None:  # the extrapolation verified
+            lo = guess
+            break
+        lo, hi = (guess, hi) if verdict else (lo, guess)
+        if hi - lo <= step:
+            break
+        need_lo, need_hi = points[lo][0], points[hi][0]
+        share = (limit - need_lo) / (need_hi - need_lo) if math.isfinite(need_hi) and need_hi > need_lo else 0.5
+        guess = min(max(lo + step * int(share * (hi - lo) // step), lo + step), hi - step)
+    return result(lo)
+
+
+def compile_report(config: ml_collections.ConfigDict, topology: str, log: Callable[[str], None] = print,
+                   fit_batch: bool = False) -> dict:
+    """The report of config's programs compiled for `topology` (see the module docstring); with `fit_batch`,
+    also the largest per-chip batch of the train step that fits the chip's HBM (`largest_batch`)."""
     devices, chip = topology_devices(topology)
+    if fit_batch and chip is None:
+        raise ConfigError(f"--fit_batch: needs a TPU topology (a chip with a known HBM), not --topology {topology}")
     mesh = parallel.make_mesh(config, devices)
     report = {"topology": topology, "devices": len(devices), "mesh": dict(mesh.shape),
               "chip": dataclasses.asdict(chip) if chip else None, "programs": {}}
@@ -237,7 +319,42 @@ def compile_report(config: ml_collections.ConfigDict, topology: str, log: Callab
         log(f"[compile] {name} step for {topology} ({len(devices)} devices)...")
         report["programs"][name] = compile_program(name, lower, topology, chip)
         log(program_line(name, report["programs"][name]))
+        if name == "train" and fit_batch:  # before the eval steps: its log lines come first
+            report["largest_batch"] = fit_train_batch(config, mesh, chip, report["programs"]["train"], log)
     return report
+
+
+def fit_train_batch(config: ml_collections.ConfigDict, mesh: Mesh, chip: Chip, train_entry: dict,
+                    log: Callable[[str], None]) -> dict:
+    """largest_batch of the train step on `mesh` against the chip's HBM (per-chip batches in multiples of
+    config.train.grad_accum_steps; the config's own batch, `train_entry`, counts as measured)."""
+    data, limit = mesh.shape[parallel.DATA_AXIS], chip.hbm_gib * GIB
+    total = train_entry["memory_bytes"]["total"]
+
+    def measure(per_chip):
+        sized = config.copy_and_resolve_references()
+        sized.data.batch_size = per_chip * data
+        log(f"[compile] train step at {per_chip} per chip...")
+        try:
+            need, refused = memory_sizes(compile_lowered(programs(sized, mesh)["train"]))["total"], ""
+        except DoesNotFit as error:
+            need, refused = (math.inf if error.need is None else error.need), error.text
+        log(f"[compile] train step at {per_chip} per chip: {need / GIB:.2f} GiB/chip"
+            + (f" (does not fit: {refused})" if refused else ""))
+        return need, not refused
+
+    found = largest_batch(measure, limit, step=config.train.grad_accum_steps,
+                          known={config.data.batch_size // data: (total, total <= limit)})
+    found.update(global_batch=found["per_chip"] * data, hbm_bytes=limit)
+    log(f"[compile] {fit_line(found)}")
+    return found
+
+
+def fit_line(found: dict) -> str:
+    measured = ", ".join(f"{b}: {need / GIB:.2f}{'' if fits else ' (no)'}" for b, (need, fits) in
+                         found["measured"].items())
+    return (f"largest train batch that fits: {found['per_chip']} per chip ({found['global_batch']} global)"
+            f"{'' if found['exact'] else ', by the linear fit'}; GiB/chip by per-chip batch: {measured}")
 
 
 def program_line(name: str, entry: dict) -> str:
@@ -271,6 +388,8 @@ def markdown(report: dict, title: str) -> str:
     lines += ["", "| program | collective | dtype | count | MiB |", "|---|---|---|---|---|"]
     lines += [f"| {name} | {c['kind']} | {c['dtype']} | {c['count']} | {c['bytes'] / 2 ** 20:.1f} |"
               for name, entry in report["programs"].items() for c in entry["collectives"]]
+    if "largest_batch" in report:
+        lines += ["", fit_line(report["largest_batch"]).capitalize()]
     return "\n".join(lines) + "\n"
 
 

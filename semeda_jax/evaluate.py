@@ -88,17 +88,33 @@ def boundary_widths(config: ml_collections.ConfigDict) -> tuple[int, int]:
     return int(config.eval.get("boundary_width") or 0), int(config.eval.get("boundary_tolerance") or 0)
 
 
+def step_input_specs(batch_size: int, label_size: Sequence[int], image_size: Sequence[int]) -> dict:
+    """{key: jax.ShapeDtypeStruct} of the eval batch eval_counts reads (`step_inputs` makes it from the data,
+    compile_report lowers the step on it): image f32 [B,SH,SW,3] at `image_size` (the labels' size times the
+    input scale), label i32 [B,PH,PW] at `label_size`, mask bool [B], and per image its index in the split, its
+    true label size (height, width) and its Boundary IoU band width and tolerance in pixels (int32)."""
+    def spec(shape, dtype):
+        return jax.ShapeDtypeStruct((batch_size, *shape), dtype)
+
+    return {"image": spec((*image_size, 3), jnp.float32), "label": spec(tuple(label_size), jnp.int32),
+            "mask": spec((), jnp.bool_), "index": spec((), jnp.int32), "boundary_sizes": spec((2,), jnp.int32),
+            "boundary_band_width": spec((), jnp.int32), "boundary_tolerance": spec((), jnp.int32)}
+
+
 def step_inputs(batch: dict, index_of: Mapping[str, int], boundary_pixels: tuple[int, int] = (0, 0)) -> dict:
-    """A NumPy eval batch -> the host arrays eval_counts reads: image, label, mask, the index of each image in
-    the split (`index_of` id -> index; -1 for fillers) and the Boundary IoU inputs: each image's true label
-    size (height, width) (predictions are made at the labels' resolution, so it is also the prediction's), its
-    band width and tolerance in pixels (`boundary_pixels`; 0 = from the diagonal)."""
-    sizes = np.stack([batch["height"], batch["width"]], -1).astype(np.int32)
-    width, tolerance = (np.full(len(sizes), fixed, np.int32) if fixed else default(sizes) for fixed, default in
+    """A NumPy eval batch -> the host arrays of `step_input_specs` (keys and dtypes from there): image, label,
+    mask, the index of each image in the split (`index_of` id -> index; -1 for fillers) and the Boundary IoU
+    inputs: each image's true label size (height, width) (predictions are made at the labels' resolution, so it
+    is also the prediction's), its band width and tolerance in pixels (`boundary_pixels`; 0 = from the
+    diagonal)."""
+    sizes = np.stack([batch["height"], batch["width"]], -1)
+    width, tolerance = (np.full(len(sizes), fixed) if fixed else default(sizes) for fixed, default in
                         zip(boundary_pixels, (metrics.boundary_band_width, metrics.boundary_tolerance)))
-    return {**{key: batch[key] for key in ("image", "label", "mask")},
-            "index": np.array([index_of.get(i.decode(), -1) for i in batch["id"]], np.int32),
-            "boundary_sizes": sizes, "boundary_band_width": width, "boundary_tolerance": tolerance}
+    values = {**{key: batch[key] for key in ("image", "label", "mask")},
+              "index": [index_of.get(i.decode(), -1) for i in batch["id"]], "boundary_sizes": sizes,
+              "boundary_band_width": width, "boundary_tolerance": tolerance}
+    specs = step_input_specs(len(sizes), batch["label"].shape[1:3], batch["image"].shape[1:3])
+    return {key: np.asarray(values[key], spec.dtype) for key, spec in specs.items()}
 
 
 def sample_image(image: np.ndarray, label_size: Sequence[int], data_config) -> np.ndarray:

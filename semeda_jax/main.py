@@ -49,6 +49,8 @@ flags.DEFINE_list("stages", None, "Stages to run (edge_pretrain, train, learn_fu
 flags.DEFINE_string("images", None, "Folder of images for the predict stage.")
 flags.DEFINE_string("topology", None, "The compile stage's devices: a TPU topology (v5p-32, v5e-16, v4-32, v6e-8; "
                     "needs pip install -e .[tpu]) or cpu:N.")
+flags.DEFINE_bool("fit_batch", False, "The compile stage: also find the largest per-chip train batch that fits the "
+                  "chip's HBM (a few more compiles).")
 flags.DEFINE_bool("distributed", False, "Multi-process run: call jax.distributed.initialize first.")
 flags.DEFINE_string("coordinator_address", None, "--distributed: host:port of process 0 (default: from the "
                     "environment, e.g. SLURM or Cloud TPU).")
@@ -80,7 +82,8 @@ def run(config, workdir: str, stages, images: str | None) -> None:
     stage_lib.check_config(config)
     stage_lib.check_run(config, stages, workdir)
     workdir = workdir_lib.prepare(workdir)
-    options = {"predict": {"images": images}, "compile": {"topology": FLAGS.topology}}  # the stages' own flags
+    options = {"predict": {"images": images},  # the stages' own flags
+               "compile": {"topology": FLAGS.topology, "fit_batch": FLAGS.fit_batch}}
     # Training stages hold the workdir exclusively; eval, predict and export alone run beside a training (they
     # read only finished checkpoints and write only reports, plots, predictions/ and export/).
     training = bool({"edge_pretrain", "train", "learn_fusion"} & set(stages))

@@ -12,7 +12,8 @@
                    artifacts with a symbolic batch + manifest.json (export.py) -> WORKDIR/export
     compile        the train and eval steps compiled for `topology=` (--topology: v5p-32, v5e-16, v4-32, v6e-8,
                    cpu:8) from abstract shapes, no data or weights -> WORKDIR/compile_report.{json,md}: memory
-                   per chip against the HBM, GFLOP, bytes, collectives, roofline (compile_report.py)
+                   per chip against the HBM, GFLOP, bytes, collectives, roofline (compile_report.py); with
+                   --fit_batch also the largest per-chip train batch that fits
 Eval and predict with config.eval.inference.fusion = "learned" read WORKDIR/fusion_weights.json.
 """
 from __future__ import annotations
@@ -292,13 +293,15 @@ def run_export(config: ml_collections.ConfigDict, workdir: str, log: Log = print
                                os.path.join(workdir, "export"), class_names=class_names, log=log)
 
 
-def run_compile(config: ml_collections.ConfigDict, workdir: str, log: Log = print, *, topology: str | None) -> dict:
+def run_compile(config: ml_collections.ConfigDict, workdir: str, log: Log = print, *, topology: str | None,
+                fit_batch: bool = False) -> dict:
     """Will it fit? The train and eval steps compiled for `topology` without data or weights ->
-    WORKDIR/compile_report.{json,md} (compile_report.py); a step that does not fit is a one-line ConfigError."""
+    WORKDIR/compile_report.{json,md} (compile_report.py); a step that does not fit is a one-line ConfigError.
+    `fit_batch`: also the largest per-chip train batch that fits the chip's HBM."""
     if not topology:
         raise ConfigError("--topology: the compile stage needs a topology, e.g. v5p-32, v5e-16, v4-32, v6e-8 or "
                           "cpu:8")
-    report = compile_report.compile_report(config, topology, log)
+    report = compile_report.compile_report(config, topology, log, fit_batch=fit_batch)
     if jax.process_index() == 0:
         path = compile_report.write_report(report, workdir, f"{config.model.name}, loss {config.loss}")
         log(f"[compile] report written to {path}")

@@ -8,7 +8,8 @@ optimiser state, step) donated; optionally in micro-batches (config.train.grad_a
 phase (phases.py; one phase without config.phases) starts at batch `step - phase start` (data/pipeline.py) and
 dropout keys are fold_in(seed key, step), so a run resumed from the checkpoint of step k reproduces the
 uninterrupted run bit for bit, inside any phase. The loop (TrainingRun) reads as its steps: restore_or_init,
-run_phase (each step under jax.transfer_guard("disallow")), log_window, eval_and_save. Checkpoints:
+run_phase (each step under jax.transfer_guard("disallow")), log_window, eval_and_save. On GPU and TPU the step is
+compiled ahead of time and checked against the device memory before the first step (compiled_within). Checkpoints:
 WORKDIR/checkpoints/{latest,best}, each recording its phase.
 """
 from __future__ import annotations
@@ -251,6 +252,36 @@ def jit_train_step(config: ml_collections.ConfigDict, state: TrainState, mesh: M
                    out_shardings=(state_sharding, replicated), donate_argnums=(0,))
 
 
+def device_memory_limit(mesh: Mesh) -> int | None:
+    """The bytes a step may hold on each of `mesh`'s devices on GPU and TPU (the smallest
+    memory_stats()["bytes_limit"] of this process's devices); None on CPU (no fixed memory) or where the backend
+    reports no limit: then the fit check is skipped."""
+    if jax.default_backend() not in ("gpu", "tpu"):
+        return None
+    limits = [(device.memory_stats() or {}).get("bytes_limit") for device in mesh.local_devices]
+    return min(limits) if all(limits) else None
+
+
+def compiled_within(step: Callable, args: tuple, limit: int, name: str) -> jax.stages.Compiled:
+    """The jitted `step` compiled ahead of time for `args` (used for the steps, so nothing compiles twice); a
+    ConfigError naming `name`, its memory per device (compile_report.memory_sizes' total, or XLA's out-of-memory
+    figure) and `limit` when it needs more than `limit` bytes."""
+    from semeda_jax import compile_report  # it imports this module
+
+    try:
+        compiled = compile_report.compile_lowered(lambda: step.lower(*args))
+    except compile_report.DoesNotFit as error:  # XLA:TPU refuses what exceeds its HBM while compiling
+        need = error.text
+    else:
+        total = compile_report.memory_sizes(compiled)["total"]
+        if total <= limit:
+            return compiled
+        need = f"{total / compile_report.GIB:.4g} GiB per device"
+    raise ConfigError(f"{name} does not fit: it needs {need}, the device has {limit / compile_report.GIB:.4g} "
+                      f"GiB; lower the batch or crop size, or set config.train.grad_accum_steps or "
+                      f"config.mixed_precision")
+
+
 def train_batches(config: ml_collections.ConfigDict, reader, local_batch: int, process_index: int,
                   process_count: int, start_step: int = 0, seed: int | None = None):
     """Process `process_index`'s rows of the global training batches from `start_step` on (NumPy dicts), drawn
@@ -407,12 +438,20 @@ class TrainingRun:
                                                f"split {p.split})" for p in plan))
         return state, start
 
-    def step_fn(self, phase: phases_lib.Phase, state: TrainState) -> Callable:
-        """The jitted step of `phase`'s loss mix (compiled once per mix)."""
+    def step_fn(self, phase: phases_lib.Phase, state: TrainState, *args) -> Callable:
+        """The step of `phase`'s loss mix, compiled once per mix: on GPU and TPU ahead of time for the first
+        step's arguments (state, *args = batch, frozen, dropout_key) and checked against the device memory
+        (compiled_within), so a step that does not fit fails before the first step; elsewhere jitted."""
         if phase.loss not in self.step_fns:
             key = f"config.phases.{phase.name}.loss" if len(self.plan) > 1 else "config.loss"
-            self.step_fns[phase.loss] = jit_train_step(self.config, state, self.mesh, loss=phase.loss,
-                                                       loss_key=key, schedule=self.schedule)
+            step = jit_train_step(self.config, state, self.mesh, loss=phase.loss, loss_key=key,
+                                  schedule=self.schedule)
+            limit = device_memory_limit(self.mesh)
+            if limit is not None:
+                step = compiled_within(step, (state, *args), limit, f"the train step ({key} {phase.loss!r}, "
+                                       f"config.data.batch_size {self.config.data.batch_size}, config.data.crop_size "
+                                       f"{tuple(self.config.data.crop_size)})")
+            self.step_fns[phase.loss] = step
         return self.step_fns[phase.loss]
 
     def run_phase(self, state: TrainState, phase: phases_lib.Phase, batches, first: int, last: int, frozen,
@@ -421,11 +460,13 @@ class TrainingRun:
         then stepped under jax.transfer_guard("disallow") (an implicit host <-> device copy fails); log_window
         every log_every steps, eval_and_save every eval_every steps of the phase and at the end of training, else a
         checkpoint every checkpoint_every steps and at `last`. SIGTERM: a checkpoint of the step, Preempted."""
-        train_config, step_fn = self.config.train, self.step_fn(phase, state)
+        train_config = self.config.train
         for step in range(first + 1, last + 1):
             # The batch's placement is the step's one host -> device copy, made before the guard (jax counts the
             # multi-process placement as implicit); the jitted step must copy nothing else.
             batch = parallel.global_batch(next(batches), self.mesh)
+            if step == first + 1:
+                step_fn = self.step_fn(phase, state, batch, frozen, dropout_key)
             with jax.transfer_guard("disallow"):
                 state, metrics = step_fn(state, batch, frozen, dropout_key)
             self.window.append(metrics)

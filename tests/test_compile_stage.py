@@ -7,6 +7,7 @@ before jax initialises, which in the pytest process it already has.
 """
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from semeda_jax import compile_report
 from semeda_jax.models.layers import SpatialConv
 from semeda_jax.validation import ConfigError
 
+GIB = compile_report.GIB
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 HLO = """
@@ -68,15 +70,104 @@ def test_program_entry_and_roofline():
     assert entry["roofline_ms"] >= 1e3 * entry["gflop"] * 1e9 / 459e12 and 0 < entry["mfu_ceiling"] <= 1
 
 
-def test_out_of_memory_is_one_line():
+@pytest.mark.parametrize("text, need", [
+    ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space hbm. Used 20.24G of "
+     "15.75G hbm. Exceeded hbm capacity by 4.49G.\nmore", "20.24G"),
+    ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (20.24G) exceeds "
+     "available HBM (15.75G).", "20.24G")])
+def test_out_of_memory_is_one_line(text, need):
     def lower():
-        raise RuntimeError("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space "
-                           "hbm. Used 20.24G of 15.75G hbm. Exceeded hbm capacity by 4.49G.\nmore")
+        raise RuntimeError(text)
 
     with pytest.raises(ConfigError) as error:
         compile_report.compile_program("train", lower, "v5e-16", compile_report.CHIPS["v5e"])
     assert str(error.value) == ("--topology v5e-16: the train step does not fit: it needs 20.24GB of 15.75GB HBM "
                                 "per chip")
+    with pytest.raises(compile_report.DoesNotFit) as error:
+        compile_report.compile_lowered(lower)
+    assert error.value.need == int(20.24 * 2 ** 30)
+
+
+def counting(need, cap=None):
+    """A fake compile of the train step: need(b) bytes per chip, out of memory above `cap` (XLA's own limit);
+    -> (measure, the batches it was called with)."""
+    calls = []
+
+    def measure(b):
+        calls.append(b)
+        return need(b), cap is None or need(b) <= cap
+
+    return measure, calls
+
+
+@pytest.mark.parametrize("need, limit, largest, calls", [
+    (lambda b: 10 + 3 * b, 100, 30, [1, 2, 30]),  # linear: the prediction is the answer, verified once
+    (lambda b: 10 + 3 * b, 12, 0, [1]),  # not even one image
+    (lambda b: 10 + 3 * b, 15, 1, [1, 2]),  # two do not fit: no prediction to verify
+    (lambda b: 10 + 3 * b + b * b / 10, 100, 18, [1, 2, 27, 16, 18, 19]),  # super-linear: stepped down
+    (lambda b: 10 + 3 * b if b < 20 else math.inf, 100, 19, [1, 2, 30, 16, 23, 19, 21, 20]),  # no size: bisect
+    (lambda b: 10 + 3 * b - b * b / 100, 100, 30, [1, 2, 30]),  # sub-linear: the prediction fits
+])
+def test_largest_batch_search(need, limit, largest, calls):
+    measure, called = counting(need)
+    found = compile_report.largest_batch(measure, limit, max_compiles=8)
+    assert found["per_chip"] == largest and called == calls
+    assert brute_force(need, limit) >= largest  # never claims a batch that does not fit
+    if found["exact"]:
+        assert brute_force(need, limit) == largest
+
+
+def brute_force(need, limit):
+    return max([b for b in range(1, 200) if need(b) <= limit], default=0)
+
+
+def test_largest_batch_counts_xla_out_of_memory_and_known_points():
+    # XLA rejects 12 bytes although the limit says 16: the compile, not the byte count, decides
+    measure, called = counting(lambda b: 10 + 3 * b, cap=15)
+    found = compile_report.largest_batch(measure, 16, known={1: (13, True)})
+    assert found == {"per_chip": 1, "exact": True, "measured": {1: [13, True], 2: [16, False]}} and called == [2]
+
+
+def test_largest_batch_keeps_a_larger_known_batch():
+    measure, called = counting(lambda b: 10 + 3 * b + b * b / 10)
+    found = compile_report.largest_batch(measure, 100, max_compiles=3, known={18: (96.4, True)})
+    assert called == [1, 2, 27] and found["per_chip"] == 18 and not found["exact"]
+
+
+def test_largest_batch_in_micro_batch_multiples_and_compile_budget():
+    measure, called = counting(lambda b: 10 + 3 * b + b * b / 10)
+    found = compile_report.largest_batch(measure, 100, step=4, max_compiles=3)
+    assert called == [4, 8, 20] and found["per_chip"] == 8 and not found["exact"]
+
+
+def test_fit_train_batch_compiles_the_train_step_at_each_per_chip_batch(monkeypatch):
+    """fit_train_batch on the real lowering, with XLA's compile and memory analysis faked: 1 GiB + 3 GiB per
+    image of the lowered global batch on a 4 GiB chip; the config's own batch (2 per chip) is not compiled again."""
+    from configs import demo
+
+    config = demo.get_config("smoke")
+    config.data.batch_size = 2
+    config.train.grad_accum_steps = 1
+    lowered_batches = []
+
+    def compile_lowered(lower):
+        lowered_batches.append(lower().args_info[0][1]["image"].shape[0])
+        return lowered_batches[-1]
+
+    monkeypatch.setattr(compile_report, "compile_lowered", compile_lowered)
+    monkeypatch.setattr(compile_report, "memory_sizes", lambda images: {"total": (1 + 3 * images) * GIB})
+    chip = compile_report.Chip(tflops=1, hbm_tb_s=1, hbm_gib=4, cores=1)
+    mesh = compile_report.parallel.make_mesh(config, jax.devices("cpu")[:1])
+    found = compile_report.fit_train_batch(config, mesh, chip, {"memory_bytes": {"total": 7 * GIB}}, print)
+    assert lowered_batches == [1] and found["per_chip"] == 1 and found["exact"]
+    assert found["measured"] == {1: [4 * GIB, True], 2: [7 * GIB, False]} and found["global_batch"] == 1
+
+
+def test_fit_batch_needs_a_chip():
+    from configs import demo
+
+    with pytest.raises(ConfigError, match="--fit_batch: needs a TPU topology"):
+        compile_report.compile_report(demo.get_config("smoke"), "cpu:1", fit_batch=True)
 
 
 def test_bf16_conv_kernel_gradient_in_float32():
