@@ -289,7 +289,7 @@ def remat_loss_and_grads(backbone, remat, dtype):
 
 @pytest.mark.parametrize("backbone, remat, dtype", [("resnet", "blocks", jnp.float32),
                                                     ("resnet", "dots_saveable", jnp.bfloat16),
-                                                    ("xception", "blocks", jnp.bfloat16),
+                                                    ("xception", "blocks", jnp.float32),
                                                     ("xception", "dots_with_no_batch_dims_saveable", jnp.float32)])
 def test_remat_keeps_values_gradients_and_batch_stats(backbone, remat, dtype):
     want = remat_loss_and_grads(backbone, "none", dtype)
