@@ -19,8 +19,9 @@ stop_gradient: the gradient flows through the frozen net into the logits only.
 
 `compute_dtype` (objective.py passes bfloat16 under config.mixed_precision): the dtype of the passes at the
 labels' resolution, i.e. the two masks and g_phi's convolutions and embeddings. The softmax and the L1 sums stay
-float32; in bfloat16 the maps, the term's largest tensors, take half the bytes, at a relative error of the
-value and the logits' gradient of ~1% (tests/test_semeda.py bounds both against the float64 reference).
+float32; in bfloat16 the maps, the term's largest tensors, take half the bytes, at a relative error of ~2e-4
+in the value and ~3% (L2) in the logits' gradient (tests/test_semeda.py bounds both against the float64
+reference; docs/benchmarks.md, "Bytes per step").
 """
 from __future__ import annotations
 
