@@ -85,7 +85,10 @@ def base_config() -> ml_collections.ConfigDict:
         # True: the guided-filter mean-field CRF (config.eval.crf's settings) refines the logits inside the
         # model, in training (unrolled, differentiable) and inference; our extension, the guidance paper trains
         # piecewise (semeda_jax/crf.py, CRFLayer). No parameters: not part of the checkpoint fingerprint.
-        crf_layer=False))
+        crf_layer=False,
+        # What the backward pass recomputes of each ResNet / Xception block instead of storing it: "none",
+        # "blocks" (all but the block's input) or a jax.checkpoint_policies name (models/layers.py REMAT_MODES).
+        remat="none"))
     # bfloat16 activations and matmuls; parameters, optimiser state, BN statistics and the loss stay float32.
     config.mixed_precision = False
     config.parallel = ml_collections.ConfigDict(dict(

@@ -21,6 +21,9 @@ computes its mask once per step from the stop-gradient logits, with the hyperpar
 `config.sampler.<name>`, and passes it as `pixel_mask` to every term whose function takes one (`Term.masked`:
 ce, bal and the zoo; semeda, sobel, ohem, scl and multilabel ignore it). "ohem" is mmseg's OHEMPixelSampler
 design (losses.ohem_kept_mask): "ce" with it equals the "ohem" term.
+
+Under `config.mixed_precision` a term whose function takes a `compute_dtype` (semeda: its full-resolution maps
+and g_phi passes) gets bfloat16; the others compute as they are written (the logits are float32).
 """
 from __future__ import annotations
 
@@ -42,6 +45,11 @@ def keyword_only(fn: Callable) -> tuple[str, ...]:
                  if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
+# Keyword-only arguments of a term's function that the objective passes, not its config section: the sampler's
+# pixels, and under config.mixed_precision the compute dtype bfloat16 (to the terms that take one).
+STEP_ARGUMENTS = ("pixel_mask", "compute_dtype")
+
+
 @dataclasses.dataclass(frozen=True)
 class Term:
     """One loss term: fn(*outputs[reads], labels, *frozen[needs], **config.losses.<name> minus weight)."""
@@ -50,14 +58,20 @@ class Term:
     needs: tuple[str, ...] = ()
 
     def hyperparameters(self) -> tuple[str, ...]:
-        """The keyword-only arguments of fn but `pixel_mask`: the fields its config section may set besides
-        `weight`."""
-        return tuple(name for name in keyword_only(self.fn) if name != "pixel_mask")
+        """The keyword-only arguments of fn but those the objective passes (STEP_ARGUMENTS): the fields its
+        config section may set besides `weight`."""
+        return tuple(name for name in keyword_only(self.fn) if name not in STEP_ARGUMENTS)
 
     @property
     def masked(self) -> bool:
         """True when fn takes a `pixel_mask` (the sampler's pixels)."""
         return "pixel_mask" in keyword_only(self.fn)
+
+    @property
+    def has_compute_dtype(self) -> bool:
+        """True when fn takes a `compute_dtype` (of its full-resolution maps; bfloat16 under mixed precision)."""
+        return "compute_dtype" in keyword_only(self.fn)
+
 
 
 TERMS = {
@@ -254,6 +268,7 @@ class Objective:
         self.hyper = {name: {k: v for k, v in config.losses[name].to_dict().items() if k != "weight"}
                       for name in self.names}
         self.sampler, self.sampler_hyper = sampler_of(config)
+        self.compute_dtype = jnp.bfloat16 if config.get("mixed_precision") else None
 
     def reads(self, name: str) -> tuple[str, ...]:
         return TERMS[name].reads
@@ -276,6 +291,8 @@ class Objective:
         hyper = self.hyper[name]
         if self.sampler and term.masked:
             hyper = {**hyper, "pixel_mask": self.pixel_mask(outputs, labels) if pixel_mask is None else pixel_mask}
+        if self.compute_dtype is not None and term.has_compute_dtype:
+            hyper = {**hyper, "compute_dtype": self.compute_dtype}
         return self.weights[name] * term.fn(*(outputs[out] for out in term.reads), labels, *nets, **hyper)
 
     def __call__(self, outputs: dict, labels: jax.Array, frozen) -> tuple[jax.Array, dict]:

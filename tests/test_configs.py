@@ -123,6 +123,7 @@ def test_config_runs_every_stage_on_a_generated_dataset(name, arg, tmp_path, flo
      "config.model: depth: Xception depth 70 is not 23 + 3"),
     ({"model.backbone": "xceptoin"}, "config.model: backbone: unknown 'xceptoin'"),
     ({"model.output_stride": 4}, "config.model: output_stride: got 4"),
+    ({"model.remat": "layers"}, "config.model: remat: unknown 'layers'; valid values are ['none', 'blocks'"),
     ({"dataset.name": "vocc"}, "config.dataset.name: unknown 'vocc'"),
     ({"eval.f1_groups": "face"}, "config.eval.f1_groups: unknown 'face'"),
     ({"model.bn_group_size": 3}, "config.model.bn_group_size: 3 must"),

@@ -264,3 +264,56 @@ def test_jitted_forward_backward_of_tiny_v3plus_is_finite():
     assert all(np.isfinite(n) and n > 0 for n in jax.tree_util.tree_leaves(grad_norms))
     assert jax.tree_util.tree_structure(updates["batch_stats"]) == \
         jax.tree_util.tree_structure(variables["batch_stats"])
+
+
+# ---------------------------------------------------------------- rematerialisation
+
+
+def remat_loss_and_grads(backbone, remat, dtype):
+    """Loss, parameter gradients and batch_stats updates of a tiny v3+ (train-mode BN) built with `remat`."""
+    depth = 26 if backbone == "xception" else 18
+    model = build_model("deeplab_v3plus", num_classes=4, output_stride=16, bn_mode="train", backbone=backbone,
+                        depth=depth, base_width=8, remat=remat, dtype=dtype)
+    x = images()
+    labels = jax.random.randint(jax.random.PRNGKey(2), (2, 8, 8), 0, 4)
+    variables = model.init(KEY, x)
+
+    def loss_fn(params):
+        outputs, updates = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
+                                       mutable=["batch_stats"], rngs={"dropout": KEY})
+        return optax.softmax_cross_entropy_with_integer_labels(outputs["logits"], labels).mean(), updates
+
+    (loss, updates), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables["params"])
+    return loss, grads, updates
+
+
+@pytest.mark.parametrize("backbone, remat, dtype", [("resnet", "blocks", jnp.float32),
+                                                    ("resnet", "dots_saveable", jnp.bfloat16),
+                                                    ("xception", "blocks", jnp.float32),
+                                                    ("xception", "dots_with_no_batch_dims_saveable", jnp.float32)])
+def test_remat_keeps_values_gradients_and_batch_stats(backbone, remat, dtype):
+    want = remat_loss_and_grads(backbone, "none", dtype)
+    got = remat_loss_and_grads(backbone, remat, dtype)
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        if dtype == jnp.float32:
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+        else:  # the recomputed bfloat16 activations may be fused, so rounded, differently: bfloat16's tolerance
+            assert float(jnp.linalg.norm(g - w)) <= 3e-2 * float(jnp.linalg.norm(w)) + 1e-6
+
+
+def test_remat_recomputes_the_blocks_in_the_backward_pass():
+    model = build_model("deeplab_v3", num_classes=3, output_stride=16, remat="blocks", **TINY)
+    x = images()
+    variables = model.init(KEY, x)
+    jaxpr = jax.make_jaxpr(jax.grad(lambda p: model.apply({**variables, "params": p}, x)["logits"].sum()))(
+        variables["params"])
+    assert "remat" in str(jaxpr) or "checkpoint" in str(jaxpr)
+
+
+def test_unknown_remat_is_named():
+    with pytest.raises(ValueError, match=r"remat: unknown 'layers'; valid values are \['none', 'blocks'"):
+        build_model("deeplab_v3", num_classes=3, remat="layers", **TINY)
+    with pytest.raises(ValueError, match="remat: backbone 'vgg16' has no rematerialised blocks"):
+        build_model("deeplab_largefov", num_classes=3, remat="blocks")
+    build_model("deeplab_largefov", num_classes=3, remat="none")

@@ -165,3 +165,24 @@ def test_the_sampler_restricts_the_terms_that_take_a_pixel_mask_only(rng):
     masked_grad = jax.grad(lambda x: loss_fn.term("dice", {"logits": x}, labels, {}))(outputs["logits"])
     fixed_grad = jax.grad(lambda x: losses.dice_loss(x, labels, pixel_mask=kept))(outputs["logits"])
     np.testing.assert_allclose(masked_grad, fixed_grad, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("mixed_precision", [False, True])
+def test_mixed_precision_gives_the_semeda_term_bfloat16_maps(rng, mixed_precision):
+    """Under config.mixed_precision the objective passes compute_dtype=bfloat16 to the terms that take one
+    (semeda), not to the others; the dtype is the step's, not a hyperparameter of the term's section."""
+    config = config_of("ce+semeda", mixed_precision=mixed_precision)
+    edge_net = losses.init_edge_net(jax.random.PRNGKey(0), C)
+    logits = jnp.asarray(rng.normal(size=(2, 4, 5, C)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, C, size=(2, 8, 10)))
+    total, values = objective.Objective(config)({"logits": logits}, labels, {"edge_net": edge_net})
+    section = {k: v for k, v in config.losses.semeda.to_dict().items() if k != "weight"}
+    dtype = jnp.bfloat16 if mixed_precision else None
+    want = config.losses.semeda.weight * losses.semeda_loss(logits, labels, edge_net, **section, compute_dtype=dtype)
+    assert float(values["semeda"]) == pytest.approx(float(want), rel=1e-6)
+    assert float(values["ce"]) == pytest.approx(config.losses.ce.weight * float(losses.cross_entropy(logits, labels)))
+    assert not objective.TERMS["ce"].has_compute_dtype and "compute_dtype" not in objective.TERMS[
+        "semeda"].hyperparameters()
+    config.losses.semeda.compute_dtype = "bfloat16"
+    with pytest.raises(ConfigError, match="^config.losses.semeda.compute_dtype: no such hyperparameter"):
+        objective.check_config(config)

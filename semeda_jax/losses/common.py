@@ -64,21 +64,24 @@ def true_class_probability(logits: jax.Array, labels: jax.Array, ignore_label: i
     return jnp.exp(-pixel_cross_entropy(logits, labels, ignore_label))
 
 
-def void_neutral_masks(logits: jax.Array, labels: jax.Array, num_classes: int,
-                       ignore_label: int = IGNORE_LABEL) -> tuple[jax.Array, jax.Array, jax.Array]:
+def void_neutral_masks(logits: jax.Array, labels: jax.Array, num_classes: int, ignore_label: int = IGNORE_LABEL,
+                       dtype=None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The pair (S_hat, S*) that mask-matching losses (SEMEDA, Sobel) compare, plus the valid mask.
 
     logits [B,h,w,C], labels [B,H,W] -> (prediction [B,H,W,C] softmax at label resolution, truth [B,H,W,C]
-    one-hot, valid bool [B,H,W]; labels outside [0, C) count as void). At void pixels both masks hold stop_gradient(S_hat): a filter that straddles
-    void sees the same values in both branches, and no gradient reaches a void pixel's logits.
+    one-hot, valid bool [B,H,W]; labels outside [0, C) count as void). At void pixels both masks hold
+    stop_gradient(S_hat): a filter that straddles void sees the same values in both branches, and no gradient
+    reaches a void pixel's logits. The softmax is computed in float32 (or wider); `dtype` (default: that) is the
+    dtype of the two maps it returns, e.g. bfloat16 to halve the bytes of the full-resolution passes after it.
     """
     compute_dtype = jnp.promote_types(logits.dtype, jnp.float32)
+    dtype = compute_dtype if dtype is None else dtype
     labels = void_out_of_range(labels, num_classes, ignore_label)
-    probs = jax.nn.softmax(resize_to_labels(logits, labels).astype(compute_dtype), axis=-1)
+    probs = jax.nn.softmax(resize_to_labels(logits, labels).astype(compute_dtype), axis=-1).astype(dtype)
     valid = valid_mask(labels, ignore_label)
     frozen = jax.lax.stop_gradient(probs)
     prediction = jnp.where(valid[..., None], probs, frozen)
-    truth = jnp.where(valid[..., None], one_hot_labels(labels, num_classes, compute_dtype), frozen)
+    truth = jnp.where(valid[..., None], one_hot_labels(labels, num_classes, dtype), frozen)
     return prediction, truth, valid
 
 
@@ -96,9 +99,11 @@ def check_l1_reduction(reduction: str) -> None:
 
 
 def masked_l1(a: jax.Array, b: jax.Array, valid: jax.Array, reduction: str) -> jax.Array:
-    """a [B,H,W,K], b broadcastable to a, valid bool [B,H,W] -> scalar L1 distance over valid pixels."""
-    weights = valid.astype(a.dtype)
-    total = jnp.sum(jnp.sum(jnp.abs(a - b), axis=-1) * weights)
+    """a [B,H,W,K], b broadcastable to a, valid bool [B,H,W] -> scalar L1 distance over valid pixels, computed
+    and summed in float32 (or wider) whatever the maps' dtype."""
+    dtype = jnp.promote_types(a.dtype, jnp.float32)
+    weights = valid.astype(dtype)
+    total = jnp.sum(jnp.sum(jnp.abs(a.astype(dtype) - jnp.asarray(b).astype(dtype)), axis=-1) * weights)
     num_valid = jnp.maximum(jnp.sum(weights), 1.0)
     if reduction == "mean_pixels_sum_channels":
         return total / num_valid

@@ -69,7 +69,9 @@ def edge_net_embeddings(params: EdgeNetParams, masks: jax.Array, depth: int = 3)
         raise InputError(f"edge net depth: expected 1, 2 or 3 layers, got {depth!r}")
     embeddings = _relu_layers(params, masks, min(depth, 2))
     if depth == 3:
-        embeddings.append(jax.nn.softmax(_conv(embeddings[1], params["conv3"]), axis=-1))
+        edge_logits = _conv(embeddings[1], params["conv3"])  # softmax in float32 (or wider) at any map dtype
+        edge_logits = edge_logits.astype(jnp.promote_types(edge_logits.dtype, jnp.float32))
+        embeddings.append(jax.nn.softmax(edge_logits, axis=-1).astype(masks.dtype))
     return tuple(embeddings)
 
 

@@ -16,6 +16,12 @@ Void: at void pixels both branches receive stop_gradient(S_hat), so the two embe
 there, void pixels are left out of the reduction, and no gradient reaches the logits of a void pixel (not
 even through the 3x3 receptive fields of its valid neighbours). g_phi's parameters are wrapped in
 stop_gradient: the gradient flows through the frozen net into the logits only.
+
+`compute_dtype` (objective.py passes bfloat16 under config.mixed_precision): the dtype of the passes at the
+labels' resolution, i.e. the two masks and g_phi's convolutions and embeddings. The softmax and the L1 sums stay
+float32; in bfloat16 the maps, the term's largest tensors, take half the bytes, at a relative error of ~2e-4
+in the value and ~3% (L2) in the logits' gradient (tests/test_semeda.py bounds both against the float64
+reference; docs/benchmarks.md, "Bytes per step").
 """
 from __future__ import annotations
 
@@ -36,9 +42,10 @@ _MIN_SCALE = 1e-6
 
 def semeda_layer_losses(logits: jax.Array, labels: jax.Array, edge_net_params: EdgeNetParams, *,
                         reduction: str = "mean_pixels_sum_channels", normalize: bool = False,
-                        ignore_label: int = IGNORE_LABEL, depth: int = 3) -> jax.Array:
+                        ignore_label: int = IGNORE_LABEL, depth: int = 3, compute_dtype=None) -> jax.Array:
     """logits [B,h,w,C], labels [B,H,W], g_phi params -> [depth] float: L_1 ... L_depth of Eq. 5 (unweighted;
-    depth 3, all of them, by default).
+    depth 3, all of them, by default). `compute_dtype`: of the full-resolution maps (module doc; None: the
+    logits', at least float32).
 
     `reduction` is one of `losses.common.L1_REDUCTIONS`; the default, mean over valid pixels and sum over
     channels, keeps the paper's PPCE:SEMEDA ratio. `normalize`: the scale-normalised extension (module doc).
@@ -48,14 +55,15 @@ def semeda_layer_losses(logits: jax.Array, labels: jax.Array, edge_net_params: E
     check_l1_reduction(reduction)
     if not isinstance(normalize, bool):
         raise InputError(f"normalize: expected True or False, got {normalize!r}")
+    dtype = None if compute_dtype is None else jnp.dtype(compute_dtype)
     return _semeda_layer_losses(logits, labels, edge_net_params, reduction=reduction, normalize=normalize,
-                                ignore_label=ignore_label, depth=depth)
+                                ignore_label=ignore_label, depth=depth, dtype=dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("reduction", "normalize", "ignore_label", "depth"))
-def _semeda_layer_losses(logits, labels, edge_net_params, *, reduction, normalize, ignore_label, depth):
+@functools.partial(jax.jit, static_argnames=("reduction", "normalize", "ignore_label", "depth", "dtype"))
+def _semeda_layer_losses(logits, labels, edge_net_params, *, reduction, normalize, ignore_label, depth, dtype):
     num_classes = logits.shape[-1]
-    prediction, truth, valid = void_neutral_masks(logits, labels, num_classes, ignore_label)
+    prediction, truth, valid = void_neutral_masks(logits, labels, num_classes, ignore_label, dtype)
     frozen_params = jax.tree_util.tree_map(jax.lax.stop_gradient, edge_net_params)
     # Two passes of g_phi, not one over both stacked: the truth's embeddings need no backward pass (a stacked
     # pass would run the convolutions' input gradients over the truth half too; 1.9x the cost on CPU).
@@ -71,14 +79,14 @@ def _semeda_layer_losses(logits, labels, edge_net_params, *, reduction, normaliz
 
 def semeda_loss(logits: jax.Array, labels: jax.Array, edge_net_params: EdgeNetParams, *,
                 lambdas: Sequence[float] = VOC_LAMBDAS, reduction: str = "mean_pixels_sum_channels",
-                normalize: bool = False, ignore_label: int = IGNORE_LABEL) -> jax.Array:
+                normalize: bool = False, ignore_label: int = IGNORE_LABEL, compute_dtype=None) -> jax.Array:
     """logits [B,h,w,C], labels [B,H,W], g_phi params -> scalar sum_l lambda_l L_l (Eq. 4); `normalize`: the
-    scale-normalised extension (module doc)."""
+    scale-normalised extension, `compute_dtype` the full-resolution maps' dtype (module doc)."""
     if len(lambdas) != 3:
         raise InputError(f"lambdas: expected one weight per edge-net layer (3), got {tuple(lambdas)}")
     depth = _layers_needed(lambdas)
     layer_losses = semeda_layer_losses(logits, labels, edge_net_params, reduction=reduction, normalize=normalize,
-                                       ignore_label=ignore_label, depth=depth)
+                                       ignore_label=ignore_label, depth=depth, compute_dtype=compute_dtype)
     return jnp.dot(jnp.asarray(lambdas[:depth], layer_losses.dtype), layer_losses)
 
 

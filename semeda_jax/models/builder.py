@@ -30,6 +30,7 @@ import ml_collections
 from semeda_jax import crf
 from semeda_jax.models.deeplab import ASPPHead, ASPPLHead, DecoderHead, LargeFOVHead
 from semeda_jax.models.guidance import ClassificationBranch
+from semeda_jax.models.layers import check_remat
 from semeda_jax.models.pac import PACHead
 from semeda_jax.models.relation import RelationHead
 from semeda_jax.models.resnet import ResNet
@@ -135,6 +136,14 @@ def build_model(name: str, **fields) -> SegmentationModel:
                          "leave stem at 'standard'")
     if fields.get("depth") is None:
         fields["depth"] = DEFAULT_DEPTHS[backbone]
+    remat = fields.pop("remat", "none")
+    check_remat(remat)
+    if "remat" in constructor_fields(BACKBONES[backbone]):
+        fields["remat"] = remat
+    elif remat != "none":
+        takers = [name for name, cls in BACKBONES.items() if "remat" in constructor_fields(cls)]
+        raise ValueError(f"remat: backbone {backbone!r} has no rematerialised blocks, so only 'none' is valid "
+                         f"(the backbones that take it: {takers})")
     aux_names = _split_names(fields.get("aux_heads"))
     unknown_aux = [a for a in aux_names if a not in AUX_HEADS]
     if unknown_aux:

@@ -33,6 +33,12 @@ momentum is unused. Epsilon 1e-5 is torchvision's, so mapped torchvision/timm we
 The running variance is updated with the biased batch variance (flax), where torch uses the unbiased one: a
 (n-1)/n difference that only matters for tiny batches.
 
+Rematerialisation (`remat`, config.model.remat, applied by the ResNet and Xception backbones to each block):
+"none" stores every activation the backward pass needs; "blocks" stores only each block's input and recomputes
+the rest of the block in the backward pass (jax.checkpoint's default); a jax.checkpoint_policies name among
+REMAT_POLICIES recomputes all but what that policy saves (e.g. "dots_saveable": the matmul outputs, i.e. the
+1x1 convs'). The parameter and batch_stats trees, the values and the gradients do not depend on it.
+
 Padding: explicit symmetric `dilation * (k - 1) // 2` on each side, as in torchvision (not TF "SAME", which
 pads asymmetrically at stride 2), so mapped torchvision/timm weights give the same features and an input of
 size H gives ceil(H / stride) outputs at every stride (513 -> 257 -> 129 -> 65 -> 33, DeepLab's convention).
@@ -55,6 +61,9 @@ from semeda_jax.models.cpu_kernels import (conv_tapwise_vjp, depthwise_shifted, 
 BN_MODES = ("frozen", "train")
 DEFAULT_BN_MOMENTUM = 0.9
 DEFAULT_BN_EPSILON = 1e-5
+# jax.checkpoint_policies that `remat` may name besides "none" and "blocks" (see the module docstring).
+REMAT_POLICIES = ("dots_saveable", "dots_with_no_batch_dims_saveable")
+REMAT_MODES = ("none", "blocks", *REMAT_POLICIES)
 
 # He-normal over fan-out (torchvision's `kaiming_normal_(mode="fan_out", nonlinearity="relu")` for convs).
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -92,6 +101,22 @@ def check_bn_mode(bn_mode: str) -> None:
     """Raise ValueError unless `bn_mode` is one of BN_MODES."""
     if bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode: unknown {bn_mode!r}; valid modes are {list(BN_MODES)}")
+
+
+def check_remat(remat: str) -> None:
+    """Raise ValueError unless `remat` is one of REMAT_MODES."""
+    if remat not in REMAT_MODES:
+        raise ValueError(f"remat: unknown {remat!r}; valid values are {list(REMAT_MODES)}")
+
+
+def remat_block(cls: type[nn.Module], remat: str) -> type[nn.Module]:
+    """The block class `cls` (its __call__ is (x, train)) under `remat` (module docstring): cls itself for "none",
+    else nn.remat(cls) with that policy; same parameter names, values and gradients."""
+    check_remat(remat)
+    if remat == "none":
+        return cls
+    policy = None if remat == "blocks" else getattr(jax.checkpoint_policies, remat)
+    return nn.remat(cls, static_argnums=(2,), policy=policy)  # argument 2 (after self, x): the `train` flag
 
 
 class GroupedBatchNorm(nn.Module):

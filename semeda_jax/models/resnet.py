@@ -13,6 +13,8 @@ keeps the previous rate in the first block), and `multi_grid` (e.g. (1, 2, 4)) m
 of layer4 by multi_grid[i % len(multi_grid)]. The parameter tree does not depend on output stride or
 multi-grid, so one checkpoint serves every setting.
 
+`remat` (layers.REMAT_MODES): what the backward pass recomputes of each residual block (layers module docstring).
+
 Parameter names mirror torchvision 1:1 (a later weight-mapping module relies on this):
   torchvision            here
   conv1 / bn1            stem_conv / stem_bn            (deeplab stem: stem_conv1..3 / stem_bn1..3)
@@ -31,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from semeda_jax.models.layers import BatchNormed, check_bn_mode, conv, max_pool_3x3_s2
+from semeda_jax.models.layers import BatchNormed, check_bn_mode, conv, max_pool_3x3_s2, remat_block
 
 # depth -> (block kind, blocks per stage)
 RESNET_SPECS = {
@@ -112,6 +114,7 @@ class ResNet(BatchNormed):
     multi_grid: Sequence[int] | None = None
     base_width: int = 64
     num_classes: int | None = None
+    remat: str = "none"
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -135,6 +138,7 @@ class ResNet(BatchNormed):
         features = {}
         in_features = x.shape[-1]
         expansion = 1 if kind == "basic" else 4
+        block = remat_block(ResidualBlock, self.remat)
         for stage, (num_blocks, stride, rate) in enumerate(zip(stage_blocks, strides, dilations), start=1):
             planes = self.base_width * 2 ** (stage - 1)
             for i in range(num_blocks):
@@ -144,7 +148,7 @@ class ResNet(BatchNormed):
                 # Presence of the projection depends on the nominal (stride-32) layout only, so the parameter
                 # tree is the same at every output stride.
                 downsample = i == 0 and (stage > 1 or in_features != planes * expansion)
-                x = ResidualBlock(kind, planes, strides=stride if i == 0 else 1, dilation=block_rate,
+                x = block(kind, planes, strides=stride if i == 0 else 1, dilation=block_rate,
                                   downsample=downsample, name=f"layer{stage}_block{i}", **self.norm_kwargs())(x, train)
                 in_features = planes * expansion
             if stage == 1:

@@ -21,6 +21,7 @@ with the rate so far, and every later block's rate is multiplied by that stride 
 OS8: middle at 2, exit at 4). The projection shortcuts depend on the nominal (stride-32) layout only, so the
 parameter tree is the same at every output stride (timm drops blocks.4.shortcut at OS8; TF keeps it).
 `multi_grid` multiplies the rates of the last block's three separable convs (TF DeepLab's exit-flow unit rates).
+`remat` (layers.REMAT_MODES): what the backward pass recomputes of each block (layers module docstring).
 
 Parameter names mirror timm 1:1 (models/pretrained.py relies on this):
   timm xception71                              here
@@ -41,7 +42,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from semeda_jax.models.layers import BatchNormed, ConvBNReLU, DepthwiseConv, check_bn_mode, conv
+from semeda_jax.models.layers import BatchNormed, ConvBNReLU, DepthwiseConv, check_bn_mode, conv, remat_block
 
 XCEPTION_BN_EPSILON = 1e-3
 OUTPUT_STRIDES = (8, 16, 32)
@@ -148,6 +149,7 @@ class Xception(BatchNormed):
     base_width: int = 64
     depth: int = XCEPTION_DEPTH
     num_classes: int | None = None
+    remat: str = "none"
     bn_epsilon: float = dataclasses.field(default=XCEPTION_BN_EPSILON, kw_only=True)
 
     def width(self, channels: int) -> int:
@@ -166,6 +168,7 @@ class Xception(BatchNormed):
         features = {}
         nominal_stride, current_stride, rate = 2, 2, 1
         in_features = self.width(STEM_WIDTHS[-1])
+        block = remat_block(XceptionBlock, self.remat)
         for i, (widths, stride, residual) in enumerate(blocks):
             widths = tuple(self.width(c) for c in widths)
             rates = (rate,) * 3
@@ -176,7 +179,7 @@ class Xception(BatchNormed):
                 block_stride, rate = 1, rate * stride
             current_stride *= block_stride
             project = residual and (stride > 1 or in_features != widths[-1])
-            x, inner = XceptionBlock(widths, strides=block_stride, rates=rates, residual=residual, project=project,
+            x, inner = block(widths, strides=block_stride, rates=rates, residual=residual, project=project,
                                      name=f"block{i}", **self.norm_kwargs())(x, train)
             if nominal_stride == 4 and stride == 2:
                 features["low_level"] = inner
