@@ -123,6 +123,14 @@ def test_train_pipeline_shapes_determinism_resume(synth_root):
             np.testing.assert_array_equal(a["label"], b["label"])
 
 
+def test_pipelines_are_deterministic_and_not_autotuned(synth_root):
+    # Autotuning's optimisation thread made each stage's end wait up to its period (0-40 s seen) when the
+    # iterator was deleted; without it an AUTOTUNE parallelism is the core count (pipeline_options).
+    reader = data.VOCSegmentation(synth_root, "train", C)
+    for ds in (_train(reader), data.eval_dataset(reader, pad_size=(64, 64), batch_size=2)):
+        assert ds.options().deterministic is True and ds.options().autotune.enabled is False
+
+
 def test_train_pipeline_pads_small_images(tmp_path):
     reader = _make_voc(tmp_path, [(20, 30)] * 2, split="train")
     labels = [reader.load(i)[1] for i in reader.ids]

@@ -52,6 +52,18 @@ DEFAULT_STD = (58.395, 57.12, 57.375)
 AUTOTUNE = tf.data.AUTOTUNE
 
 
+def pipeline_options() -> tf.data.Options:
+    """Deterministic order, and no autotuning: an `AUTOTUNE` parallelism is then the host's core count.
+
+    Why: with autotuning on, deleting an iterator waits for tf.data's optimisation thread, which sleeps up to
+    its current period (it grows to a minute); each stage's end of the main job stalled 0-40 s there
+    (seen in the iterator's destructor, `RootDataset::Iterator::~Iterator`, docs/benchmarks.md)."""
+    options = tf.data.Options()
+    options.deterministic = True
+    options.autotune.enabled = False
+    return options
+
+
 def shard_ids(ids: Sequence[str], process_index: int, process_count: int) -> list[str]:
     """The ids process `process_index` reads: ids[process_index::process_count] (as Dataset.shard)."""
     if not 0 <= process_index < process_count:
@@ -190,9 +202,7 @@ def train_dataset(reader, *, crop_size: Sequence[int], batch_size: int,
     ds = tf.data.Dataset.counter(start=int(start_step) * int(batch_size), dtype=tf.int64)
     ds = ds.map(element, num_parallel_calls=num_parallel_calls, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=True, num_parallel_calls=num_parallel_calls, deterministic=True)
-    options = tf.data.Options()
-    options.deterministic = True
-    return ds.with_options(options).prefetch(prefetch)
+    return ds.with_options(pipeline_options()).prefetch(prefetch)
 
 
 def check_pad_size(reader, pad_size: Sequence[int], ids: Sequence[str] | None = None,
@@ -278,6 +288,4 @@ def eval_dataset(reader, *, pad_size: Sequence[int], batch_size: int, mean: Sequ
               "id": tf.constant("", tf.string), "mask": tf.constant(False)}
     ds = ds.concatenate(tf.data.Dataset.from_tensors(filler).repeat(num_fill))
     ds = ds.batch(batch_size, drop_remainder=True)
-    options = tf.data.Options()
-    options.deterministic = True
-    return ds.with_options(options).prefetch(prefetch)
+    return ds.with_options(pipeline_options()).prefetch(prefetch)
