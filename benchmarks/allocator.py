@@ -2,11 +2,15 @@
 
     python -m benchmarks.allocator                                 # demo job + R-101 step: glibc vs the chosen one
     python -m benchmarks.allocator --allocators glibc mimalloc tcmalloc --rounds 2
+    python -m benchmarks.allocator --workloads main step peer      # + the PyTorch peer's R-101 step
     python -m benchmarks.allocator --smoke                         # seconds to minutes: checks the script works
 
 Each row is one child process: the main job (`python -m semeda_jax.main --config=CONFIG`, its allocator picked
 with SEMEDA_JAX_ALLOCATOR; `--steps` shortens its training) or our DeepLab v3+ R-101 OS 16 train step (batch
-`--batch`, `--crop` px, `--step-count` timed steps after one warm-up; LD_PRELOAD set here). Rounds alternate the
+`--batch`, `--crop` px, `--step-count` timed steps after one warm-up; LD_PRELOAD set here) or the PyTorch peer's
+step of benchmarks/peer.py's R-101 row (smp DeepLabV3Plus, same batch and crop, in the peer venv of
+`python -m benchmarks.peer --setup-peer`, its own process under the same LD_PRELOAD, so the CPU ratio between
+the frameworks is taken under one allocator). Rounds alternate the
 allocators so that machine noise hits all of them. Columns, from getrusage of the children: minor page faults,
 system and user CPU seconds, wall seconds, and for the step its median time; ratios are to glibc's row of the
 same workload and round. semeda_jax/allocator.py says why the allocator matters on CPU.
@@ -22,10 +26,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
+from benchmarks.peer import PEER_VENV, WORKER as PEER_WORKER
 from semeda_jax import allocator
 
 STEP_MARK = "step-result: "
+PEER_THREADS = 2  # the peer's intra-op threads (benchmarks/peer.py's default on this 2-core machine)
 
 
 def step_worker(args) -> None:
@@ -47,19 +54,36 @@ def environment(name: str, library: str | None) -> dict:
     return env
 
 
-def run_child(command: list[str], env: dict) -> dict:
+def peer_requests(args) -> str:
+    """The JSON lines that make the peer worker (benchmarks/peer_torch.py) build the R-101 step, time
+    `--step-count` steps after one warm-up and quit."""
+    spec = dict(encoder="resnet101", output_stride=16, batch=args.batch, crop=args.crop, classes=21, amp=False,
+                compile=False, channels_last=True, threads=PEER_THREADS, device="cpu")
+    requests = [{"cmd": "setup", **spec}, {"cmd": "time", "steps": 1}, {"cmd": "time", "steps": args.step_count},
+                {"cmd": "quit"}]
+    return "".join(json.dumps(request) + "\n" for request in requests)
+
+
+def peer_median(stdout: str) -> float:
+    """The median step time of the peer's last "time" reply."""
+    replies = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    return statistics.median([r for r in replies if "step_s" in r][-1]["step_s"])
+
+
+def run_child(command: list[str], env: dict, stdin: str | None = None) -> dict:
     """Run `command` to its end -> its wall seconds, getrusage deltas and the step's median (step rows)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, input=stdin)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
     marked = [line for line in result.stdout.splitlines() if line.startswith(STEP_MARK)]
+    step_s = (json.loads(marked[0][len(STEP_MARK):])["median_s"] if marked else
+              peer_median(result.stdout) if stdin else float("nan"))
     return {"wall_s": wall, "faults": after.ru_minflt - before.ru_minflt, "sys_s": after.ru_stime - before.ru_stime,
-            "user_s": after.ru_utime - before.ru_utime,
-            "step_s": json.loads(marked[0][len(STEP_MARK):])["median_s"] if marked else float("nan")}
+            "user_s": after.ru_utime - before.ru_utime, "step_s": step_s}
 
 
 def main() -> None:
@@ -72,14 +96,20 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=192, help="R-101 step: crop size")
     parser.add_argument("--step-count", type=int, default=8, help="R-101 step: timed steps")
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--workloads", nargs="+", default=["main", "step"], choices=["main", "step"])
-    parser.add_argument("--smoke", action="store_true", help="configs/demo.py:smoke, 2 steps at batch 1 x 64 px")
+    parser.add_argument("--workloads", nargs="+", default=["main", "step"], choices=["main", "step", "peer"])
+    parser.add_argument("--peer-python", type=Path, default=PEER_VENV / "bin" / "python",
+                        help="the peer workload's python (default: benchmarks/peer.py's venv)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="configs/demo.py:smoke, 2 steps at batch 2 x 64 px (torch's train-mode BN needs 2)")
     parser.add_argument("--step-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.step_worker:
         return step_worker(args)
     if args.smoke:
-        args.config, args.batch, args.crop, args.step_count = "configs/demo.py:smoke", 1, 64, 2
+        args.config, args.batch, args.crop, args.step_count = "configs/demo.py:smoke", 2, 64, 2
+    if "peer" in args.workloads and not args.peer_python.exists():
+        raise SystemExit(f"--workloads peer: no python at {args.peer_python} (create the peer venv with "
+                         f"`python -m benchmarks.peer --setup-peer`)")
     chosen = allocator.find()
     names = list(dict.fromkeys(["glibc", *(args.allocators or [chosen[0] if chosen else "glibc"])]))  # glibc first
     libraries = {"glibc": None}
@@ -100,7 +130,7 @@ def main() -> None:
                     label = args.config + (f" {args.steps} steps" if args.steps else "")
                     extra = [f"--config.train.steps={args.steps}"] if args.steps else []
                 else:
-                    label = f"R-101 step {args.batch}x{args.crop}"
+                    label = f"{'peer ' if workload == 'peer' else ''}R-101 step {args.batch}x{args.crop}"
                     extra = []
                 glibc = None
                 for name in names:
@@ -109,6 +139,9 @@ def main() -> None:
                         command = [sys.executable, "-m", "semeda_jax.main", f"--config={args.config}",
                                    f"--workdir={workdir}", *extra]
                         row = run_child(command, environment(name, None))  # main.py preloads it itself
+                    elif workload == "peer":
+                        env = {**environment(name, libraries[name]), "PYTHONWARNINGS": "ignore"}
+                        row = run_child([str(args.peer_python), str(PEER_WORKER)], env, peer_requests(args))
                     else:
                         command = [sys.executable, "-m", "benchmarks.allocator", "--step-worker",
                                    f"--batch={args.batch}", f"--crop={args.crop}", f"--step-count={args.step_count}"]

@@ -64,11 +64,15 @@ class NonFiniteError(CheckpointError):
     """Training produced a non-finite loss, gradient norm or state (a diverged run)."""
 
 
+# model.* fields that leave the parameter tree as it is: the initial weights file, the parameter-free CRF layer
+# switch and rematerialisation (same parameters, values and gradients; a resume may switch it to fit memory)
+MODEL_FIELDS_NOT_IN_TREE = ("pretrained", "crf_layer", "remat")
+
+
 def model_fingerprint(config) -> dict:
-    """The config fields that fix the model's parameter tree: every `model.*` field but the initial weights
-    file and the parameter-free CRF layer switch, and `dataset.num_classes` -> {"model.depth": 18, ...} (JSON
-    values)."""
-    fields = {f"model.{k}": v for k, v in config.model.to_dict().items() if k not in ("pretrained", "crf_layer")}
+    """The config fields that fix the model's parameter tree: every `model.*` field but MODEL_FIELDS_NOT_IN_TREE,
+    and `dataset.num_classes` -> {"model.depth": 18, ...} (JSON values)."""
+    fields = {f"model.{k}": v for k, v in config.model.to_dict().items() if k not in MODEL_FIELDS_NOT_IN_TREE}
     fields["dataset.num_classes"] = config.dataset.num_classes
     return _json_values(fields)
 

@@ -1,4 +1,6 @@
 """The benchmark scripts still run: the GPU suite's rows are valid configs, the peer comparison runs at tiny size."""
+import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -123,3 +125,15 @@ def test_relationnet_diagnosis_arms_match_train_and_test_sizes():
         sliding.eval.inference, whole.data.crop_size = base.eval.inference, base.data.crop_size
         assert sliding.to_dict() == base.to_dict() == whole.to_dict()
     assert rn.REGISTERED_ARMS == ("ohem", "ohem_scl", "relation", "multistep")
+
+
+def test_allocator_benchmark_drives_the_peer_worker_and_reads_its_last_timing():
+    from benchmarks import allocator as allocator_benchmark
+
+    args = argparse.Namespace(batch=2, crop=64, step_count=3)
+    requests = [json.loads(line) for line in allocator_benchmark.peer_requests(args).splitlines()]
+    assert [r["cmd"] for r in requests] == ["setup", "time", "time", "quit"]
+    assert requests[0]["encoder"] == "resnet101" and (requests[0]["batch"], requests[0]["crop"]) == (2, 64)
+    assert requests[1]["steps"] == 1 and requests[2]["steps"] == 3  # one warm-up step, then the timed ones
+    stdout = '{"warmup_s": 1.0}\nnoise\n{"step_s": [9.0]}\n{"step_s": [0.3, 0.1, 0.2]}\n'
+    assert allocator_benchmark.peer_median(stdout) == 0.2

@@ -162,6 +162,18 @@ def test_training_fingerprint_covers_what_training_does_only():
     assert fields["sampler.name"] == "ohem" and "sampler.ohem.threshold" in fields
 
 
+def test_model_fingerprint_covers_the_parameter_tree_only():
+    # A field that leaves the tree as it is (remat: same parameters) must not make older or differently
+    # rematerialised checkpoints unloadable; one that changes it (depth) must be recorded.
+    config = demo.get_config("smoke")
+    fields = checkpointing.model_fingerprint(config)
+    assert "model.depth" in fields and fields["dataset.num_classes"] == config.dataset.num_classes
+    for name in checkpointing.MODEL_FIELDS_NOT_IN_TREE:
+        assert f"model.{name}" not in fields, name
+    config.model.remat = "blocks"
+    assert checkpointing.model_fingerprint(config) == fields
+
+
 def test_best_without_its_record_is_found_by_its_meta(tmp_path):
     """best/ of an older version (no best.json), and a kill between the copy of a new best and its record."""
     root = saved(tmp_path, [2, 4], best=(2, 4))
