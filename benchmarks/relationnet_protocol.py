@@ -22,6 +22,11 @@ papers"): the arms `ohem_scl_sliding` / `relation_sliding` test the trained arm'
 
     python -m benchmarks.relationnet_protocol --workdir=DIR --arms=ohem_scl,relation,ohem_scl_sliding,\
         relation_sliding,ohem_scl_whole,relation_whole
+
+and `ohem_scl_pretrained` / `relation_pretrained` start from WORKDIR/pretrain, the model without the relation
+module and the similarity subnet (ResNet-38 + classifier, OHEM) trained PRETRAIN_STEPS on the protocols'
+pre-training images (data seed 1000; RelationNet trains the module jointly with an ImageNet-pretrained backbone):
+every array whose path and shape match is loaded (config.train.init_partial), the rest starts fresh.
 """
 from __future__ import annotations
 
@@ -35,7 +40,8 @@ from benchmarks import guidance_protocol, pac_bal, protocol
 
 # arm -> (SCL, relation module); the `_whole` arms train on whole images (crop = image size) instead of 96x96 crops
 TRAINED = {"ohem": (False, False), "ohem_scl": (True, False), "relation": (True, True),
-           "ohem_scl_whole": (True, False), "relation_whole": (True, True)}
+           "ohem_scl_whole": (True, False), "relation_whole": (True, True),
+           "ohem_scl_pretrained": (True, False), "relation_pretrained": (True, True)}
 # evaluation-only arm -> the trained arm whose checkpoint it tests (multistep: shifted; `_sliding`: windows of the
 # training crop)
 EVALUATED = {"multistep": "relation", "ohem_scl_sliding": "ohem_scl", "relation_sliding": "relation"}
@@ -45,15 +51,19 @@ ARMS = (*TRAINED, *EVALUATED)
 # the diagnosis: what the module adds when train and test sizes match, and what matching them recovers
 COMPARISONS = (("ohem_scl", "ohem"), ("relation", "ohem_scl"), ("multistep", "relation"), ("multistep", "ohem"),
                ("relation_sliding", "ohem_scl_sliding"), ("relation_whole", "ohem_scl_whole"),
-               ("relation_sliding", "relation"), ("relation_whole", "relation"))
+               ("relation_sliding", "relation"), ("relation_whole", "relation"),
+               ("relation_pretrained", "ohem_scl_pretrained"), ("relation_pretrained", "relation"))
 REGISTERED_SEEDS = (0, 1, 2)
 WIDTH = 8  # ResNet-38 base width (the paper's: 64)
 LEARNING_RATE = 0.02
 PHASE_STEPS = {"constant": 300, "decay": 200}  # tiny: 1 step each
+PRETRAIN_STEPS = 2000  # split as PHASE_STEPS: 60% constant, 40% decay
+PRETRAIN_IMAGES = 5000  # of protocol.PRETRAIN_DATA_SEED, as the paper's protocol's pre-training
 
 
-def arm_config(arm: str, seed: int, tiny: bool = False) -> ml_collections.ConfigDict:
-    """The demo data with the RelationNet model, loss and stage-1-shaped schedule of `arm`, seed `seed`."""
+def arm_config(arm: str, seed: int, tiny: bool = False, steps: int | None = None) -> ml_collections.ConfigDict:
+    """The demo data with the RelationNet model, loss and stage-1-shaped schedule of `arm` (`steps` in all,
+    default 500), seed `seed`."""
     config = protocol.base_config(tiny)
     scl, relation = TRAINED[EVALUATED.get(arm, arm)]
     config.seed = seed
@@ -64,7 +74,8 @@ def arm_config(arm: str, seed: int, tiny: bool = False) -> ml_collections.Config
     config.losses.ohem.update(threshold=0.6, min_kept=0)
     config.losses.scl.weight = 0.1
     config.optimizer.update(learning_rate=LEARNING_RATE, warmup_steps=0)
-    steps = {name: 1 if tiny else n for name, n in PHASE_STEPS.items()}
+    total = sum(PHASE_STEPS.values())
+    steps = {name: 1 if tiny else n * (steps or total) // total for name, n in PHASE_STEPS.items()}
     config.phases = ml_collections.ConfigDict(dict(
         order="constant,decay", constant=dict(steps=steps["constant"], schedule="constant"),
         decay=dict(steps=steps["decay"], schedule="linear", end_learning_rate=LEARNING_RATE / 100)))
@@ -80,15 +91,35 @@ def arm_config(arm: str, seed: int, tiny: bool = False) -> ml_collections.Config
     return config
 
 
+def pretrain_config(tiny: bool = False) -> ml_collections.ConfigDict:
+    """The `_pretrained` arms' starting point: the `ohem` arm's model (no relation module, no similarity subnet)
+    trained PRETRAIN_STEPS on PRETRAIN_IMAGES images of the pre-training data seed (2 steps on the smoke data
+    with `tiny`)."""
+    config = arm_config("ohem", 0, tiny, steps=None if tiny else PRETRAIN_STEPS)
+    if not tiny:
+        config.dataset.update(num_train=PRETRAIN_IMAGES, seed=protocol.PRETRAIN_DATA_SEED)
+    return config
+
+
+def pretrained_arm_config(arm: str, seed: int, tiny: bool, init: str) -> ml_collections.ConfigDict:
+    """`arm`'s config, initialised from the run in `init` where paths and shapes match."""
+    config = arm_config(arm, seed, tiny)
+    config.train.update(init_checkpoint=init, init_partial=True)
+    return config
+
+
 def run(workdir: str, seeds, arms=REGISTERED_ARMS, tiny: bool = False, log=print) -> dict:
     """Every arm x seed (seed-major, so a partial run has whole pairs) -> result dict, written as it comes."""
     result = dict(seeds=list(seeds), tiny=tiny, arms={arm: [] for arm in arms}, paired={})
     comparisons = [(a, b) for a, b in COMPARISONS if a in arms and b in arms]
+    init = (protocol.pretrain(pretrain_config(tiny), workdir, log)
+            if any(arm.endswith("_pretrained") for arm in arms) else None)
     for seed in seeds:
         for arm in arms:
             arm_dir = os.path.join(workdir, arm, f"seed{seed}")
             log(f"== {arm}, seed {seed} -> {arm_dir}")
-            config = arm_config(arm, seed, tiny)
+            config = (pretrained_arm_config(arm, seed, tiny, init) if arm.endswith("_pretrained") else
+                      arm_config(arm, seed, tiny))
             out = protocol.run_arm(config, arm_dir, log) if arm in TRAINED else guidance_protocol.evaluate_arm(
                 config, os.path.join(workdir, EVALUATED[arm], f"seed{seed}"), arm_dir, log)
             result["arms"][arm].append(dict(seed=seed, **out))

@@ -143,6 +143,9 @@ def base_config() -> ml_collections.ConfigDict:
         # A WORKDIR/checkpoints folder (or a run's workdir) whose params + BN statistics start this run at step
         # 0 (fresh optimiser and schedule; same parameter tree); "" = random / config.model.pretrained init.
         init_checkpoint="",
+        # True: init_checkpoint may be of another model (e.g. without this one's relation module or aux head):
+        # only its arrays whose path and shape match this model's are loaded, the rest start fresh (logged).
+        init_partial=False,
         # Comma-separated training fields a resume may find changed (e.g. "data.batch_size"); each change is
         # logged. Any other change of what training does refuses the resume (checkpointing.training_fingerprint).
         resume_changes=""))

@@ -26,12 +26,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from flax import traverse_util
 from flax.training import train_state
 from jax.sharding import Mesh
 
 from semeda_jax import evaluate, objective, parallel
 from semeda_jax import phases as phases_lib
-from semeda_jax.checkpointing import Checkpoints, model_fingerprint, resume_changes, training_fingerprint
+from semeda_jax.checkpointing import (MODEL_FIELDS_NOT_IN_TREE, Checkpoints, model_fingerprint, resume_changes,
+                                      training_fingerprint)
 from semeda_jax.models import build_segmentation_model, load_backbone_weights
 from semeda_jax.optim import count_params, create_optimizer, learning_rate_schedule
 from semeda_jax.preemption import Preempted, StopSignal
@@ -39,7 +41,7 @@ from semeda_jax.validation import ConfigError
 from semeda_jax.validation import check_fields, check_positive_ints
 
 CONFIG_FIELDS = ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "grad_accum_steps",
-                 "log_logit_grad_norms", "init_checkpoint", "resume_changes")  # of config.train
+                 "log_logit_grad_norms", "init_checkpoint", "init_partial", "resume_changes")  # of config.train
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -139,9 +141,13 @@ def load_pretrained_backbone(config: ml_collections.ConfigDict, state: TrainStat
                          batch_stats=with_loaded(state.batch_stats, variables["batch_stats"]))
 
 
-def load_init_checkpoint(config: ml_collections.ConfigDict, mesh: Mesh, log: Callable[[str], None]) -> dict:
+def load_init_checkpoint(config: ml_collections.ConfigDict, mesh: Mesh, log: Callable[[str], None],
+                         like: dict | None = None) -> dict:
     """{"params", "batch_stats"} of config.train.init_checkpoint (a WORKDIR/checkpoints folder or a run's
-    workdir: its best checkpoint, else its latest); the parameter tree must match (one-line CheckpointError)."""
+    workdir: its best checkpoint, else its latest); the parameter tree must match (one-line CheckpointError),
+    unless config.train.init_partial: then the checkpoint's own model (rebuilt from the model fields its
+    fingerprint records) is read, and `like` (this model's fresh {"params", "batch_stats"}) is returned with
+    every array whose path and shape match one of the checkpoint's replaced (shared_variables)."""
     path = os.path.expanduser(config.train.init_checkpoint)
     root = path if os.path.isdir(os.path.join(path, "latest")) else os.path.join(path, "checkpoints")
     if not os.path.isdir(os.path.join(root, "latest")):
@@ -151,10 +157,42 @@ def load_init_checkpoint(config: ml_collections.ConfigDict, mesh: Mesh, log: Cal
     best = checkpoints.best_step() is not None
     if not best and checkpoints.latest_step() is None:
         raise ConfigError(f"config.train.init_checkpoint: {root} holds no checkpoint")
-    loaded, meta = restore_model_state(config, checkpoints, mesh, best=best)
+    partial = bool(config.train.get("init_partial", False))
+    source = checkpoint_model_config(config, checkpoints.read_meta(), root) if partial else config
+    loaded, meta = restore_model_state(source, checkpoints, mesh, best=best)
     checkpoints.close()
     log(f"[train] initial weights: the {'best' if best else 'latest'} checkpoint of {root} (step {meta['step']})")
-    return {"params": loaded.params, "batch_stats": loaded.batch_stats}
+    variables = {"params": loaded.params, "batch_stats": loaded.batch_stats}
+    return shared_variables(like, variables, root, log) if partial else variables
+
+
+def checkpoint_model_config(config: ml_collections.ConfigDict, meta: dict, root: str) -> ml_collections.ConfigDict:
+    """`config` with the model fields and class count of the checkpoint whose meta is `meta` (its fingerprint)."""
+    fingerprint = meta.get("fingerprint")
+    if not fingerprint:
+        raise ConfigError(f"config.train.init_partial: {root} records no model fields (written by an older "
+                          f"version); load it with init_partial=False and this model's config")
+    source = ml_collections.ConfigDict(config.to_dict())
+    model = {key: config.model[key] for key in MODEL_FIELDS_NOT_IN_TREE if key in config.model}
+    model.update({key[len("model."):]: tuple(value) if isinstance(value, list) else value
+                  for key, value in fingerprint.items() if key.startswith("model.")})
+    source.model = ml_collections.ConfigDict(model)
+    source.dataset.num_classes = fingerprint.get("dataset.num_classes", config.dataset.num_classes)
+    return source
+
+
+def shared_variables(like: dict, loaded: dict, root: str, log: Callable[[str], None]) -> dict:
+    """`like` with each array whose path and shape match one of `loaded`'s replaced by it (both {"params",
+    "batch_stats"} trees); logs how many were loaded and the top-level modules that keep fresh arrays."""
+    fresh, checkpoint = traverse_util.flatten_dict(like), traverse_util.flatten_dict(loaded)
+    shared = {key for key, value in fresh.items() if key in checkpoint and checkpoint[key].shape == value.shape}
+    if not shared:
+        raise ConfigError(f"config.train.init_partial: no array of {root} matches this model's paths and shapes")
+    kept = sorted({"/".join(key[:2]) for key in fresh if key not in shared})
+    log(f"[train] init_partial: {len(shared)} of {len(fresh)} arrays from the checkpoint; fresh: "
+        f"{', '.join(kept) or 'none'}")
+    return traverse_util.unflatten_dict({key: checkpoint[key] if key in shared else value
+                                              for key, value in fresh.items()})
 
 
 def with_variables(state: TrainState, variables: dict) -> TrainState:
@@ -436,7 +474,8 @@ class TrainingRun:
                 f"{jax.process_count()} process(es)")
             state = load_pretrained_backbone(config, state, log)
             if init_variables is None and config.train.init_checkpoint:
-                init_variables = load_init_checkpoint(config, self.mesh, log)
+                init_variables = load_init_checkpoint(config, self.mesh, log,
+                                                      {"params": state.params, "batch_stats": state.batch_stats})
             if init_variables is not None:
                 state = with_variables(state, init_variables)
                 log("[train] initialised from given variables (params and BN statistics)")

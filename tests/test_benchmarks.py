@@ -127,6 +127,30 @@ def test_relationnet_diagnosis_arms_match_train_and_test_sizes():
     assert rn.REGISTERED_ARMS == ("ohem", "ohem_scl", "relation", "multistep")
 
 
+def test_relationnet_pretrained_arms_start_from_the_backbone_pretraining(tmp_path, monkeypatch):
+    """The amendment's arms: the pre-training is the `ohem` arm's model on the pre-training images for 2000
+    steps (same 60/40 schedule shape); each `_pretrained` arm is its base arm plus a partial init from it."""
+    from benchmarks import protocol, relationnet_protocol as rn
+    from semeda_jax import stages
+    pre = rn.pretrain_config()
+    stages.check_config(pre)
+    assert (pre.loss, pre.model.relation, pre.model.aux_heads) == ("ohem", False, "")
+    assert (pre.phases.constant.steps, pre.phases.decay.steps) == (1200, 800)
+    assert (pre.dataset.num_train, pre.dataset.seed) == (5000, protocol.PRETRAIN_DATA_SEED)
+    for arm in ("ohem_scl", "relation"):
+        config = rn.pretrained_arm_config(f"{arm}_pretrained", 1, False, "/pre")
+        stages.check_config(config)
+        assert (config.train.init_checkpoint, config.train.init_partial) == ("/pre", True)
+        config.train.update(init_checkpoint="", init_partial=False)
+        assert config.to_dict() == rn.arm_config(arm, 1).to_dict()
+    calls = []
+    monkeypatch.setattr(protocol, "pretrain", lambda config, workdir, log: calls.append(config) or "/w/pretrain")
+    monkeypatch.setattr(protocol, "run_arm", lambda config, workdir, log: calls.append(
+        config.train.init_checkpoint) or dict(scores=dict.fromkeys(protocol.METRICS, 0.5)))
+    rn.run(str(tmp_path), seeds=(0, 1), arms=("ohem_scl_pretrained", "relation_pretrained"), log=lambda line: None)
+    assert calls[0].to_dict() == pre.to_dict() and calls[1:] == ["/w/pretrain"] * 4
+
+
 def test_allocator_benchmark_drives_the_peer_worker_and_reads_its_last_timing():
     from benchmarks import allocator as allocator_benchmark
 

@@ -1,0 +1,72 @@
+"""config.train.init_checkpoint: a run starts from another run's weights; with config.train.init_partial the other
+run's model may differ (the RelationNet model without its relation module and similarity subnet, what the
+pre-trained-backbone arms of benchmarks/relationnet_protocol.py start from)."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from benchmarks import relationnet_protocol
+from semeda_jax import parallel, train
+from semeda_jax.checkpointing import Checkpoints, model_fingerprint
+from semeda_jax.validation import ConfigError
+
+
+def saved_model(config, workdir, seed=3, fingerprint=True):
+    """A randomly initialised model of `config` as WORKDIR/checkpoints/latest/0 -> its flat variables."""
+    model = train.build_segmentation_model(config, config.dataset.num_classes)
+    variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *config.data.crop_size, 3)), train=False)
+    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), writer=True, log=lambda line: None,
+                              fingerprint=model_fingerprint(config) if fingerprint else None)
+    checkpoints.save(0, {"params": variables["params"], "batch_stats": variables["batch_stats"]}, {"step": 0})
+    checkpoints.close()
+    return traverse_util.flatten_dict({"params": variables["params"], "batch_stats": variables["batch_stats"]})
+
+
+def fresh_variables(config):
+    mesh = parallel.make_mesh(config)
+    model = train.build_segmentation_model(config, config.dataset.num_classes)
+    state = train.create_train_state(config, model, jax.random.PRNGKey(0), mesh)
+    return mesh, {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def test_init_partial_loads_what_matches_and_keeps_the_rest_fresh(tmp_path):
+    backbone_only = relationnet_protocol.arm_config("ohem", 0, tiny=True)  # ResNet-38 + classifier
+    saved = saved_model(backbone_only, str(tmp_path))
+    config = relationnet_protocol.arm_config("relation", 0, tiny=True)  # + relation module, similarity subnet
+    config.train.update(init_checkpoint=str(tmp_path), init_partial=True)
+    mesh, like = fresh_variables(config)
+    lines = []
+    loaded = traverse_util.flatten_dict(train.load_init_checkpoint(config, mesh, lines.append, like))
+    fresh = traverse_util.flatten_dict(like)
+    assert loaded.keys() == fresh.keys()
+    from_checkpoint = [key for key in fresh if key in saved and saved[key].shape == fresh[key].shape]
+    kept = [key for key in fresh if key not in from_checkpoint]
+    assert any(key[1] == "relation" for key in kept) and any(key[1] == "classifier" for key in kept)
+    assert len(from_checkpoint) > len(kept) > 0
+    for key in from_checkpoint:
+        np.testing.assert_array_equal(loaded[key], saved[key])
+    for key in kept:
+        np.testing.assert_array_equal(loaded[key], fresh[key])
+    assert f"{len(from_checkpoint)} of {len(fresh)} arrays from the checkpoint" in lines[-1]
+    assert "params/relation" in lines[-1] and "params/classifier" in lines[-1]
+
+    config.train.init_partial = False  # the default: another model's checkpoint is refused, naming a field
+    with pytest.raises(Exception, match="model.relation|do not fit"):
+        train.load_init_checkpoint(config, mesh, lines.append, like)
+
+
+def test_init_partial_errors_name_the_checkpoint(tmp_path):
+    config = relationnet_protocol.arm_config("relation", 0, tiny=True)
+    config.train.update(init_checkpoint=str(tmp_path), init_partial=True)
+    mesh, like = fresh_variables(config)
+    saved_model(config, str(tmp_path), fingerprint=False)
+    with pytest.raises(ConfigError, match=rf"{tmp_path}/checkpoints records no model fields"):
+        train.load_init_checkpoint(config, mesh, print, like)
+    unrelated = {"params": {"other": {"kernel": np.zeros((2, 2), np.float32)}}, "batch_stats": {}}
+    with pytest.raises(ConfigError, match="no array of ROOT matches"):
+        train.shared_variables(unrelated, traverse_util.unflatten_dict(
+            {key: value for key, value in traverse_util.flatten_dict(like).items()}), "ROOT", print)
