@@ -239,3 +239,16 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
         data.write_synthetic_voc(tmp_path / "voc", num_train=4, num_val=1, image_size=(16, 16), num_classes=3,
                                  verbose=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_worker_processes_write_the_same_files_as_one_process(tmp_path, monkeypatch):
+    params = dict(num_train=5, num_val=3, image_size=(24, 32), num_classes=4, verbose=False)
+    here = data.write_synthetic_voc(tmp_path / "here", **params)
+    monkeypatch.setattr(synthetic, "PARALLEL_MIN_SCENES", 1)
+    monkeypatch.setattr(synthetic.os, "cpu_count", lambda: 2)
+    workers = data.write_synthetic_voc(tmp_path / "workers", **params)
+    files = sorted(p.relative_to(here) for p in here.rglob("*") if p.is_file())
+    assert len(files) == 2 * 8 + 3 and files == sorted(p.relative_to(workers) for p in workers.rglob("*")
+                                                        if p.is_file())
+    for name in files:
+        assert (here / name).read_bytes() == (workers / name).read_bytes(), name
