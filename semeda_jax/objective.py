@@ -18,7 +18,7 @@ optional "ce+multilabel" (reads "class_logits"). The loss zoo: "dice", "gdl", "t
 
 A pixel sampler (`config.sampler.name`, one of SAMPLERS; "" = none) picks the pixels that count: the objective
 computes its mask once per step from the stop-gradient logits, with the hyperparameters of
-`config.sampler.<name>`, and passes it as `pixel_mask` to every term whose function takes one (`Term.masked`:
+`config.sampler.<name>`, and passes it as `pixel_mask` to every term whose function takes one (`Term.takes`:
 ce, bal and the zoo; semeda, sobel, ohem, scl and multilabel ignore it). "ohem" is mmseg's OHEMPixelSampler
 design (losses.ohem_kept_mask): "ce" with it equals the "ohem" term.
 
@@ -62,16 +62,10 @@ class Term:
         config section may set besides `weight`."""
         return tuple(name for name in keyword_only(self.fn) if name not in STEP_ARGUMENTS)
 
-    @property
-    def masked(self) -> bool:
-        """True when fn takes a `pixel_mask` (the sampler's pixels)."""
-        return "pixel_mask" in keyword_only(self.fn)
-
-    @property
-    def has_compute_dtype(self) -> bool:
-        """True when fn takes a `compute_dtype` (of its full-resolution maps; bfloat16 under mixed precision)."""
-        return "compute_dtype" in keyword_only(self.fn)
-
+    def takes(self, argument: str) -> bool:
+        """True when fn takes the keyword-only `argument` of STEP_ARGUMENTS (e.g. "pixel_mask": the sampler's
+        pixels; "compute_dtype": of its full-resolution maps, bfloat16 under mixed precision)."""
+        return argument in keyword_only(self.fn)
 
 
 TERMS = {
@@ -197,9 +191,10 @@ def check_sampler(config: ml_collections.ConfigDict) -> None:
     if name not in section:
         raise ConfigError(f"config.sampler.{name}: missing (the section of the sampler config.sampler.name names)")
     for key, mix in all_mixes(config).items():
-        if not any(TERMS[term].masked for term in parse_mix(mix, key)):
+        if not any(TERMS[term].takes("pixel_mask") for term in parse_mix(mix, key)):
+            takers = sorted(t for t in TERMS if TERMS[t].takes("pixel_mask"))
             raise ConfigError(f"config.sampler.name: sampler {name!r} restricts no term of {key} {mix!r}; the "
-                              f"terms that take its pixels: {sorted(t for t in TERMS if TERMS[t].masked)}")
+                              f"terms that take its pixels: {takers}")
     _, hyper = sampler_of(config)
     logits = jax.ShapeDtypeStruct(OUTPUTS["logits"](config.dataset.num_classes), jnp.float32)
     labels = jax.ShapeDtypeStruct((1, PROBE_SIZE, PROBE_SIZE), jnp.int32)
@@ -228,7 +223,7 @@ def check_values(config: ml_collections.ConfigDict) -> None:
         outputs = [jax.ShapeDtypeStruct(OUTPUTS.get(out, OUTPUTS["logits"])(num_classes), jnp.float32)
                    for out in term.reads]
         labels = jax.ShapeDtypeStruct((1, PROBE_SIZE, PROBE_SIZE), jnp.int32)
-        mask = {"pixel_mask": jnp.ones(labels.shape, bool)} if sampled and term.masked else {}
+        mask = {"pixel_mask": jnp.ones(labels.shape, bool)} if sampled and term.takes("pixel_mask") else {}
         _trace(f"config.losses.{name}", hyper,
                lambda *inputs: term.fn(*inputs[:-1], inputs[-1], *nets, **hyper, **mask), *outputs, labels)
 
@@ -289,9 +284,9 @@ class Objective:
             check_outputs(self.config, outputs, "+".join(self.names), self.key)
         nets = [(frozen or {})[net] for net in term.needs]
         hyper = self.hyper[name]
-        if self.sampler and term.masked:
+        if self.sampler and term.takes("pixel_mask"):
             hyper = {**hyper, "pixel_mask": self.pixel_mask(outputs, labels) if pixel_mask is None else pixel_mask}
-        if self.compute_dtype is not None and term.has_compute_dtype:
+        if self.compute_dtype is not None and term.takes("compute_dtype"):
             hyper = {**hyper, "compute_dtype": self.compute_dtype}
         return self.weights[name] * term.fn(*(outputs[out] for out in term.reads), labels, *nets, **hyper)
 

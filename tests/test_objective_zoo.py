@@ -66,7 +66,7 @@ def test_the_config_defaults_are_the_functions_defaults():
     sections = common.base_config().losses
     for name in ("dice", "gdl", "tversky", "focal", "lovasz", "surface"):
         term = objective.TERMS[name]
-        assert term.reads == ("logits",) and term.needs == () and term.masked, name
+        assert term.reads == ("logits",) and term.needs == () and term.takes("pixel_mask"), name
         defaults = {k: p.default for k, p in inspect.signature(term.fn).parameters.items()
                     if k in term.hyperparameters()}
         assert {k: v for k, v in sections[name].to_dict().items() if k != "weight"} == defaults, name
@@ -181,7 +181,7 @@ def test_mixed_precision_gives_the_semeda_term_bfloat16_maps(rng, mixed_precisio
     want = config.losses.semeda.weight * losses.semeda_loss(logits, labels, edge_net, **section, compute_dtype=dtype)
     assert float(values["semeda"]) == pytest.approx(float(want), rel=1e-6)
     assert float(values["ce"]) == pytest.approx(config.losses.ce.weight * float(losses.cross_entropy(logits, labels)))
-    assert not objective.TERMS["ce"].has_compute_dtype and "compute_dtype" not in objective.TERMS[
+    assert not objective.TERMS["ce"].takes("compute_dtype") and "compute_dtype" not in objective.TERMS[
         "semeda"].hyperparameters()
     config.losses.semeda.compute_dtype = "bfloat16"
     with pytest.raises(ConfigError, match="^config.losses.semeda.compute_dtype: no such hyperparameter"):
