@@ -204,8 +204,9 @@ def test_tuning_selection_on_known_numbers():
 
 
 def test_tuning_end_to_end(tmp_path, monkeypatch):
-    """--tune at smoke size (a 2x2 grid per arm, 1-step runs, one seed): the tuning runs read data seed 2000 and
-    live in WORKDIR/tuning, the val arms read seed 0; the tables are written and a second call trains nothing."""
+    """--tune at smoke size (one value x 2 learning rates, 1-step runs, one seed): the tuning runs read data seed
+    2000 and live in WORKDIR/tuning, the val arms read seed 0; the tables are written and a second call trains
+    nothing."""
     seen = []
     real_run_arm = protocol.run_arm
 
@@ -214,14 +215,14 @@ def test_tuning_end_to_end(tmp_path, monkeypatch):
         return real_run_arm(config, workdir, log)
 
     monkeypatch.setattr(protocol, "run_arm", spy)
-    grid = {"semeda": (0.3, 1.0)}
+    grid = {"semeda": (1.0,)}
     result = protocol.run_tuning(str(tmp_path), seeds=(0,), compare_seeds=(0,), steps=1, pretrain_steps=2,
                                  pretrain_images=8, grid=grid, rates=RATES, tiny=True, log=lambda line: None)
     tuning_dirs = {w for s, _, w in seen if w.startswith(str(tmp_path / "tuning"))}
-    assert len(tuning_dirs) == 6 and all(s == protocol.TUNING_DATA_SEED for s, _, w in seen if w in tuning_dirs)
+    assert len(tuning_dirs) == 4 and all(s == protocol.TUNING_DATA_SEED for s, _, w in seen if w in tuning_dirs)
     val = [(s, lr, w) for s, lr, w in seen if w not in tuning_dirs]
     pick = result["tuning"]["chosen"]["semeda"]
-    assert {s for s, _, _ in val} == {0} and pick["value"] in (0.3, 1.0) and pick["lr"] in RATES
+    assert {s for s, _, _ in val} == {0} and pick["value"] == 1.0 and pick["lr"] in RATES
     assert {w for _, _, w in val} == {str(tmp_path / protocol.run_name(arm, value, lr) / "seed0")
                                       for arm, value, lr in (("ppce", None, 5e-4), ("ppce", None, pick["lr"]),
                                                              ("semeda", pick["value"], pick["lr"]))}
