@@ -1,4 +1,4 @@
-"""benchmarks/crf.py --tune: the selection and sensitivity on known numbers, the grid's cache, our CRF's grid
+"""benchmarks/crf_tuning.py (crf.py --tune): the selection and sensitivity on known numbers, the grid's cache, our CRF's grid
 (one compilation, vmapped over the weights) against mean_field per setting, the dense CRF worker's stacks and
 bilateral settings (with its venv), and the study end to end at smoke size."""
 import json
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from benchmarks import crf as crf_benchmark
+from benchmarks import crf_tuning
 from semeda_jax import crf
 
 pytestmark = pytest.mark.usefixtures("float32_jax")
@@ -17,8 +18,8 @@ ROWS = [dict(a=1, b=10.0, miou=0.50), dict(a=1, b=20.0, miou=0.70), dict(a=1, b=
 
 
 def test_selection_and_sensitivity_on_known_numbers():
-    assert crf_benchmark.best_setting(ROWS) == dict(a=1, b=20.0, miou=0.70)  # the first of the two 0.70
-    assert crf_benchmark.sensitivity(ROWS, GRID) == dict(a=[0.70, 0.70], b=[0.65, 0.70, 0.70])
+    assert crf_tuning.best_setting(ROWS) == dict(a=1, b=20.0, miou=0.70)  # the first of the two 0.70
+    assert crf_tuning.sensitivity(ROWS, GRID) == dict(a=[0.70, 0.70], b=[0.65, 0.70, 0.70])
 
 
 def test_grid_search_caches_groups(tmp_path):
@@ -32,11 +33,11 @@ def test_grid_search_caches_groups(tmp_path):
         return [dict(r) for r in ROWS if r["a"] == group["a"]]
 
     with pytest.raises(KeyboardInterrupt):
-        crf_benchmark.grid_search(path, GRID, ("a",), evaluate, log=lambda line: None)
+        crf_tuning.grid_search(path, GRID, ("a",), evaluate, log=lambda line: None)
     assert len(json.load(open(path))) == 3
-    rows = crf_benchmark.grid_search(path, GRID, ("a",), evaluate, log=lambda line: None)
+    rows = crf_tuning.grid_search(path, GRID, ("a",), evaluate, log=lambda line: None)
     assert calls == [1, 2, 2] and rows == ROWS
-    assert crf_benchmark.grid_search(path, dict(a=(2,), b=GRID["b"]), ("a",), evaluate, log=print) == ROWS[3:]
+    assert crf_tuning.grid_search(path, dict(a=(2,), b=GRID["b"]), ("a",), evaluate, log=print) == ROWS[3:]
 
 
 def tiny_split(rng, n=3, height=12, width=16, classes=3):
@@ -49,16 +50,16 @@ def tiny_split(rng, n=3, height=12, width=16, classes=3):
 
 def test_guided_grid_matches_mean_field_per_setting(rng, monkeypatch):
     """guided_rows (every eps x weight from one jitted function, in chunks) = mean_field run per setting."""
-    monkeypatch.setattr(crf_benchmark, "CHUNK", 2)  # 3 images: two chunks
+    monkeypatch.setattr(crf_tuning, "CHUNK", 2)  # 3 images: two chunks
     data, classes = tiny_split(rng), 3
     eps_values, weights = (1.0, 100.0), (0.5, 4.0)
-    rows = crf_benchmark.guided_rows(data, 2, 3, eps_values, weights, classes)
+    rows = crf_tuning.guided_rows(data, 2, 3, eps_values, weights, classes)
     assert [(r["eps"], r["weight"]) for r in rows] == [(e, w) for e in eps_values for w in weights]
     mious = set()
     for row in rows:
         q = crf.mean_field(np.log(np.maximum(data["probs"], 1e-12)), data["images"].astype(np.float32), radius=2,
                            eps=row["eps"], iterations=3, weight=row["weight"])
-        expected = crf_benchmark.split_miou(data["labels"], np.argmax(np.asarray(q), -1), classes)
+        expected = crf_tuning.split_miou(data["labels"], np.argmax(np.asarray(q), -1), classes)
         assert row["miou"] == pytest.approx(expected) and row["radius"] == 2 and row["iterations"] == 3
         mious.add(round(row["miou"], 6))
     assert len(mious) > 1  # the settings differ
@@ -90,12 +91,12 @@ def test_tuning_end_to_end(tmp_path, capsys):
     CRF's venv reuses every part and skips the dense half with one message."""
     venv = crf_benchmark.DENSE_VENV
     with_dense = (venv / "bin" / "python").exists()
-    result = crf_benchmark.run_tuning(str(tmp_path), dense_venv=venv, tiny=True, **crf_benchmark.TINY_TUNE)
-    grids = crf_benchmark.TINY_TUNE
+    result = crf_tuning.run_tuning(str(tmp_path), dense_venv=venv, tiny=True, **crf_tuning.TINY_TUNE)
+    grids = crf_tuning.TINY_TUNE
     assert len(json.load(open(tmp_path / "grid_guided.json"))) == np.prod([len(v) for v in
                                                                             grids["guided_grid"].values()])
     assert [r["seed"] for r in result["per_seed"]] == [0, 1] and result["dense"] == with_dense
-    assert set(result["paired"]) == ({f"{a} - {b}" for a, b in crf_benchmark.PAIRS} if with_dense
+    assert set(result["paired"]) == ({f"{a} - {b}" for a, b in crf_tuning.PAIRS} if with_dense
                                      else {"guided_tuned - none", "guided_default - none"})
     chosen = result["tuned"]["guided"]["chosen"]
     assert chosen["miou"] == max(r["miou"] for r in json.load(open(tmp_path / "grid_guided.json")))
@@ -110,7 +111,7 @@ def test_tuning_end_to_end(tmp_path, capsys):
     tuning = np.load(tmp_path / "unaries" / "tuning" / "images.npy")
     assert not np.array_equal(tuning, np.load(tmp_path / "unaries" / "val_seed0" / "images.npy"))  # data seed 2000
     capsys.readouterr()
-    again = crf_benchmark.run_tuning(str(tmp_path), dense_venv=tmp_path / "none", tiny=True,
-                                     **crf_benchmark.TINY_TUNE)
+    again = crf_tuning.run_tuning(str(tmp_path), dense_venv=tmp_path / "none", tiny=True,
+                                     **crf_tuning.TINY_TUNE)
     assert "dense CRF skipped: no venv at" in capsys.readouterr().out
     assert again["per_seed"][1]["guided_tuned"] == result["per_seed"][1]["guided_tuned"] and not again["dense"]
