@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks import protocol
+from benchmarks import protocol, protocol_tuning
 from semeda_jax import stats
 
 pytestmark = pytest.mark.usefixtures("float32_jax")
@@ -161,13 +161,14 @@ RATES = (5e-4, 1e-3)
 
 def test_tuning_run_names():
     """The protocol's own settings are its arms (reused); the others are named by setting and rate."""
-    assert protocol.run_name("ppce", None, 5e-4) == "ppce" and protocol.run_name("semeda", 1.0, 5e-4) == "semeda"
-    assert protocol.run_name("ppce", None, 1e-3) == "ppce_lr0.001"
-    assert protocol.run_name("semeda", 0.3, 2.5e-4) == "semeda_scale0.3_lr0.00025"
-    assert protocol.run_name("sobel", 4.0, 1e-3) == "sobel_coefficient4_lr0.001"
+    run_name = protocol_tuning.run_name
+    assert run_name("ppce", None, 5e-4) == "ppce" and run_name("semeda", 1.0, 5e-4) == "semeda"
+    assert protocol_tuning.run_name("ppce", None, 1e-3) == "ppce_lr0.001"
+    assert protocol_tuning.run_name("semeda", 0.3, 2.5e-4) == "semeda_scale0.3_lr0.00025"
+    assert protocol_tuning.run_name("sobel", 4.0, 1e-3) == "sobel_coefficient4_lr0.001"
     config = protocol.base_config(tiny=True)
-    assert protocol.tuned_overrides(config, "semeda", 0.1) == {"semeda.lambdas": pytest.approx((0.2, 0.4, 0.0))}
-    assert protocol.tuned_overrides(config, "ppce", None) == {}
+    assert protocol_tuning.tuned_overrides(config, "semeda", 0.1) == {"semeda.lambdas": pytest.approx((0.2, 0.4, 0.0))}
+    assert protocol_tuning.tuned_overrides(config, "ppce", None) == {}
     tuned = protocol.finetune_config(config, "sobel", 0, 4, "/pre", "/g", 1e-3, {"sobel.coefficient": 1.2})
     assert tuned.losses.sobel.coefficient == 1.2 and tuned.optimizer.learning_rate == 1e-3
 
@@ -187,20 +188,20 @@ def test_tuning_selection_on_known_numbers():
             "semeda_scale0.3_lr0.001": [row(0, 0.43, 0.22), row(1, 0.42, 0.23)],
             "semeda_scale1_lr0.001": [row(0, 0.45, 0.23), dict(seed=1, failed="NonFiniteError: x")],
             "sobel_coefficient1.2_lr0.0005": [dict(seed=0, failed="x"), row(1, 0.6, 0.4)]}
-    chosen = protocol.select_settings(runs, (0, 1), GRID, RATES)
+    chosen = protocol_tuning.select_settings(runs, (0, 1), GRID, RATES)
     semeda = chosen["semeda"]
     assert (semeda["value"], semeda["lr"]) == (0.3, 1e-3) and semeda["gain"] == pytest.approx(0.05)
     assert semeda["gains"]["semeda_scale0.3_lr0.0005"] == pytest.approx(0.02)
     assert semeda["gains"]["semeda"] == pytest.approx(-0.01)
     assert semeda["gains"]["semeda_scale1_lr0.001"] is None
     assert chosen["sobel"]["value"] is None and set(chosen["sobel"]["gains"].values()) == {None}
-    table = protocol.format_tuning(dict(seeds=[0, 1], steps=5, grid=GRID, rates=list(RATES), runs=runs,
+    table = protocol_tuning.format_tuning(dict(seeds=[0, 1], steps=5, grid=GRID, rates=list(RATES), runs=runs,
                                         chosen=chosen))
     assert "| 0.3 | +2.00 | +5.00* |" in table and "| 1 | -1.00 | n/a |" in table
     assert "chosen: scale 0.3, lr 0.001 -> semeda_tuned" in table and "chosen: none" in table
     assert "| | 51.00 | 40.00 |" in table  # ppce's mIoU per rate
     # one seed only: scale 1 at 1e-3 (gain 0.08 on seed 0) wins
-    assert protocol.select_settings(runs, (0,), GRID, RATES)["semeda"]["gain"] == pytest.approx(0.08)
+    assert protocol_tuning.select_settings(runs, (0,), GRID, RATES)["semeda"]["gain"] == pytest.approx(0.08)
 
 
 def test_tuning_end_to_end(tmp_path, monkeypatch):
@@ -216,14 +217,14 @@ def test_tuning_end_to_end(tmp_path, monkeypatch):
 
     monkeypatch.setattr(protocol, "run_arm", spy)
     grid = {"semeda": (1.0,)}
-    result = protocol.run_tuning(str(tmp_path), seeds=(0,), compare_seeds=(0,), steps=1, pretrain_steps=2,
+    result = protocol_tuning.run_tuning(str(tmp_path), seeds=(0,), compare_seeds=(0,), steps=1, pretrain_steps=2,
                                  pretrain_images=8, grid=grid, rates=RATES, tiny=True, log=lambda line: None)
     tuning_dirs = {w for s, _, w in seen if w.startswith(str(tmp_path / "tuning"))}
     assert len(tuning_dirs) == 4 and all(s == protocol.TUNING_DATA_SEED for s, _, w in seen if w in tuning_dirs)
     val = [(s, lr, w) for s, lr, w in seen if w not in tuning_dirs]
     pick = result["tuning"]["chosen"]["semeda"]
     assert {s for s, _, _ in val} == {0} and pick["value"] == 1.0 and pick["lr"] in RATES
-    assert {w for _, _, w in val} == {str(tmp_path / protocol.run_name(arm, value, lr) / "seed0")
+    assert {w for _, _, w in val} == {str(tmp_path / protocol_tuning.run_name(arm, value, lr) / "seed0")
                                       for arm, value, lr in (("ppce", None, 5e-4), ("ppce", None, pick["lr"]),
                                                              ("semeda", pick["value"], pick["lr"]))}
     assert all(lr == pick["lr"] for _, lr, w in val if "ppce/" not in w)
@@ -235,6 +236,6 @@ def test_tuning_end_to_end(tmp_path, monkeypatch):
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(protocol.stages, "run_train", no_training)
-    again = protocol.run_tuning(str(tmp_path), seeds=(0,), compare_seeds=(0,), steps=1, pretrain_steps=2,
+    again = protocol_tuning.run_tuning(str(tmp_path), seeds=(0,), compare_seeds=(0,), steps=1, pretrain_steps=2,
                                 pretrain_images=8, grid=grid, rates=RATES, tiny=True, log=lambda line: None)
     assert again["comparison"]["arms"] == result["comparison"]["arms"]
