@@ -327,7 +327,8 @@ def compile_report(config: ml_collections.ConfigDict, topology: str, log: Callab
 def fit_train_batch(config: ml_collections.ConfigDict, mesh: Mesh, chip: Chip, train_entry: dict,
                     log: Callable[[str], None]) -> dict:
     """largest_batch of the train step on `mesh` against the chip's HBM (per-chip batches in multiples of
-    config.train.grad_accum_steps; the config's own batch, `train_entry`, counts as measured)."""
+    config.train.grad_accum_steps; the config's own batch, `train_entry`, counts as measured). With spatial
+    partitioning (s chips per image) the batch is per data shard, i.e. per s chips ("chips_per_shard": s)."""
     data, limit = mesh.shape[parallel.DATA_AXIS], chip.hbm_gib * GIB
     total = train_entry["memory_bytes"]["total"]
 
@@ -345,7 +346,8 @@ def fit_train_batch(config: ml_collections.ConfigDict, mesh: Mesh, chip: Chip, t
 
     found = largest_batch(measure, limit, step=config.train.grad_accum_steps,
                           known={config.data.batch_size // data: (total, total <= limit)})
-    found.update(global_batch=found["per_chip"] * data, hbm_bytes=limit)
+    found.update(global_batch=found["per_chip"] * data, hbm_bytes=limit,
+                 chips_per_shard=mesh.shape[parallel.SPATIAL_AXIS])
     log(f"[compile] {fit_line(found)}")
     return found
 
@@ -353,7 +355,9 @@ def fit_train_batch(config: ml_collections.ConfigDict, mesh: Mesh, chip: Chip, t
 def fit_line(found: dict) -> str:
     measured = ", ".join(f"{b}: {need / GIB:.2f}{'' if fits else ' (no)'}" for b, (need, fits) in
                          found["measured"].items())
-    return (f"largest train batch that fits: {found['per_chip']} per chip ({found['global_batch']} global)"
+    shard = found.get("chips_per_shard", 1)
+    unit = "per chip" if shard == 1 else f"per data shard of {shard} chips"
+    return (f"largest train batch that fits: {found['per_chip']} {unit} ({found['global_batch']} global)"
             f"{'' if found['exact'] else ', by the linear fit'}; GiB/chip by per-chip batch: {measured}")
 
 

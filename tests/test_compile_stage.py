@@ -161,6 +161,9 @@ def test_fit_train_batch_compiles_the_train_step_at_each_per_chip_batch(monkeypa
     found = compile_report.fit_train_batch(config, mesh, chip, {"memory_bytes": {"total": 7 * GIB}}, print)
     assert lowered_batches == [1] and found["per_chip"] == 1 and found["exact"]
     assert found["measured"] == {1: [4 * GIB, True], 2: [7 * GIB, False]} and found["global_batch"] == 1
+    assert found["chips_per_shard"] == 1 and "1 per chip (1 global)" in compile_report.fit_line(found)
+    # With spatial partitioning a data shard is s chips: the batch found is per shard, and says so.
+    assert "1 per data shard of 2 chips (1 global)" in compile_report.fit_line({**found, "chips_per_shard": 2})
 
 
 def test_fit_batch_needs_a_chip():
