@@ -65,6 +65,9 @@ class ModelState:
 
 
 INIT_CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+# RelationNet §IV-C-1: the module converges properly only when trained jointly with a pre-trained backbone
+RELATION_FROM_SCRATCH = ("; the relation module trained with a random backbone lost 14 mIoU against the same "
+                         "model without it, 2.5 with a pre-trained backbone (docs/results.md, relation study)")
 
 
 def restore_model_state(config: ml_collections.ConfigDict, checkpoints: Checkpoints, mesh: Mesh, *,
@@ -115,12 +118,15 @@ def train_state_init(config: ml_collections.ConfigDict, model,
 def load_pretrained_backbone(config: ml_collections.ConfigDict, state: TrainState,
                              log: Callable[[str], None]) -> TrainState:
     """The state with its backbone parameters and BN statistics from config.model.pretrained (a torchvision /
-    timm state dict, models/pretrained.py), placed with the state's shardings; a warning when none is set.
-    Only the loaded subtrees (the backbone; VGG's fc6/fc7 too) move through the host; a file that does not fit
-    is a one-line ConfigError."""
+    timm state dict, models/pretrained.py), placed with the state's shardings; a warning when none is set and
+    no config.train.init_checkpoint will replace the weights (with RelationNet's relation module: what that
+    costs). Only the loaded subtrees (the backbone; VGG's fc6/fc7 too) move through the host; a file that does
+    not fit is a one-line ConfigError."""
     path = config.model.get("pretrained")
     if not path:
-        log("[train] warning: config.model.pretrained is empty: the backbone starts from random weights")
+        if not config.train.get("init_checkpoint"):
+            log("[train] warning: config.model.pretrained is empty: the backbone starts from random weights"
+                + (RELATION_FROM_SCRATCH if config.model.get("relation") else ""))
         return state
     try:
         variables = load_backbone_weights({"params": state.params, "batch_stats": state.batch_stats},

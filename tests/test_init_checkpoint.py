@@ -70,3 +70,16 @@ def test_init_partial_errors_name_the_checkpoint(tmp_path):
     with pytest.raises(ConfigError, match="no array of ROOT matches"):
         train.shared_variables(unrelated, traverse_util.unflatten_dict(
             {key: value for key, value in traverse_util.flatten_dict(like).items()}), "ROOT", print)
+
+
+def test_random_backbone_warning_only_without_init_checkpoint_and_naming_the_relation_cost():
+    lines = []
+    config = relationnet_protocol.arm_config("ohem_scl", 0, tiny=True)
+    assert train.load_pretrained_backbone(config, "state", lines.append) == "state"
+    assert lines == ["[train] warning: config.model.pretrained is empty: the backbone starts from random weights"]
+    relation = relationnet_protocol.arm_config("relation", 0, tiny=True)
+    train.load_pretrained_backbone(relation, "state", lines.append)
+    assert lines[-1].endswith(train.RELATION_FROM_SCRATCH) and "pre-trained backbone" in lines[-1]
+    relation.train.init_checkpoint = "/a/run"  # its weights replace the random ones next: no warning
+    train.load_pretrained_backbone(relation, "state", lines.append)
+    assert len(lines) == 2
