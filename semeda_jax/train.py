@@ -198,7 +198,7 @@ def shared_variables(like: dict, loaded: dict, root: str, log: Callable[[str], N
     log(f"[train] init_partial: {len(shared)} of {len(fresh)} arrays from the checkpoint; fresh: "
         f"{', '.join(kept) or 'none'}")
     return traverse_util.unflatten_dict({key: checkpoint[key] if key in shared else value
-                                              for key, value in fresh.items()})
+                                         for key, value in fresh.items()})
 
 
 def with_variables(state: TrainState, variables: dict) -> TrainState:
