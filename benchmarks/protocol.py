@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 
 from configs import demo
-from semeda_jax import stages, stats
+from semeda_jax import phases, stages, stats
 from semeda_jax.checkpointing import NonFiniteError
 
 METRICS = ("miou", "mean_f1", "emeasure", "boundary_w1", "boundary_w3", "boundary_w5", "boundary_w10")
@@ -169,7 +169,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, log) -> str:
     on its own validation split): what config.train.init_checkpoint of every arm names."""
     pre_dir = os.path.join(workdir, "pretrain")
     if not os.path.isfile(os.path.join(pre_dir, "report.json")):
-        log(f"== pre-training ({config.train.steps} steps on {config.dataset.num_train} images) -> {pre_dir}")
+        steps = phases.plan(config)[-1].end  # config.train.steps, or its phases' steps when it has phases
+        log(f"== pre-training ({steps} steps on {config.dataset.num_train} images) -> {pre_dir}")
         stages.run_train(config, pre_dir, log=log)
         stages.run_eval(config, pre_dir, log=log)
     return pre_dir
