@@ -28,11 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.peer import PEER_VENV, WORKER as PEER_WORKER
+from benchmarks.peer import PEER_VENV, WORKER as PEER_WORKER, peer_spec
 from semeda_jax import allocator
 
 STEP_MARK = "step-result: "
-PEER_THREADS = 2  # the peer's intra-op threads (benchmarks/peer.py's default on this 2-core machine)
 
 
 def step_worker(args) -> None:
@@ -57,11 +56,17 @@ def environment(name: str, library: str | None) -> dict:
 def peer_requests(args) -> str:
     """The JSON lines that make the peer worker (benchmarks/peer_torch.py) build the R-101 step, time
     `--step-count` steps after one warm-up and quit."""
-    spec = dict(encoder="resnet101", output_stride=16, batch=args.batch, crop=args.crop, classes=21, amp=False,
-                compile=False, channels_last=True, threads=PEER_THREADS, device="cpu")
+    spec = peer_spec("resnet101", 16, "fp32", args.batch, args.crop, compiled=False, threads=os.cpu_count(),
+                     device="cpu")  # benchmarks/peer.py's R-101 row on CPU, its default threads
     requests = [{"cmd": "setup", **spec}, {"cmd": "time", "steps": 1}, {"cmd": "time", "steps": args.step_count},
                 {"cmd": "quit"}]
     return "".join(json.dumps(request) + "\n" for request in requests)
+
+
+def marked_median(stdout: str) -> float:
+    """The median step time our step worker printed after STEP_MARK (nan without one: the main job)."""
+    marked = [line for line in stdout.splitlines() if line.startswith(STEP_MARK)]
+    return json.loads(marked[0][len(STEP_MARK):])["median_s"] if marked else float("nan")
 
 
 def peer_median(stdout: str) -> float:
@@ -70,8 +75,9 @@ def peer_median(stdout: str) -> float:
     return statistics.median([r for r in replies if "step_s" in r][-1]["step_s"])
 
 
-def run_child(command: list[str], env: dict, stdin: str | None = None) -> dict:
-    """Run `command` to its end -> its wall seconds, getrusage deltas and the step's median (step rows)."""
+def run_child(command: list[str], env: dict, stdin: str | None = None, read_step=marked_median) -> dict:
+    """Run `command` (fed `stdin`) to its end -> its wall seconds, getrusage deltas and the step's median,
+    read_step(its stdout)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     result = subprocess.run(command, env=env, capture_output=True, text=True, input=stdin)
@@ -79,11 +85,8 @@ def run_child(command: list[str], env: dict, stdin: str | None = None) -> dict:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    marked = [line for line in result.stdout.splitlines() if line.startswith(STEP_MARK)]
-    step_s = (json.loads(marked[0][len(STEP_MARK):])["median_s"] if marked else
-              peer_median(result.stdout) if stdin else float("nan"))
     return {"wall_s": wall, "faults": after.ru_minflt - before.ru_minflt, "sys_s": after.ru_stime - before.ru_stime,
-            "user_s": after.ru_utime - before.ru_utime, "step_s": step_s}
+            "user_s": after.ru_utime - before.ru_utime, "step_s": read_step(result.stdout)}
 
 
 def main() -> None:
@@ -141,7 +144,8 @@ def main() -> None:
                         row = run_child(command, environment(name, None))  # main.py preloads it itself
                     elif workload == "peer":
                         env = {**environment(name, libraries[name]), "PYTHONWARNINGS": "ignore"}
-                        row = run_child([str(args.peer_python), str(PEER_WORKER)], env, peer_requests(args))
+                        row = run_child([str(args.peer_python), str(PEER_WORKER)], env, peer_requests(args),
+                                        peer_median)
                     else:
                         command = [sys.executable, "-m", "benchmarks.allocator", "--step-worker",
                                    f"--batch={args.batch}", f"--crop={args.crop}", f"--step-count={args.step_count}"]

@@ -119,6 +119,13 @@ class Peer:
         self.process.wait()
 
 
+def peer_spec(model: str, stride: int, precision: str, batch: int, crop: int, *, compiled: bool, threads: int,
+              device: str) -> dict:
+    """The peer worker's "setup" request (benchmarks/peer_torch.py) for the row of `model` (a MODELS key)."""
+    return dict(encoder=MODELS[model][1], output_stride=stride, batch=batch, crop=crop, classes=21,
+                amp=precision == "bf16", compile=compiled, channels_last=True, threads=threads, device=device)
+
+
 def our_config(model: str, stride: int, loss: str, precision: str, batch: int, crop: int):
     config = load_config(MODELS[model][0])
     config.model.update(output_stride=stride, bn_mode="train")
@@ -163,9 +170,8 @@ def run_group(args, model: str, stride: int, precision: str, peer_python: Path |
     peers = {}
     if peer_python:
         for mode in args.peer_modes:
-            spec = dict(encoder=MODELS[model][1], output_stride=stride, batch=args.batch, crop=args.crop,
-                        classes=21, amp=precision == "bf16", compile=mode == "compile", channels_last=True,
-                        threads=args.threads, device="cuda" if device.platform == "gpu" else "cpu")
+            spec = peer_spec(model, stride, precision, args.batch, args.crop, compiled=mode == "compile",
+                             threads=args.threads, device="cuda" if device.platform == "gpu" else "cpu")
             peers[mode] = Peer(peer_python, spec)
             print(f"peer {mode}: {peers[mode].setup['versions']}")
     for _ in range(args.rounds):

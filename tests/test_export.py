@@ -9,15 +9,14 @@ import sys
 import textwrap
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from fake_datasets import smoke_config
+from fresh_checkpoint import save_fresh_checkpoint
 from configs import common
-from semeda_jax import export, inference, stages, train
-from semeda_jax.checkpointing import Checkpoints, model_fingerprint
+from semeda_jax import export, inference, stages
 from semeda_jax.data import pipeline
 from semeda_jax.validation import ConfigError
 
@@ -45,16 +44,6 @@ sys.meta_path.insert(0, Blocked())
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     return str(tmp_path_factory.mktemp("synthetic"))
-
-
-def save_fresh_checkpoint(config, workdir):
-    """A randomly initialised model's parameters and BN statistics as WORKDIR/checkpoints/latest/0."""
-    model = train.build_segmentation_model(config, config.dataset.num_classes)
-    variables = model.init(jax.random.PRNGKey(3), jnp.zeros((1, *config.data.crop_size, 3)), train=False)
-    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), fingerprint=model_fingerprint(config),
-                              writer=True, log=lambda line: None)
-    checkpoints.save(0, {"params": variables["params"], "batch_stats": variables["batch_stats"]}, {"step": 0})
-    checkpoints.close()
 
 
 def run_blocked(script: str, blocked: set, cwd: str) -> None:

@@ -1,29 +1,21 @@
 """config.train.init_checkpoint: a run starts from another run's weights; with config.train.init_partial the other
 run's model may differ (the RelationNet model without its relation module and similarity subnet, what the
 pre-trained-backbone arms of benchmarks/relationnet_protocol.py start from)."""
-import os
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
 
 from benchmarks import relationnet_protocol
 from semeda_jax import parallel, train
-from semeda_jax.checkpointing import Checkpoints, model_fingerprint
 from semeda_jax.validation import ConfigError
 
+from fresh_checkpoint import save_fresh_checkpoint
 
-def saved_model(config, workdir, seed=3, fingerprint=True):
-    """A randomly initialised model of `config` as WORKDIR/checkpoints/latest/0 -> its flat variables."""
-    model = train.build_segmentation_model(config, config.dataset.num_classes)
-    variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *config.data.crop_size, 3)), train=False)
-    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), writer=True, log=lambda line: None,
-                              fingerprint=model_fingerprint(config) if fingerprint else None)
-    checkpoints.save(0, {"params": variables["params"], "batch_stats": variables["batch_stats"]}, {"step": 0})
-    checkpoints.close()
-    return traverse_util.flatten_dict({"params": variables["params"], "batch_stats": variables["batch_stats"]})
+
+def saved_model(config, workdir, fingerprint=True):
+    """save_fresh_checkpoint's variables, flat."""
+    return traverse_util.flatten_dict(save_fresh_checkpoint(config, workdir, fingerprint=fingerprint))
 
 
 def fresh_variables(config):

@@ -454,7 +454,7 @@ def _scenes(params: dict, tasks: list[tuple[str, int]]):
     if workers < 2 or len(tasks) < PARALLEL_MIN_SCENES:
         yield from (_scene(params, split, index) for split, index in tasks)
         return
-    splits, indices = zip(*tasks) if tasks else ((), ())
+    splits, indices = zip(*tasks)
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         yield from pool.map(functools.partial(_scene, params), splits, indices, chunksize=16)
 
