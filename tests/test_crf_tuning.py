@@ -40,6 +40,28 @@ def test_grid_search_caches_groups(tmp_path):
     assert crf_tuning.grid_search(path, dict(a=(2,), b=GRID["b"]), ("a",), evaluate, log=print) == ROWS[3:]
 
 
+def test_grid_search_extended_grid_evaluates_incomplete_groups(tmp_path):
+    """A grid extended after a search: groups missing the new settings are evaluated again (their rows replaced,
+    not doubled), complete ones reused; rows off the grid stay in the file but not in the result."""
+    path, calls = str(tmp_path / "grid.json"), []
+    extended = [dict(r) for r in ROWS] + [dict(a=a, b=40.0, miou=0.1 * a) for a in (1, 2)]
+
+    def evaluate(group):
+        calls.append(group["a"])
+        return [dict(r) for r in extended if r["a"] == group["a"] and r["b"] in grid["b"]]
+
+    grid = GRID
+    crf_tuning.grid_search(path, grid, ("a",), evaluate, log=lambda line: None)
+    grid = dict(a=(1, 2, 3), b=(20.0, 30.0, 40.0))  # b=10 leaves the grid, b=40 and a=3 join it
+    rows = crf_tuning.grid_search(path, grid, ("a",), evaluate, log=lambda line: None)
+    assert calls == [1, 2, 1, 2, 3]
+    assert sorted((r["a"], r["b"]) for r in rows) == [(a, b) for a in (1, 2) for b in (20.0, 30.0, 40.0)]
+    assert sorted((r["a"], r["b"]) for r in json.load(open(path))) == sorted(
+        [(a, b) for a in (1, 2) for b in (10.0, 20.0, 30.0, 40.0)])
+    assert crf_tuning.grid_search(path, grid, ("a",), evaluate, log=lambda line: None) == rows
+    assert calls == [1, 2, 1, 2, 3, 3]  # a=3 has no rows: evaluated each time, nothing else
+
+
 def tiny_split(rng, n=3, height=12, width=16, classes=3):
     image, labels, probs = crf_benchmark.scene(height * n, width, classes, seed=1)
     labels = labels.copy()
