@@ -1,12 +1,15 @@
-"""Test-wide settings: float64 JAX so that comparisons with the NumPy float64 references are tight, and a
+"""Test-wide settings: float64 JAX so that comparisons with the NumPy float64 references are tight; a
 persistent XLA compilation cache so that the many identical train/eval steps the tests compile (resume runs,
-CLI subprocesses, which inherit the environment) are compiled once per machine instead of once per call."""
+CLI subprocesses, which inherit the environment) are compiled once per machine instead of once per call; and
+the CPU platform (the tests' devices; with libtpu installed, CI's case, jax would otherwise probe for a TPU in
+every process; the compile-only TPU topologies do not need the platform)."""
 import os
 import tempfile
 
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "semeda_jax_test_xla_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402  (after the cache settings, which jax reads at import)
 import numpy as np  # noqa: E402
