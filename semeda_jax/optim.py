@@ -39,9 +39,10 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int, 
 
 
 def _kernel_mask(params) -> dict:
-    """True for conv/dense kernels (weight decay applies), False for biases and norm parameters."""
+    """True for weight matrices: conv/dense "kernel"s and the relation module's GRU "input_kernel" and
+    "hidden_kernel" (weight decay applies); False for biases and norm parameters."""
     flat = traverse_util.flatten_dict(params)
-    return traverse_util.unflatten_dict({path: path[-1] == "kernel" for path in flat})
+    return traverse_util.unflatten_dict({path: path[-1].endswith("kernel") for path in flat})
 
 
 def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule, params,
