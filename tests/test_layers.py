@@ -1,8 +1,5 @@
 """models/layers.py: the matmul form of 1x1 convs and the dead-tap-skipping k x k conv against flax's nn.Conv
-and a NumPy float64 reference; BatchNorm against nn.BatchNorm and NumPy (values, gradients, running averages)
-and the residuals its backward pass keeps under bfloat16."""
-import functools
-
+and a NumPy float64 reference."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,7 +7,7 @@ import numpy as np
 import pytest
 
 from semeda_jax.models.cpu_kernels import live_taps
-from semeda_jax.models.layers import BatchNorm, DepthwiseConv, PointwiseConv, SpatialConv, conv, conv_init
+from semeda_jax.models.layers import DepthwiseConv, PointwiseConv, SpatialConv, conv, conv_init
 
 
 def nn_conv_1x1(features, strides, use_bias):
@@ -185,90 +182,3 @@ def test_depthwise_conv_is_shifted_windows_on_cpu_and_a_grouped_convolution_else
     cpu, cuda = (jax.export.export(grad, platforms=[platform])(params, x).mlir_module() for platform in ("cpu", "cuda"))
     assert "stablehlo.convolution" not in cpu
     assert cuda.count("stablehlo.convolution") == 3 and "feature_group_count = 4" in cuda
-
-
-def batch_norm_variables(rng, channels):
-    return {"params": {"scale": jnp.asarray(rng.normal(size=channels)), "bias": jnp.asarray(rng.normal(size=channels))},
-            "batch_stats": {"mean": jnp.asarray(rng.normal(size=channels)),
-                            "var": jnp.asarray(rng.uniform(0.5, 2.0, channels))}}
-
-
-@pytest.mark.parametrize("use_running_average", [False, True])
-def test_batch_norm_matches_flax_and_numpy_values_gradients_and_running_averages(rng, use_running_average):
-    """float64: output and running-average update equal nn.BatchNorm's and the NumPy formula's; the gradients of
-    a random function of the output and the updated running averages with respect to x, scale, bias and the
-    running averages (its custom gradients) equal nn.BatchNorm's (autodiff) and, for x, the NumPy formula's."""
-    x = jnp.asarray(rng.normal(2.0, 3.0, (4, 3, 5, 6)))
-    variables = batch_norm_variables(rng, 6)
-    cotangent, c_mean, c_var = (jnp.asarray(rng.normal(size=shape)) for shape in ((4, 3, 5, 6), 6, 6))
-    ours = BatchNorm(use_running_average=use_running_average, momentum=0.8, dtype=jnp.float64)
-    flax_bn = nn.BatchNorm(use_running_average=use_running_average, momentum=0.8, epsilon=1e-5,
-                           dtype=jnp.float64, param_dtype=jnp.float64)
-
-    def run(module, x, variables):
-        y, updates = module.apply(variables, x, mutable=["batch_stats"])
-        stats = updates["batch_stats"]
-        return jnp.sum(y * cotangent) + jnp.sum(stats["mean"] * c_mean) + jnp.sum(stats["var"] * c_var), (y, stats)
-
-    grad = jax.grad(run, argnums=(1, 2), has_aux=True)
-    (ours_grads, (y, stats)), (flax_grads, (flax_y, flax_stats)) = grad(ours, x, variables), grad(flax_bn, x, variables)
-    xs = np.asarray(x)
-    mean = xs.mean((0, 1, 2)) if not use_running_average else np.asarray(variables["batch_stats"]["mean"])
-    var = xs.var((0, 1, 2)) if not use_running_average else np.asarray(variables["batch_stats"]["var"])
-    params = {k: np.asarray(v) for k, v in variables["params"].items()}
-    np.testing.assert_allclose(y, (xs - mean) / np.sqrt(var + 1e-5) * params["scale"] + params["bias"], rtol=1e-10)
-    np.testing.assert_allclose(y, flax_y, rtol=1e-10, atol=1e-12)
-    for path, leaf in jax.tree_util.tree_leaves_with_path((ours_grads, stats)):
-        flax_leaf = functools.reduce(lambda tree, key: tree[getattr(key, "key", getattr(key, "idx", None))], path,
-                                     (flax_grads, flax_stats))
-        np.testing.assert_allclose(leaf, flax_leaf, rtol=1e-9, atol=1e-10, err_msg=jax.tree_util.keystr(path))
-    if not use_running_average:
-        np.testing.assert_allclose(stats["mean"], 0.8 * variables["batch_stats"]["mean"] + 0.2 * mean, rtol=1e-10)
-        np.testing.assert_allclose(stats["var"], 0.8 * variables["batch_stats"]["var"] + 0.2 * var, rtol=1e-10)
-        # the gradient with respect to x through the batch statistics, from the NumPy formula
-        n, x_hat, g = xs.size // 6, (xs - mean) / np.sqrt(var + 1e-5), np.asarray(cotangent) * params["scale"]
-        want = (g - g.mean((0, 1, 2)) - x_hat * (g * x_hat).mean((0, 1, 2))) / np.sqrt(var + 1e-5)
-        want += 0.2 * (np.asarray(c_mean) + 2 * np.asarray(c_var) * (xs - mean)) / n
-        np.testing.assert_allclose(ours_grads[0], want, rtol=1e-8, atol=1e-10)
-
-
-def test_grouped_batch_norm_gradients_match_autodiff_of_the_formula(rng):
-    """Statistics per group of 2 samples: the custom gradients (x, scale, bias) equal autodiff of the NumPy-style
-    formula written in jnp, float64."""
-    x, cotangent = jnp.asarray(rng.normal(1.0, 2.0, (4, 3, 2, 5))), jnp.asarray(rng.normal(size=(4, 3, 2, 5)))
-    variables = batch_norm_variables(rng, 5)
-    module = BatchNorm(use_running_average=False, group_size=2, dtype=jnp.float64)
-
-    def ours(x, params):
-        y, _ = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, mutable=["batch_stats"])
-        return jnp.sum(y * cotangent)
-
-    def formula(x, params):
-        groups = x.reshape(2, 2, 3, 2, 5)
-        mean, var = groups.mean((1, 2, 3), keepdims=True), groups.var((1, 2, 3), keepdims=True)
-        y = (groups - mean) / jnp.sqrt(var + 1e-5) * params["scale"] + params["bias"]
-        return jnp.sum(y.reshape(x.shape) * cotangent)
-
-    got, want = jax.grad(ours, (0, 1))(x, variables["params"]), jax.grad(formula, (0, 1))(x, variables["params"])
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
-
-
-@pytest.mark.parametrize("use_running_average", [False, True])
-def test_batch_norm_backward_keeps_bfloat16_input_not_float32_centred_copy(rng, use_running_average):
-    """Under bfloat16 the backward pass's residuals hold x once, in bfloat16, and no float32 array of x's size
-    (nn.BatchNorm keeps float32 x - mean, which this test sees)."""
-    x = jnp.asarray(rng.normal(size=(2, 4, 4, 8)), jnp.bfloat16)
-    variables = jax.tree.map(lambda v: v.astype(jnp.float32), batch_norm_variables(rng, 8))
-    flax_bn = nn.BatchNorm(use_running_average=use_running_average, dtype=jnp.bfloat16, param_dtype=jnp.float32)
-    ours = BatchNorm(use_running_average=use_running_average, dtype=jnp.bfloat16)
-
-    def residuals(module):
-        def f(x, params):
-            return module.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
-                                mutable=["batch_stats"])[0]
-        _, vjp = jax.vjp(f, x, variables["params"])
-        return [(leaf.size, leaf.dtype) for leaf in jax.tree.leaves(vjp) if leaf.size >= x.size]
-
-    assert (x.size, jnp.dtype(jnp.float32)) in residuals(flax_bn)  # the test can see what it checks
-    assert residuals(ours) == [(x.size, jnp.dtype(jnp.bfloat16))]

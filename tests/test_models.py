@@ -316,13 +316,11 @@ def test_remat_keeps_values_gradients_and_batch_stats(backbone, remat, dtype):
     want = remat_loss_and_grads(backbone, "none", dtype)
     got = remat_loss_and_grads(backbone, remat, dtype)
     assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
-    if dtype == jnp.float32:
-        for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        if dtype == jnp.float32:
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
-    else:  # the recomputed bfloat16 activations may be fused, so rounded, differently: bfloat16's tolerance on
-        # the whole tree (single small leaves of this tiny net, whose bfloat16 gradients are far from its float32
-        # ones, differ by a few % between two roundings)
-        assert float(optax.tree.norm(optax.tree.sub(got, want))) <= 3e-2 * float(optax.tree.norm(want))
+        else:  # the recomputed bfloat16 activations may be fused, so rounded, differently: bfloat16's tolerance
+            assert float(jnp.linalg.norm(g - w)) <= 3e-2 * float(jnp.linalg.norm(w)) + 1e-6
 
 
 def test_remat_recomputes_the_blocks_in_the_backward_pass():

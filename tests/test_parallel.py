@@ -19,7 +19,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from configs import common
 from semeda_jax import objective, parallel, train
-from semeda_jax.models.layers import BatchNorm, BatchNormed, ConvBNReLU, conv
+from semeda_jax.models.layers import BatchNormed, ConvBNReLU, GroupedBatchNorm, conv
 
 pytestmark = pytest.mark.usefixtures("float32_jax")
 
@@ -142,7 +142,7 @@ def test_grouped_batch_norm_matches_numpy_float64():
     x = rng.normal(2.0, 3.0, (8, 3, 5, 6))
     scale, bias = rng.normal(size=6), rng.normal(size=6)
     ra_mean, ra_var = rng.normal(size=6), rng.uniform(0.5, 2.0, 6)
-    module = BatchNorm(use_running_average=False, group_size=4, momentum=0.9, epsilon=1e-5, dtype=jnp.float64)
+    module = GroupedBatchNorm(4, momentum=0.9, epsilon=1e-5, dtype=jnp.float64)
     y, updates = module.apply({"params": {"scale": scale, "bias": bias},
                                "batch_stats": {"mean": ra_mean, "var": ra_var}}, x, mutable=["batch_stats"])
     groups = x.reshape(2, 4, 3, 5, 6)

@@ -25,10 +25,6 @@ without groups. Group k is samples k*g .. k*g+g-1 of the global batch, i.e. of t
 divisor of the per-device batch a group never spans two devices. The parameter and batch_stats trees are those of
 nn.BatchNorm, so checkpoints and converted weights do not depend on g.
 
-`BatchNorm` (every mode) computes nn.BatchNorm's numbers with its variables, but its backward pass keeps the
-input in the compute dtype and the statistics, not nn.BatchNorm's float32 x - mean: under bfloat16 half the
-bytes of the largest tensors a step stores between its passes (custom gradients, written out).
-
 Momentum follows flax's convention: `ra <- momentum * ra + (1 - momentum) * batch_stat`. Our default 0.9 is
 torch's `momentum=0.1` (torchvision/timm weights, most PyTorch DeepLab code): running averages settle within
 tens of steps, which short runs and demos with bn_mode="train" need. TF DeepLab's `batch_norm_decay` 0.9997
@@ -51,7 +47,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -124,108 +119,36 @@ def remat_block(cls: type[nn.Module], remat: str) -> type[nn.Module]:
     return nn.remat(cls, static_argnums=(2,), policy=policy)  # argument 2 (after self, x): the `train` flag
 
 
-def _float32(x: jax.Array) -> jax.Array:
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+class GroupedBatchNorm(nn.Module):
+    """Training-mode batch norm with statistics per group of `group_size` consecutive samples.
 
-
-def _sum_to_channels(x: jax.Array) -> jax.Array:
-    """[..., C] -> [C]: the sum over every axis but the last (a parameter's gradient)."""
-    return x.sum(tuple(range(x.ndim - 1)))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _normalize(x, mean, var, scale, bias, epsilon, dtype):
-    """(x - mean) * rsqrt(var + epsilon) * scale + bias computed in float32 at least (flax's BatchNorm's
-    formula), returned in `dtype`; the statistics broadcast against x, scale and bias [C]. Its backward pass
-    keeps x in its own dtype."""
-    return _normalize_fwd(x, mean, var, scale, bias, epsilon, dtype)[0]
-
-
-def _normalize_fwd(x, mean, var, scale, bias, epsilon, dtype):
-    inv = jax.lax.rsqrt(var + epsilon)
-    return ((_float32(x) - mean) * (inv * scale) + bias).astype(dtype), (x, mean, inv, scale)
-
-
-def _normalize_bwd(epsilon, dtype, residuals, g):
-    x, mean, inv, scale = residuals
-    g = _float32(g)
-    x_hat = (_float32(x) - mean) * inv
-    sum_g, sum_g_x_hat = g.sum(tuple(range(g.ndim - 1))), (g * x_hat).sum(tuple(range(g.ndim - 1)))
-    d_mean = jnp.broadcast_to(-scale * inv.reshape(-1) * sum_g, mean.shape)
-    d_var = jnp.broadcast_to(-0.5 * scale * jnp.square(inv.reshape(-1)) * sum_g_x_hat, mean.shape)
-    return (g * (inv * scale)).astype(x.dtype), d_mean, d_var, sum_g_x_hat, sum_g
-
-
-_normalize.defvjp(_normalize_fwd, _normalize_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _batch_normalize(x, scale, bias, epsilon, axes, dtype):
-    """x [G,g,...,C] normalised with the mean and biased variance over `axes` (every axis but the group and
-    channel axes; flax's fast variance E[x^2] - E[x]^2, clipped at 0, in float32 at least) -> (y in `dtype`,
-    mean, var), the statistics [G,1,...,1,C]. Its backward pass keeps x in its own dtype and the statistics, and is
-    the batch-norm gradient written out: two reads of x and of y's cotangent, no float32 copy of x."""
-    return _batch_normalize_fwd(x, scale, bias, epsilon, axes, dtype)[0]
-
-
-def _batch_normalize_fwd(x, scale, bias, epsilon, axes, dtype):
-    x32 = _float32(x)
-    mean = x32.mean(axes, keepdims=True)
-    var = jnp.maximum(0.0, jnp.square(x32).mean(axes, keepdims=True) - jnp.square(mean))
-    inv = jax.lax.rsqrt(var + epsilon)
-    return (((x32 - mean) * (inv * scale) + bias).astype(dtype), mean, var), (x, mean, var, inv, scale)
-
-
-def _batch_normalize_bwd(epsilon, axes, dtype, residuals, cotangents):
-    x, mean, var, inv, scale = residuals
-    g, g_mean, g_var = cotangents
-    g = _float32(g)
-    n = math.prod(x.shape[a] for a in axes)
-    centred = _float32(x) - mean
-    x_hat = centred * inv
-    mean_g, mean_g_x_hat = g.mean(axes, keepdims=True), (g * x_hat).mean(axes, keepdims=True)
-    g_var = jnp.where(var > 0, g_var, 0.0)  # the clip's derivative
-    dx = (inv * scale) * (g - mean_g - x_hat * mean_g_x_hat) + (g_mean + 2.0 * g_var * centred) / n
-    return dx.astype(x.dtype), _sum_to_channels(mean_g_x_hat) * n, _sum_to_channels(mean_g) * n
-
-
-_batch_normalize.defvjp(_batch_normalize_fwd, _batch_normalize_bwd)
-
-
-class BatchNorm(nn.Module):
-    """Batch norm over the channel axis with nn.BatchNorm's variables and numbers, and bfloat16 residuals.
-
-    x [B,...,C] -> same shape in `dtype`. Params {'scale', 'bias'} [C] float32, batch_stats {'mean', 'var'} [C]
-    float32. With `use_running_average` it normalises with the running statistics; else with the batch's
-    (float32 mean and biased variance; with `group_size` g, B a multiple of g, per group of g consecutive
-    samples, the running averages then updated with the mean over groups). The backward pass stores x in its
-    own dtype, not float32 x - mean as nn.BatchNorm's does (_normalize, _batch_normalize: custom gradients).
+    x [B,...,C] (B a multiple of group_size) -> same shape in `dtype`. Variables as nn.BatchNorm: params
+    {'scale', 'bias'} [C] float32, batch_stats {'mean', 'var'} [C] float32. Statistics in float32 (or float64
+    for float64 input); the variance is the biased E[(x - mean)^2] of each group.
     """
-    use_running_average: bool
-    group_size: int | None = None
+    group_size: int
     momentum: float = DEFAULT_BN_MOMENTUM
     epsilon: float = DEFAULT_BN_EPSILON
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        batch, channels = x.shape[0], x.shape[-1]
+        batch, channels, g = x.shape[0], x.shape[-1], self.group_size
+        if batch % g:
+            raise ValueError(f"bn_group_size {g} does not divide the batch size {batch}")
         scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
-        if self.use_running_average:
-            return _normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon, self.dtype)
-        g = self.group_size or batch
-        if batch % g:
-            raise ValueError(f"bn_group_size {g} does not divide the batch size {batch}")
-        groups = x.reshape(batch // g, g, *x.shape[1:])
+        groups = x.astype(jnp.promote_types(x.dtype, jnp.float32)).reshape(batch // g, g, *x.shape[1:])
         axes = tuple(range(1, groups.ndim - 1))  # everything but the group and channel axes
-        y, mean, var = _batch_normalize(groups, scale, bias, self.epsilon, axes, self.dtype)
+        mean = groups.mean(axes, keepdims=True)
+        var = jnp.square(groups - mean).mean(axes, keepdims=True)
         if not self.is_initializing():
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean.mean(0).reshape(channels)
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var.mean(0).reshape(channels)
-        return y.reshape(x.shape)
+        y = (groups - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+        return y.reshape(x.shape).astype(self.dtype)
 
 
 def norm(bn_mode: str, train: bool, *, momentum: float = DEFAULT_BN_MOMENTUM,
@@ -238,8 +161,11 @@ def norm(bn_mode: str, train: bool, *, momentum: float = DEFAULT_BN_MOMENTUM,
     size. Must be called inside a compact method (it creates a submodule named `name`).
     """
     check_bn_mode(bn_mode)
-    return BatchNorm(use_running_average=bn_mode == "frozen" or not train, group_size=group_size or None,
-                     momentum=momentum, epsilon=epsilon, dtype=dtype, name=name)
+    use_running_average = bn_mode == "frozen" or not train
+    if group_size and not use_running_average:
+        return GroupedBatchNorm(group_size, momentum=momentum, epsilon=epsilon, dtype=dtype, name=name)
+    return nn.BatchNorm(use_running_average=use_running_average, momentum=momentum, epsilon=epsilon,
+                        dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 class PointwiseConv(nn.Module):
