@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 import json
+import math
 import os
 import time
 from pathlib import Path

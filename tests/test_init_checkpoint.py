@@ -7,10 +7,9 @@ import pytest
 from flax import traverse_util
 
 from benchmarks import relationnet_protocol
+from fresh_checkpoint import save_fresh_checkpoint
 from semeda_jax import parallel, train
 from semeda_jax.validation import ConfigError
-
-from fresh_checkpoint import save_fresh_checkpoint
 
 
 def saved_model(config, workdir, fingerprint=True):

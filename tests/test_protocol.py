@@ -161,14 +161,14 @@ RATES = (5e-4, 1e-3)
 
 def test_tuning_run_names():
     """The protocol's own settings are its arms (reused); the others are named by setting and rate."""
-    run_name = protocol_tuning.run_name
+    run_name, tuned_overrides = protocol_tuning.run_name, protocol_tuning.tuned_overrides
     assert run_name("ppce", None, 5e-4) == "ppce" and run_name("semeda", 1.0, 5e-4) == "semeda"
-    assert protocol_tuning.run_name("ppce", None, 1e-3) == "ppce_lr0.001"
-    assert protocol_tuning.run_name("semeda", 0.3, 2.5e-4) == "semeda_scale0.3_lr0.00025"
-    assert protocol_tuning.run_name("sobel", 4.0, 1e-3) == "sobel_coefficient4_lr0.001"
+    assert run_name("ppce", None, 1e-3) == "ppce_lr0.001"
+    assert run_name("semeda", 0.3, 2.5e-4) == "semeda_scale0.3_lr0.00025"
+    assert run_name("sobel", 4.0, 1e-3) == "sobel_coefficient4_lr0.001"
     config = protocol.base_config(tiny=True)
-    assert protocol_tuning.tuned_overrides(config, "semeda", 0.1) == {"semeda.lambdas": pytest.approx((0.2, 0.4, 0.0))}
-    assert protocol_tuning.tuned_overrides(config, "ppce", None) == {}
+    assert tuned_overrides(config, "semeda", 0.1) == {"semeda.lambdas": pytest.approx((0.2, 0.4, 0.0))}
+    assert tuned_overrides(config, "ppce", None) == {}
     tuned = protocol.finetune_config(config, "sobel", 0, 4, "/pre", "/g", 1e-3, {"sobel.coefficient": 1.2})
     assert tuned.losses.sobel.coefficient == 1.2 and tuned.optimizer.learning_rate == 1e-3
 
@@ -196,7 +196,7 @@ def test_tuning_selection_on_known_numbers():
     assert semeda["gains"]["semeda_scale1_lr0.001"] is None
     assert chosen["sobel"]["value"] is None and set(chosen["sobel"]["gains"].values()) == {None}
     table = protocol_tuning.format_tuning(dict(seeds=[0, 1], steps=5, grid=GRID, rates=list(RATES), runs=runs,
-                                        chosen=chosen))
+                                               chosen=chosen))
     assert "| 0.3 | +2.00 | +5.00* |" in table and "| 1 | -1.00 | n/a |" in table
     assert "chosen: scale 0.3, lr 0.001 -> semeda_tuned" in table and "chosen: none" in table
     assert "| | 51.00 | 40.00 |" in table  # ppce's mIoU per rate
@@ -218,7 +218,7 @@ def test_tuning_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(protocol, "run_arm", spy)
     grid = {"semeda": (1.0,)}
     result = protocol_tuning.run_tuning(str(tmp_path), seeds=(0,), compare_seeds=(0,), steps=1, pretrain_steps=2,
-                                 pretrain_images=8, grid=grid, rates=RATES, tiny=True, log=lambda line: None)
+                                        pretrain_images=8, grid=grid, rates=RATES, tiny=True, log=lambda line: None)
     tuning_dirs = {w for s, _, w in seen if w.startswith(str(tmp_path / "tuning"))}
     assert len(tuning_dirs) == 4 and all(s == protocol.TUNING_DATA_SEED for s, _, w in seen if w in tuning_dirs)
     val = [(s, lr, w) for s, lr, w in seen if w not in tuning_dirs]
@@ -237,5 +237,5 @@ def test_tuning_end_to_end(tmp_path, monkeypatch):
 
     monkeypatch.setattr(protocol.stages, "run_train", no_training)
     again = protocol_tuning.run_tuning(str(tmp_path), seeds=(0,), compare_seeds=(0,), steps=1, pretrain_steps=2,
-                                pretrain_images=8, grid=grid, rates=RATES, tiny=True, log=lambda line: None)
+                                       pretrain_images=8, grid=grid, rates=RATES, tiny=True, log=lambda line: None)
     assert again["comparison"]["arms"] == result["comparison"]["arms"]
